@@ -1,0 +1,103 @@
+"""Prior distributions for regression models, built on torch.distributions.
+
+Two families are missing from torch.distributions and are defined here as thin subclasses:
+``Flat`` (the improper uniform prior, log-density 0) and ``HalfStudentT`` (a Student-t folded at zero).
+Every other prior is a stock ``torch.distributions`` object.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import (
+    Cauchy,
+    Distribution,
+    HalfCauchy,
+    HalfNormal,
+    Normal,
+    StudentT,
+    constraints,
+)
+
+__all__ = ["Flat", "HalfStudentT", "make_prior", "PRIOR_KINDS", "SCALE_PRIOR_KINDS"]
+
+
+class Flat(Distribution):
+    """Improper uniform prior over the real line: ``log_prob`` is 0 everywhere.
+
+    Sampling is not defined; a flat prior only contributes to the joint density.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, batch_shape: torch.Size = torch.Size(), validate_args: bool | None = None):
+        super().__init__(batch_shape=batch_shape, validate_args=validate_args)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(value)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: ARG002
+        raise NotImplementedError("a flat prior is improper and cannot be sampled")
+
+
+class HalfStudentT(Distribution):
+    """Student-t with location 0 folded onto the positive half-line (density ``2 * StudentT(x)`` for x >= 0)."""
+
+    arg_constraints = {"df": constraints.positive, "scale": constraints.positive}
+    support = constraints.nonnegative
+    has_rsample = True
+
+    def __init__(self, df: float | torch.Tensor, scale: float | torch.Tensor, validate_args: bool | None = None):
+        self.base = StudentT(df, torch.zeros_like(torch.as_tensor(scale, dtype=torch.get_default_dtype())), scale)
+        self.df, self.scale = self.base.df, self.base.scale
+        super().__init__(batch_shape=self.base.batch_shape, validate_args=validate_args)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.rsample(sample_shape).abs()
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return self.base.log_prob(value) + math.log(2.0)
+
+
+def _student_t(df: float, loc: float = 0.0, scale: float = 1.0) -> StudentT:
+    return StudentT(torch.tensor(float(df)), torch.tensor(float(loc)), torch.tensor(float(scale)))
+
+
+#: Priors allowed on real-valued coefficients (weights, intercept), by config name.
+PRIOR_KINDS = {
+    "normal": lambda loc=0.0, scale=1.0: Normal(torch.tensor(float(loc)), torch.tensor(float(scale))),
+    "student_t": _student_t,
+    "cauchy": lambda loc=0.0, scale=1.0: Cauchy(torch.tensor(float(loc)), torch.tensor(float(scale))),
+    "flat": lambda: Flat(),
+}
+
+#: Priors allowed on positive scale parameters (the noise scale), by config name.
+SCALE_PRIOR_KINDS = {
+    "half_normal": lambda scale=1.0: HalfNormal(torch.tensor(float(scale))),
+    "half_cauchy": lambda scale=1.0: HalfCauchy(torch.tensor(float(scale))),
+    "half_student_t": lambda df, scale=1.0: HalfStudentT(torch.tensor(float(df)), torch.tensor(float(scale))),
+    "flat": lambda: Flat(),
+}
+
+
+def make_prior(kind: str, params: dict | None = None, *, positive: bool = False) -> Distribution:
+    """Build a scalar prior from its config name and parameters.
+
+    Args:
+        kind: one of ``PRIOR_KINDS`` (or ``SCALE_PRIOR_KINDS`` when ``positive``).
+        params: keyword arguments of that family, e.g. ``{"loc": 0.0, "scale": 1.0}``.
+        positive: the prior is for a positive scale parameter.
+
+    Raises:
+        ValueError: the kind is unknown for this kind of parameter.
+    """
+    table = SCALE_PRIOR_KINDS if positive else PRIOR_KINDS
+    if kind not in table:
+        what = "a scale parameter" if positive else "a coefficient"
+        raise ValueError(f"unknown prior {kind!r} for {what}; allowed: {', '.join(sorted(table))}")
+    return table[kind](**(params or {}))

@@ -1,0 +1,117 @@
+"""Artifacts of a training run: posterior summary, ELBO curve, reference snapshot, checkpoint and the pyfunc model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import TrainConfig
+from pipelines.data import PreparedData
+from pipelines.pyfunc import PREDICTION_COLUMNS, PosteriorBundle, PosteriorPredictiveModel
+from pipelines.registry import MODEL_ID_TAG
+
+__all__ = ["log_training_artifacts", "plot_elbo_curve", "MAX_SUMMARY_DIMS"]
+
+#: ``posterior_summary.json`` is written for models with at most this many latent dimensions.
+MAX_SUMMARY_DIMS = 10_000
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def plot_elbo_curve(history: list[tuple[int, float]], path: Path, title: str) -> Path:
+    """Per-step ELBO with a moving average, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if history:
+        steps, values = np.array(history).T
+        ax.plot(steps, values, lw=0.6, alpha=0.4, label="ELBO (per step)")
+        window = max(1, len(values) // 50)
+        if window > 1:
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"moving average ({window} steps)")
+        lo, hi = np.percentile(values, [5, 100])
+        ax.set_ylim(lo - 0.05 * abs(hi - lo), hi + 0.05 * abs(hi - lo))
+    ax.set_xlabel("step")
+    ax.set_ylabel("ELBO (nats, full-data estimate)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedData, model, family, stats, history,
+                           workdir: Path) -> PosteriorBundle:
+    """Log every artifact of a finished run and the pyfunc model; tags the run with the logged model's id."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    art = workdir / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    if model.latent_dim <= MAX_SUMMARY_DIMS:
+        summary = model.posterior_summary(family)
+        (art / "posterior_summary.json").write_text(json.dumps(summary, indent=2))
+        client.log_artifact(run_id, str(art / "posterior_summary.json"))
+    client.log_artifact(run_id, str(plot_elbo_curve(history, art / "elbo_curve.png", f"{config.name}: ELBO")))
+    reference = art / "reference"
+    reference.mkdir(exist_ok=True)
+    data.train[list(data.features)].to_parquet(reference / "features.parquet", index=False)
+    (reference / "manifest.json").write_text(json.dumps(data.manifest(), indent=2))
+    client.log_artifacts(run_id, str(reference), "reference")
+    ckpt = workdir / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        client.log_artifact(run_id, str(ckpt), "checkpoints")
+
+    bundle = PosteriorBundle(
+        model_config=config.model.model_dump(mode="json"),
+        guide_config=config.guide.model_dump(mode="json"),
+        family_state={k: v.detach().cpu() for k, v in family.state_dict().items()},
+        features=list(data.features),
+        target=data.target,
+        predictive_samples=config.registry.predictive_samples,
+        seed=config.train.seed,
+    )
+    if stats is not None:
+        bundle.feature_mean = [float(v) for v in stats["feature_mean"]]
+        bundle.feature_scale = [float(v) for v in stats["feature_scale"]]
+        bundle.target_mean, bundle.target_scale = stats["target_mean"], stats["target_scale"]
+        (art / "standardization.json").write_text(
+            json.dumps({"features": bundle.features, "feature_mean": bundle.feature_mean,
+                        "feature_scale": bundle.feature_scale, "target_mean": bundle.target_mean,
+                        "target_scale": bundle.target_scale}, indent=2)
+        )
+        client.log_artifact(run_id, str(art / "standardization.json"))
+    bundle_path = bundle.save(art / "posterior.pt")
+
+    example = data.train[list(data.features)].head(5).reset_index(drop=True)
+    predictor = PosteriorPredictiveModel()
+    predictor.bundle = bundle
+    predictor.model, predictor.family = bundle.rebuild()
+    output = predictor.predict(None, example)
+    signature = infer_signature(example, pd.DataFrame(output, columns=list(PREDICTION_COLUMNS)),
+                                params={"num_samples": config.registry.predictive_samples, "seed": config.train.seed})
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PosteriorPredictiveModel(),
+            artifacts={"posterior": str(bundle_path)},
+            code_paths=[str(REPO_ROOT / "models"), str(REPO_ROOT / "pipelines")],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+        )
+    client.set_tag(run_id, MODEL_ID_TAG, info.model_id)
+    return bundle
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "mlflow", "pandas", "numpy", "pydantic", "PyYAML")]

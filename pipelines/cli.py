@@ -1,0 +1,146 @@
+"""The ``viops`` command line.
+
+Each subcommand prints human-readable progress on stderr; with ``--json`` the last line of stdout is one JSON object.
+Bad input exits non-zero with a one-line error on stderr naming the problem, and changes nothing in the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+
+__all__ = ["main"]
+
+EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 3
+
+
+def _emit(payload: dict, as_json: bool, human: str) -> None:
+    if as_json:
+        print(human, file=sys.stderr)
+        print(json.dumps(payload, default=str))
+    else:
+        print(human)
+
+
+def _cmd_prepare(args) -> int:
+    from pipelines.config import load_config, parse_overrides
+    from pipelines.data import prepare
+
+    config = load_config(args.config, parse_overrides(args.set))
+    data = prepare(config.data)
+    out = data.save(args.out)
+    manifest = {**data.manifest(), "directory": str(out)}
+    _emit(manifest, args.json, f"prepared {data.num_rows} rows from {data.source} into {out} "
+                               f"(fingerprint {data.fingerprint})")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from pipelines.config import load_config, parse_overrides
+    from pipelines.data import load_prepared
+    from pipelines.training import train
+
+    config = load_config(args.config, parse_overrides(args.set))
+    prepared = load_prepared(args.prepared) if args.prepared else None
+    result = train(
+        config,
+        prepared=prepared,
+        tracking_uri=args.tracking_uri,
+        register=False if args.no_register else None,
+        run_name=args.run_name,
+    )
+    version = f"version {result.model_version} of {result.model_name}" if result.model_version else "not registered"
+    human = (
+        f"run {result.run_id} finished: val ELBO/datum {result.metrics.get('validation_elbo_per_datum', float('nan')):.4f}, "
+        f"{result.metrics['steps']:.0f} steps in {result.metrics['train_seconds']:.1f}s; {version}"
+        + (f" ({', '.join(result.aliases)})" if result.aliases else "")
+        + f"\n  look: mlflow ui --backend-store-uri {result.tracking_uri}"
+    )
+    _emit(result.to_json(), args.json, human)
+    return 0
+
+
+def _cmd_register(args) -> int:
+    from mlflow import MlflowClient
+
+    from pipelines.registry import register_run
+    from pipelines.training import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    reg = register_run(client, args.run_id, args.model)
+    payload = {"model_name": reg.model_name, "model_version": reg.version, "aliases": list(reg.aliases),
+               "created": reg.created, "reason": reg.reason, "tracking_uri": uri}
+    _emit(payload, args.json, reg.reason)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, config=True):
+        if config:
+            p.add_argument("--config", required=True, help="YAML config file")
+            p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+    p = sub.add_parser("prepare", help="validate, split and fingerprint the training data")
+    common(p)
+    p.add_argument("--out", required=True, help="directory for the splits, reference snapshot and manifest")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train by minibatch SVI, log to MLflow, register the model")
+    common(p)
+    p.add_argument("--prepared", help="use data written by 'viops prepare' instead of loading it again")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--no-register", action="store_true", help="log the run but do not register a model version")
+    p.add_argument("--run-name", help="MLflow run name")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("register", help="register a finished training run (idempotent per run)")
+    common(p, config=False)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=_cmd_register)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pytorch_lightning.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from pipelines.config import ConfigError
+    from pipelines.data import DataError
+    from pipelines.registry import RegistryError
+    from pipelines.training import TrainingFailed
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, RegistryError) as exc:
+        print(f"viops {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingFailed as exc:
+        where = f" (MLflow run {exc.run_id} marked FAILED)" if exc.run_id else ""
+        print(f"viops {args.command}: training failed: {exc}{where}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

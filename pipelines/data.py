@@ -1,0 +1,184 @@
+"""Training data: load, validate, split, fingerprint, and save the reference snapshot.
+
+Sources are CSV/Parquet files or scikit-learn's bundled datasets. Validation fails with a :class:`DataError` that names
+the file, the column and the problem, before anything is trained or registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.config import DataConfig
+
+__all__ = ["DataError", "PreparedData", "load_frame", "validate_frame", "prepare", "load_prepared", "fingerprint"]
+
+MANIFEST = "manifest.json"
+REFERENCE = "reference.parquet"
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message names the source, the column and the problem."""
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Validated, split data ready for training.
+
+    Attributes:
+        source: where the data came from (a file path or ``sklearn:<name>``).
+        features: feature column names, in model order.
+        target: the label column name.
+        fingerprint: content hash of the full validated table (columns, dtypes and values).
+        train, validation, test: the deterministic split; ``train[features]`` is the reference snapshot.
+    """
+
+    source: str
+    features: tuple[str, ...]
+    target: str
+    fingerprint: str
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.train) + len(self.validation) + len(self.test)
+
+    def manifest(self) -> dict:
+        return {
+            "source": self.source,
+            "features": list(self.features),
+            "target": self.target,
+            "fingerprint": self.fingerprint,
+            "rows": {name: len(getattr(self, name)) for name in SPLITS},
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the splits, the reference snapshot (training features) and a manifest to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in SPLITS:
+            getattr(self, name).to_parquet(directory / f"{name}.parquet", index=False)
+        self.train[list(self.features)].to_parquet(directory / REFERENCE, index=False)
+        (directory / MANIFEST).write_text(json.dumps(self.manifest(), indent=2))
+        return directory
+
+
+def load_frame(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
+    """Read the configured source into a DataFrame; returns ``(frame, source description)``."""
+    if cfg.sklearn is not None:
+        from sklearn import datasets
+
+        loader = getattr(datasets, f"load_{cfg.sklearn}")
+        frame = loader(as_frame=True).frame
+        return frame.rename(columns=str), f"sklearn:{cfg.sklearn}"
+    path = Path(cfg.path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise DataError(f"data file {path}: unsupported format {suffix!r}; use .csv or .parquet")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"data file {path} is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"data file {path} could not be parsed: {exc}") from None
+    except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"data file {path} could not be read: {exc}") from None
+    return frame, str(path)
+
+
+def _row_hint(source: str, row: int) -> str:
+    return f"row {row} (line {row + 2} of the CSV)" if source.endswith(".csv") else f"row {row}"
+
+
+def validate_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[list[str], str]:
+    """Check the table against the config; returns ``(features, target)``.
+
+    Raises:
+        DataError: no rows, a missing column, a non-numeric column, or a missing/non-finite value.
+    """
+    target = cfg.target or "target"
+    columns = [str(c) for c in frame.columns]
+    if len(frame) == 0:
+        raise DataError(f"data {source} has no rows (columns: {', '.join(columns) or 'none'})")
+    if target not in columns:
+        raise DataError(f"data {source}: target column {target!r} not found; columns are: {', '.join(columns)}")
+    features = list(cfg.features) if cfg.features else [c for c in columns if c != target]
+    missing = [c for c in features if c not in columns]
+    if missing:
+        raise DataError(f"data {source}: feature column(s) {missing} not found; columns are: {', '.join(columns)}")
+    if target in features:
+        raise DataError(f"data {source}: column {target!r} is both the target and a feature")
+    if not features:
+        raise DataError(f"data {source} has no feature columns besides the target {target!r}")
+    for column in [*features, target]:
+        values = frame[column]
+        if not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)):
+            coerced = pd.to_numeric(values, errors="coerce")
+            bad = values[coerced.isna() & values.notna()]
+            example = f"; first non-numeric value {bad.iloc[0]!r} at {_row_hint(source, int(bad.index[0]))}" if len(
+                bad
+            ) else ""
+            raise DataError(f"data {source}: column {column!r} is not numeric (dtype {values.dtype}){example}")
+        finite = np.isfinite(values.to_numpy(dtype=float))
+        if not finite.all():
+            first = int(np.flatnonzero(~finite)[0])
+            raise DataError(
+                f"data {source}: column {column!r} has {int((~finite).sum())} missing or non-finite value(s) "
+                f"(NaN/inf), first at {_row_hint(source, first)}"
+            )
+    return features, target
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """Content hash of a table: column names, dtypes and every value (row order matters)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prepare(cfg: DataConfig) -> PreparedData:
+    """Load, validate and split the configured data (deterministic in ``cfg.split.seed``)."""
+    frame, source = load_frame(cfg)
+    features, target = validate_frame(frame, cfg, source)
+    table = frame[[*features, target]].astype("float64").reset_index(drop=True)
+    n = len(table)
+    order = np.random.default_rng(cfg.split.seed).permutation(n)
+    n_test, n_val = int(round(cfg.split.test * n)), int(round(cfg.split.validation * n))
+    n_train = n - n_test - n_val
+    if n_train < 1 or (cfg.split.validation > 0 and n_val < 1):
+        raise DataError(
+            f"data {source} has {n} rows: too few for a {cfg.split.validation:.0%} validation / "
+            f"{cfg.split.test:.0%} test split with at least one row in each"
+        )
+    parts = np.split(order, [n_train, n_train + n_val])
+    train, validation, test = (table.iloc[np.sort(p)].reset_index(drop=True) for p in parts)
+    return PreparedData(source, tuple(features), target, fingerprint(table), train, validation, test)
+
+
+def load_prepared(directory: str | Path) -> PreparedData:
+    """Read data written by :meth:`PreparedData.save`."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise DataError(f"{directory} holds no prepared data ({MANIFEST} missing); run 'viops prepare' first")
+    manifest = json.loads(manifest_path.read_text())
+    splits = {name: pd.read_parquet(directory / f"{name}.parquet") for name in SPLITS}
+    return PreparedData(
+        manifest["source"], tuple(manifest["features"]), manifest["target"], manifest["fingerprint"], **splits
+    )

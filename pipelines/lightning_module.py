@@ -1,0 +1,163 @@
+"""A thin LightningModule over the ``models/`` ELBO, and index-slicing data loaders.
+
+The module owns no logic beyond one ``_shared_step``: the objective lives in :mod:`models.objectives`, and logging,
+NaN guards, averaging and early stopping live in :mod:`pipelines.callbacks`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from models.families import VariationalFamily
+from models.objectives import elbo, predictive_nll
+from pipelines.config import TrainSettings
+
+__all__ = ["SVIModule", "TensorTable", "IndexBatches"]
+
+
+class TensorTable(Dataset):
+    """Feature and target tensors indexed by a whole batch of row indices at once (no per-row collate)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+
+class IndexBatches(Sampler):
+    """Yields one index tensor per minibatch: a fresh permutation each epoch, sliced (or in order when not shuffled)."""
+
+    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int = 0, device=None):
+        self.num_rows, self.batch_size, self.shuffle = num_rows, batch_size, shuffle
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.num_rows, generator=self.generator)
+        else:
+            order = torch.arange(self.num_rows)
+        order = order.to(self.device) if self.device is not None else order
+        yield from order.split(self.batch_size)
+
+
+def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+    sampler = IndexBatches(len(table), batch_size, shuffle=shuffle, seed=seed, device=table.x.device)
+    return DataLoader(table, sampler=sampler, batch_size=None, num_workers=0)
+
+
+class SVIModule(pl.LightningModule):
+    """Stochastic variational inference for ``model`` with variational family ``family``.
+
+    Args:
+        model: a ``models/`` model (log-likelihood, log-prior, predictive).
+        family: the variational family; its parameters are the only trainable ones.
+        settings: the ``train`` section of the config.
+        train_xy, val_xy: ``(x, y)`` tensors of the training and validation splits.
+    """
+
+    def __init__(
+        self,
+        model,
+        family: VariationalFamily,
+        settings: TrainSettings,
+        train_xy: tuple[torch.Tensor, torch.Tensor],
+        val_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.model, self.family, self.settings = model, family, settings
+        self.train_xy, self.val_xy = train_xy, val_xy
+        self.dataset_size = int(train_xy[0].shape[0])
+        #: Scalars of the latest training step, read by the telemetry callbacks (tensors, not synced).
+        self.step_stats: dict[str, torch.Tensor] = {}
+
+    # -- data -------------------------------------------------------------------------------------------------------
+
+    def _table(self, xy: tuple[torch.Tensor, torch.Tensor]) -> TensorTable:
+        return TensorTable(xy[0].to(self.device), xy[1].to(self.device))
+
+    def train_dataloader(self) -> DataLoader:
+        return _loader(self._table(self.train_xy), self.settings.batch_size, shuffle=True, seed=self.settings.seed)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_xy is None or self.val_xy[0].shape[0] == 0:
+            return []
+        table = self._table(self.val_xy)
+        return _loader(table, max(len(table), 1), shuffle=False, seed=0)
+
+    # -- steps ------------------------------------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self.model.to(self.device)
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        if stage == "train":
+            terms = elbo(
+                self.model,
+                self.family,
+                x,
+                y,
+                dataset_size=self.dataset_size,
+                num_particles=self.settings.num_particles,
+                antithetic=self.settings.antithetic,
+            )
+            loss = -terms.elbo / self.dataset_size
+            self.step_stats = {
+                "elbo": terms.elbo.detach(),
+                "expected_log_likelihood": terms.expected_log_likelihood.detach(),
+                "kl": terms.kl.detach(),
+            }
+            return loss
+        # Validation: per-datum ELBO on held-out rows (KL shared out over the training rows) and predictive NLL.
+        with torch.no_grad():
+            terms = elbo(
+                self.model,
+                self.family,
+                x,
+                y,
+                dataset_size=x.shape[0],
+                num_particles=self.settings.eval_particles,
+                antithetic=self.settings.antithetic,
+            )
+            elbo_per_datum = terms.expected_log_likelihood / x.shape[0] - terms.kl / self.dataset_size
+            nll = predictive_nll(self.model, self.family, x, y, num_samples=self.settings.eval_particles)
+        self.log("val_elbo", elbo_per_datum, prog_bar=True, batch_size=x.shape[0])
+        self.log("val_predictive_nll", nll, batch_size=x.shape[0])
+        return elbo_per_datum
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    # -- optimisation -----------------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        s = self.settings
+        optimizer = torch.optim.Adam(self.family.parameters(), lr=s.lr, betas=tuple(s.betas))
+        if s.schedule.kind == "constant":
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        floor = s.schedule.final_lr_ratio
+
+        def cosine(step: int) -> float:
+            progress = min(step, total) / total
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

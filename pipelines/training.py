@@ -1,0 +1,324 @@
+"""One training run: data → SVI with Lightning → telemetry and artifacts in MLflow → registry.
+
+:func:`train` is what ``viops train`` calls. Bad config or data fail before an MLflow run exists; a run that fails
+later (a NaN guard, an exception) is marked FAILED and nothing is registered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from models.objectives import elbo, predictive_nll
+from pipelines.build import build_family, build_model
+from pipelines.config import TrainConfig, config_hash
+from pipelines.data import PreparedData, prepare
+
+__all__ = ["TrainingResult", "TrainingFailed", "train", "resolve_tracking_uri", "DEFAULT_TRACKING_URI"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class TrainingFailed(RuntimeError):
+    """Training ran but did not produce a usable posterior; the MLflow run is marked FAILED."""
+
+    def __init__(self, message: str, run_id: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a successful training run produced (the ``--json`` output of ``viops train``).
+
+    Attributes:
+        run_id, experiment_id, tracking_uri: where the run lives in MLflow.
+        model_name: the registered model name.
+        model_version: the registered version, or None when registration was off.
+        aliases: registry aliases now on that version.
+        metrics: final metrics (validation ELBO per datum, predictive NLL, steps, seconds, ...).
+        data_fingerprint: content hash of the training data.
+    """
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    model_name: str
+    model_version: str | None
+    aliases: tuple[str, ...]
+    metrics: dict[str, float]
+    data_fingerprint: str
+    stopped_reason: str = ""
+    registration: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "tracking_uri": self.tracking_uri,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "aliases": list(self.aliases),
+            "metrics": self.metrics,
+            "data_fingerprint": self.data_fingerprint,
+            "stopped_reason": self.stopped_reason,
+            "registration": self.registration,
+        }
+
+
+def resolve_tracking_uri(explicit: str | None = None) -> str:
+    """The tracking URI: explicit argument, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` here."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return flat
+
+
+def _tensors(frame, features, target, stats) -> tuple[torch.Tensor, torch.Tensor]:
+    x = frame[list(features)].to_numpy(dtype=np.float32)
+    y = frame[target].to_numpy(dtype=np.float32)
+    if stats is not None:
+        x = (x - stats["feature_mean"]) / stats["feature_scale"]
+        y = (y - stats["target_mean"]) / stats["target_scale"]
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+def _standardization(data: PreparedData) -> dict | None:
+    x = data.train[list(data.features)].to_numpy(dtype=np.float64)
+    y = data.train[data.target].to_numpy(dtype=np.float64)
+    scale = x.std(0)
+    return {
+        "feature_mean": x.mean(0).astype(np.float32),
+        "feature_scale": np.where(scale > 0, scale, 1.0).astype(np.float32),
+        "target_mean": float(y.mean()),
+        "target_scale": float(y.std()) or 1.0,
+    }
+
+
+def train(
+    config: TrainConfig,
+    *,
+    prepared: PreparedData | None = None,
+    tracking_uri: str | None = None,
+    register: bool | None = None,
+    run_name: str | None = None,
+) -> TrainingResult:
+    """Train ``config`` by minibatch SVI, log everything to MLflow, and register the model.
+
+    Raises:
+        DataError: the data is missing or invalid (before any MLflow run is created).
+        TrainingFailed: training diverged (NaN/inf); the run is FAILED and nothing is registered.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    data = prepared if prepared is not None else prepare(config.data)
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment_name)
+    tags = {
+        "viops.data_fingerprint": data.fingerprint,
+        "viops.config_hash": config_hash(config),
+        "viops.model_kind": config.model.kind,
+        "viops.guide_family": config.guide.family,
+        "viops.objective": "elbo",
+        "viops.data_source": data.source,
+        "mlflow.source.git.commit": _git_commit(),
+        "git_commit": _git_commit(),
+    }
+    run = client.create_run(experiment_id, run_name=run_name or f"{config.name}-train", tags=tags)
+    run_id = run.info.run_id
+    try:
+        result = _train_in_run(config, data, client, uri, run_id, experiment_id, register)
+    except BaseException as exc:
+        reason = str(exc) or type(exc).__name__
+        client.set_tag(run_id, "viops.failure_reason", reason[:5000])
+        client.set_terminated(run_id, status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        if isinstance(exc, TrainingFailed):
+            exc.run_id = run_id
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return result
+
+
+def _train_in_run(config, data, client, uri, run_id, experiment_id, register) -> TrainingResult:
+    import mlflow
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from pipelines.callbacks import (
+        ConvergenceEarlyStopping,
+        GradientNorms,
+        IterateAveraging,
+        NonFiniteGuard,
+        StepTelemetry,
+    )
+    from pipelines.lightning_module import SVIModule
+    from pipelines.registry import register_run
+    from pipelines.telemetry import MlflowMetricSink
+
+    settings = config.train
+    resolved = config.model_dump(mode="json")
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in _flatten(resolved).items()])
+    client.log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), "config/resolved_config.yaml")
+    _log_dataset_input(client, run_id, data)
+
+    stats = _standardization(data) if config.data.standardize else None
+    train_xy = _tensors(data.train, data.features, data.target, stats)
+    val_xy = _tensors(data.validation, data.features, data.target, stats)
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+    model = build_model(config.model, len(data.features))
+    family = build_family(config.guide, model.latent_dim)
+    module = SVIModule(model, family, settings, train_xy, val_xy if len(data.validation) else None)
+
+    sink = MlflowMetricSink(client, run_id)
+    telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
+    guard = NonFiniteGuard()
+    averaging = IterateAveraging(settings.average_last)
+    callbacks = [GradientNorms(), guard, telemetry, averaging]
+    stopper = None
+    if settings.early_stopping.enabled and len(data.validation):
+        es = settings.early_stopping
+        stopper = ConvergenceEarlyStopping(
+            monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta, scale_rtol=es.scale_rtol
+        )
+        callbacks.append(stopper)
+    steps_per_epoch = max(1, -(-len(data.train) // settings.batch_size))
+    show_progress = settings.progress_bar and sys.stderr.isatty()
+    if show_progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 4)))
+    workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))
+    checkpoint = ModelCheckpoint(
+        dirpath=workdir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=settings.checkpoint_every_n_epochs
+    )
+    callbacks.append(checkpoint)
+    logger = MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id)
+    trainer = pl.Trainer(
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        max_epochs=settings.max_epochs,
+        logger=logger,
+        callbacks=callbacks,
+        gradient_clip_val=settings.gradient_clip_val,
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+        log_every_n_steps=steps_per_epoch,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(workdir),
+    )
+    started = time.perf_counter()
+    try:
+        trainer.fit(module)
+    finally:
+        sink.close()
+    seconds = time.perf_counter() - started
+    if guard.failure_reason:
+        raise TrainingFailed(guard.failure_reason)
+    trainer.save_checkpoint(workdir / "checkpoints" / "last.ckpt")
+
+    metrics = _final_metrics(module, data, stats, settings)
+    metrics.update(
+        {"train_seconds": seconds, "steps": float(trainer.global_step), "epochs": float(trainer.current_epoch)}
+    )
+    metrics["steps_per_second"] = metrics["steps"] / seconds if seconds > 0 else 0.0
+    if not all(np.isfinite(v) for v in metrics.values()):
+        raise TrainingFailed(f"final metrics are not finite: {metrics}")
+    client.log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric(f"final/{k}", v, int(time.time() * 1000), trainer.global_step)
+                 for k, v in metrics.items()],
+    )
+    stopped = stopper.stopping_reason_message if stopper is not None and stopper.stopped_epoch else ""
+    client.set_tag(run_id, "viops.stopped_reason", stopped or f"reached max_epochs={settings.max_epochs}")
+
+    from pipelines.artifacts import log_training_artifacts
+
+    log_training_artifacts(
+        client, run_id, config, data, model, family, stats, telemetry.elbo_history, workdir
+    )
+    model_version, aliases, registration = None, (), "registration disabled"
+    if register if register is not None else config.registry.auto_register:
+        reg = register_run(
+            client,
+            run_id,
+            config.model_name,
+            tags={"viops.data_fingerprint": data.fingerprint, "viops.config_hash": config_hash(config)},
+        )
+        model_version, aliases, registration = reg.version, reg.aliases, reg.reason
+    return TrainingResult(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        tracking_uri=uri,
+        model_name=config.model_name,
+        model_version=model_version,
+        aliases=tuple(aliases),
+        metrics=metrics,
+        data_fingerprint=data.fingerprint,
+        stopped_reason=stopped or "",
+        registration=registration,
+    )
+
+
+def _final_metrics(module, data: PreparedData, stats, settings) -> dict[str, float]:
+    """Validation and test ELBO per datum and predictive NLL of the final (averaged) posterior."""
+    model, family = module.model.to("cpu"), module.family.to("cpu")
+    n_train = len(data.train)
+    out: dict[str, float] = {}
+    torch.manual_seed(settings.seed + 1)
+    for split in ("validation", "test"):
+        frame = getattr(data, split)
+        if not len(frame):
+            continue
+        x, y = _tensors(frame, data.features, data.target, stats)
+        with torch.no_grad():
+            terms = elbo(model, family, x, y, dataset_size=len(frame), num_particles=settings.eval_particles)
+            out[f"{split}_elbo_per_datum"] = float(terms.expected_log_likelihood / len(frame) - terms.kl / n_train)
+            out[f"{split}_predictive_nll"] = float(predictive_nll(model, family, x, y, settings.eval_particles))
+    return out
+
+
+def _log_dataset_input(client, run_id: str, data: PreparedData) -> None:
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    frame = data.train
+    dataset = mlflow.data.from_pandas(frame, source=data.source, targets=data.target, name=f"train-{data.fingerprint}")
+    tag = InputTag(key="mlflow.data.context", value="training")
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])

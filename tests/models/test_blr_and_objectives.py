@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+from torch.distributions import Cauchy, HalfNormal, Independent, Normal, StudentT
+
+from models.blr import BayesianLinearRegression
+from models.families import MeanFieldGaussian
+from models.objectives import elbo, predictive_nll
+from models.predictive import posterior_predictive
+
+
+def _normal(loc=0.0, scale=1.0):
+    return Normal(torch.tensor(loc), torch.tensor(scale))
+
+
+def test_log_prior_with_learned_noise_includes_the_jacobian():
+    model = BayesianLinearRegression(2, StudentT(3.0, 0.0, 1.0), Cauchy(0.0, 2.0), noise_prior=HalfNormal(1.5))
+    z = torch.tensor([[0.3, -0.2, 1.0, math.log(0.7)]])
+    expected = (
+        StudentT(3.0, 0.0, 1.0).log_prob(z[0, :2]).sum()
+        + Cauchy(0.0, 2.0).log_prob(z[0, 2])
+        + HalfNormal(1.5).log_prob(torch.tensor(0.7))
+        + math.log(0.7)  # d sigma / d log sigma
+    )
+    torch.testing.assert_close(model.log_prior(z)[0], expected)
+    assert model.gaussian_prior() is None
+    assert set(model.unpack(z)) == {"weights", "intercept", "noise_scale"}
+
+
+def test_log_likelihood_matches_a_direct_computation():
+    model = BayesianLinearRegression(3, _normal(), _normal(), noise_scale=0.5)
+    z = torch.randn(5, 4)
+    x, y = torch.randn(8, 3), torch.randn(8)
+    direct = Normal(z[:, :3] @ x.T + z[:, 3:4], 0.5).log_prob(y)
+    torch.testing.assert_close(model.log_likelihood(z, x, y), direct)
+
+
+def test_analytic_kl_agrees_with_monte_carlo():
+    torch.manual_seed(0)
+    model = BayesianLinearRegression(3, _normal(0.0, 2.0), _normal(1.0, 3.0), noise_scale=1.0)
+    family = MeanFieldGaussian(4, init_scale=0.4, init_loc=torch.tensor([0.5, -0.5, 1.0, 2.0]))
+    analytic = family.kl_to(model.gaussian_prior())
+    z = family.rsample(400_000)
+    mc = (family.log_prob(z) - model.log_prior(z)).mean()
+    assert float(analytic) == pytest.approx(float(mc), abs=0.01)
+
+
+def test_minibatch_scaling_is_unbiased_for_the_full_data_likelihood():
+    """Averaging N/B-scaled minibatch log-likelihoods over a partition gives the full-data log-likelihood."""
+    torch.manual_seed(0)
+    model = BayesianLinearRegression(2, _normal(), _normal(), noise_scale=0.3)
+    family = MeanFieldGaussian(3, init_scale=1e-9)  # effectively a point mass, so only the scaling is tested
+    x, y = torch.randn(120, 2), torch.randn(120)
+    full = elbo(model, family, x, y, dataset_size=120).expected_log_likelihood
+    parts = [elbo(model, family, x[i : i + 30], y[i : i + 30], dataset_size=120).expected_log_likelihood
+             for i in range(0, 120, 30)]
+    torch.testing.assert_close(torch.stack(parts).mean(), full, rtol=1e-5, atol=1e-3)
+
+
+def test_particles_are_vectorised_and_reduce_variance():
+    torch.manual_seed(0)
+    model = BayesianLinearRegression(2, _normal(), _normal(), noise_prior=HalfNormal(1.0))
+    family = MeanFieldGaussian(4, init_scale=0.5)
+    x, y = torch.randn(64, 2), torch.randn(64)
+    one = torch.stack([elbo(model, family, x, y, dataset_size=64, num_particles=1).elbo for _ in range(300)])
+    many = torch.stack([elbo(model, family, x, y, dataset_size=64, num_particles=16).elbo for _ in range(300)])
+    assert many.std() < one.std() / 2.5
+    terms = elbo(model, family, x, y, dataset_size=64, num_particles=16)
+    assert not terms.analytic_kl  # a learned noise scale has a non-Gaussian prior
+
+
+def test_predictive_summary_and_nll():
+    torch.manual_seed(0)
+    model = BayesianLinearRegression(1, _normal(), _normal(), noise_scale=0.5)
+    family = MeanFieldGaussian(2, init_scale=1e-6, init_loc=torch.tensor([2.0, 1.0]))
+    x = torch.tensor([[0.0], [1.0]])
+    summary = posterior_predictive(model, family, x, num_samples=20_000, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(summary.mean, torch.tensor([1.0, 3.0]), atol=0.02, rtol=0)
+    torch.testing.assert_close(summary.sd, torch.tensor([0.5, 0.5]), atol=0.01, rtol=0)
+    torch.testing.assert_close(summary.quantiles[0.95] - summary.mean, torch.full((2,), 0.5 * 1.6449), atol=0.03, rtol=0)
+    nll = predictive_nll(model, family, x, torch.tensor([1.0, 3.0]), num_samples=10)
+    assert float(nll) == pytest.approx(-float(Normal(0.0, 0.5).log_prob(torch.tensor(0.0))), abs=1e-3)
+
+
+def test_constructor_rejects_ambiguous_noise():
+    with pytest.raises(ValueError, match="exactly one of noise_scale"):
+        BayesianLinearRegression(2, _normal(), _normal())
+    with pytest.raises(ValueError, match="must be positive"):
+        BayesianLinearRegression(2, _normal(), _normal(), noise_scale=-1.0)
+    assert isinstance(BayesianLinearRegression(2, _normal(), _normal(), noise_scale=1.0).gaussian_prior(), Independent)
