@@ -121,7 +121,7 @@ class BayesianLinearRegression:
             scale = params["noise_scale"].unsqueeze(-1).expand_as(mean)
         else:
             scale = torch.full_like(mean, self.noise_scale)
-        return Normal(mean, scale)
+        return Normal(mean, scale, validate_args=False)
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y_i | x_i, z_s) per draw and row, shape ``(S, B)``."""

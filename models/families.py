@@ -98,7 +98,7 @@ class MeanFieldGaussian(VariationalFamily):
         return F.softplus(self.scale_unconstrained)
 
     def distribution(self) -> Distribution:
-        return Independent(Normal(self.loc, self.scale), 1)
+        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Map standard-normal noise ``(..., dim)`` to draws from q (the reparameterisation itself)."""
