@@ -53,6 +53,7 @@ def _cmd_train(args) -> int:
         tracking_uri=args.tracking_uri,
         register=False if args.no_register else None,
         run_name=args.run_name,
+        tags={"viops.trigger_reason": args.reason} if args.reason else None,
     )
     version = f"version {result.model_version} of {result.model_name}" if result.model_version else "not registered"
     human = (
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--no-register", action="store_true", help="log the run but do not register a model version")
     p.add_argument("--run-name", help="MLflow run name")
+    p.add_argument("--reason", help="why this training runs (tagged on the MLflow run as viops.trigger_reason)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("register", help="register a finished training run (idempotent per run)")

@@ -46,7 +46,10 @@ def _existing_version(client: MlflowClient, model_name: str, run_id: str):
         versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     except MlflowException:
         return None
-    return min(versions, key=lambda v: int(v.version)) if versions else None
+    if not versions:
+        return None
+    first = min(versions, key=lambda v: int(v.version))
+    return client.get_model_version(model_name, first.version)  # search results carry no aliases
 
 
 def _has_alias(client: MlflowClient, model_name: str, alias: str) -> bool:

@@ -134,6 +134,7 @@ def train(
     tracking_uri: str | None = None,
     register: bool | None = None,
     run_name: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrainingResult:
     """Train ``config`` by minibatch SVI, log everything to MLflow, and register the model.
 
@@ -151,6 +152,7 @@ def train(
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(config.experiment_name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment_name)
+    commit = _git_commit()
     tags = {
         "viops.data_fingerprint": data.fingerprint,
         "viops.config_hash": config_hash(config),
@@ -158,8 +160,9 @@ def train(
         "viops.guide_family": config.guide.family,
         "viops.objective": "elbo",
         "viops.data_source": data.source,
-        "mlflow.source.git.commit": _git_commit(),
-        "git_commit": _git_commit(),
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
+        **(tags or {}),
     }
     run = client.create_run(experiment_id, run_name=run_name or f"{config.name}-train", tags=tags)
     run_id = run.info.run_id

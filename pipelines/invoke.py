@@ -1,0 +1,54 @@
+"""Run the ``viops`` CLI in a child process and read its ``--json`` result.
+
+Airflow tasks train through this rather than in the worker process: Lightning's DDP launcher re-executes the entry
+script, and a child process keeps a crash or a GPU allocation from taking the worker down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["CLIError", "run_viops", "work_dir", "safe_key"]
+
+
+class CLIError(RuntimeError):
+    """The child ``viops`` process failed; the message carries its exit code and error line."""
+
+    def __init__(self, args: list[str], returncode: int, stderr: str):
+        last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "(no output)")
+        super().__init__(f"viops {args[0]} exited with code {returncode}: {last}")
+        self.returncode, self.stderr = returncode, stderr
+
+
+def run_viops(args: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
+    """Run ``viops <args> --json`` with this interpreter and return the JSON object on its last stdout line."""
+    command = [sys.executable, "-m", "pipelines.cli", *args, "--json"]
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, check=False
+    )
+    if proc.stderr:
+        sys.stderr.write(proc.stderr[-20_000:])
+    if proc.returncode != 0:
+        raise CLIError(args, proc.returncode, proc.stderr)
+    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
+    if not lines:
+        raise CLIError(args, proc.returncode, "no JSON result on stdout")
+    return json.loads(lines[-1])
+
+
+def work_dir() -> Path:
+    """Scratch space for prepared data: ``$VIOPS_WORK_DIR``, else a ``viops`` folder in the system temp dir."""
+    path = Path(os.environ.get("VIOPS_WORK_DIR") or Path(tempfile.gettempdir()) / "viops")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def safe_key(text: str) -> str:
+    """A filesystem-safe version of an Airflow run id (``manual__2026-01-01T00:00:00+00:00`` ...)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
