@@ -70,6 +70,7 @@ class BayesianLinearRegression:
             blocks.append(LatentBlock("noise_scale", self.num_features + 1, 1, positive=True))
         self.blocks: tuple[LatentBlock, ...] = tuple(blocks)
         self._to_positive = biject_to(constraints.positive)
+        self._gaussian_prior: Distribution | None = None
 
     @property
     def learns_noise(self) -> bool:
@@ -81,6 +82,7 @@ class BayesianLinearRegression:
 
     def to(self, device: torch.device | str) -> BayesianLinearRegression:
         """Move the prior parameters to ``device`` (the priors are rebuilt with moved tensors)."""
+        self._gaussian_prior = None
         self.weight_prior = _move(self.weight_prior, device)
         self.intercept_prior = _move(self.intercept_prior, device)
         if self.noise_prior is not None:
@@ -105,13 +107,18 @@ class BayesianLinearRegression:
         return lp
 
     def gaussian_prior(self) -> Distribution | None:
-        """The prior over all of ``z`` as one diagonal Gaussian, when it is one (enables analytic KL); else None."""
+        """The prior over all of ``z`` as one diagonal Gaussian, when it is one (enables analytic KL); else None.
+
+        Built once and cached (the ELBO asks for it every step); :meth:`to` clears the cache.
+        """
         if self.learns_noise or not all(isinstance(p, Normal) for p in (self.weight_prior, self.intercept_prior)):
             return None
-        p = self.num_features
-        loc = torch.cat([self.weight_prior.loc.expand(p), self.intercept_prior.loc.reshape(1)])
-        scale = torch.cat([self.weight_prior.scale.expand(p), self.intercept_prior.scale.reshape(1)])
-        return Independent(Normal(loc, scale), 1)
+        if self._gaussian_prior is None:
+            p = self.num_features
+            loc = torch.cat([self.weight_prior.loc.expand(p), self.intercept_prior.loc.reshape(1)])
+            scale = torch.cat([self.weight_prior.scale.expand(p), self.intercept_prior.scale.reshape(1)])
+            self._gaussian_prior = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+        return self._gaussian_prior
 
     def predictive(self, z: torch.Tensor, x: torch.Tensor) -> Normal:
         """p(y | x, z) for every draw and row: a Normal with batch shape ``(S, B)``."""

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import copy
 import time
+from datetime import timedelta
 from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
 
 __all__ = [
+    "LastCheckpoint",
     "GradientNorms",
     "NonFiniteGuard",
     "StepTelemetry",
@@ -25,64 +27,79 @@ __all__ = [
 ]
 
 
-class GradientNorms(pl.Callback):
-    """Record the L2 gradient norm of every variational parameter, their total, and the count of non-finite entries.
+class _CachedStateKey:
+    """Compute ``state_key`` once: Lightning formats it on every hook dispatch, for every callback, every step."""
 
-    Values are written into ``pl_module.step_stats`` as ``grad_norm/<param>``, ``grad_norm/total`` and ``nan_count``.
+    @property
+    def state_key(self) -> str:
+        key = self.__dict__.get("_cached_state_key")
+        if key is None:
+            key = self.__dict__["_cached_state_key"] = super().state_key
+        return key
+
+
+class LastCheckpoint(_CachedStateKey, ModelCheckpoint):
+    """``ModelCheckpoint`` keeping only ``last.ckpt``, written every ``every_seconds`` of training.
+
+    Time-based rather than per-epoch: with small data an epoch can take milliseconds, and a checkpoint each epoch
+    would cost more than the training.
+    """
+
+    def __init__(self, dirpath, every_seconds: float):
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
+                         train_time_interval=timedelta(seconds=every_seconds))
+
+
+class GradientNorms(pl.Callback):
+    """Record the L2 gradient norm of every variational parameter, in ``pl_module.step_stats["grad_norm/<name>"]``.
+
+    One fused ``_foreach_norm`` per step; the total norm and the non-finite count are derived on the host when the
+    telemetry is flushed, so this adds no host sync.
     """
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         named = [(n, p.grad) for n, p in pl_module.family.named_parameters() if p.grad is not None]
-        if not named:
-            return
-        grads = [g for _, g in named]
-        norms = torch._foreach_norm(grads)
-        stats = pl_module.step_stats
-        for (name, _), norm in zip(named, norms):
-            stats[f"grad_norm/{name}"] = norm
-        stats["grad_norm/total"] = torch.linalg.vector_norm(torch.stack(norms))
-        nonfinite = sum((~torch.isfinite(g)).sum() for g in grads)
-        loss_bad = sum((~torch.isfinite(v)).sum() for k, v in stats.items() if k in ("elbo", "kl"))
-        stats["nan_count"] = (nonfinite + loss_bad).to(torch.float32)
+        if named:
+            norms = torch._foreach_norm([g for _, g in named])
+            pl_module.step_stats.update({f"grad_norm/{name}": norm for (name, _), norm in zip(named, norms)})
 
 
 class NonFiniteGuard(pl.Callback):
-    """Stop training as soon as a NaN/inf appears in the loss or gradients, and say where.
+    """Stop training once a NaN/inf appears in the ELBO terms or gradient norms, and say when.
 
-    The check reads a device-side counter every ``check_every_n_steps`` steps (and at each epoch end) so it adds no
-    per-step host sync; ``failure_reason`` is set when it fires, and the run is then marked FAILED by the caller.
+    Checks every ``check_every_n_steps`` steps (one host sync each): a non-finite value poisons the parameters, so it
+    is still visible at the next check. ``failure_reason`` is set when it fires; the caller marks the run FAILED.
     """
 
     def __init__(self, check_every_n_steps: int = 50):
         self.check_every_n_steps = check_every_n_steps
         self.failure_reason: str | None = None
-        self._count: torch.Tensor | None = None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        bad = pl_module.step_stats.get("nan_count")
-        if bad is None:
-            return
-        self._count = bad if self._count is None else self._count + bad
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if trainer.global_step % self.check_every_n_steps == 0:
-            self._check(trainer)
+            self.check(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._check(trainer)
+        self.check(trainer, pl_module)
 
-    def _check(self, trainer) -> None:
-        if self._count is None or self.failure_reason is not None:
+    def check(self, trainer, pl_module) -> None:
+        stats = pl_module.step_stats
+        if not stats or self.failure_reason is not None:
             return
-        count = int(self._count.item())
-        if count:
+        bad = [name for name, value in stats.items() if not bool(torch.isfinite(value).all())]
+        if bad:
             self.failure_reason = (
-                f"non-finite loss or gradients ({count} NaN/inf values) by step {trainer.global_step}, "
-                f"epoch {trainer.current_epoch}; training stopped and nothing is registered"
+                f"non-finite {', '.join(bad)} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                "training stopped and nothing is registered"
             )
             trainer.should_stop = True
 
 
 class StepTelemetry(pl.Callback):
-    """Collect every training step's scalars and hand them to ``sink`` in batches of ``flush_every_n_steps`` steps.
+    """Collect every SVI step's scalars and hand them to ``sink`` in batches of ``flush_every_n_steps`` steps.
+
+    Per step it stacks the step's scalars into one device tensor (no sync); a flush reads them back in one transfer
+    and adds ``grad_norm/total``, ``nan_count`` (non-finite values among the step's scalars) and ``lr``.
 
     Args:
         sink: called as ``sink(names, rows)`` with ``rows = [(step, timestamp_ms, [values...]), ...]``.
@@ -94,18 +111,16 @@ class StepTelemetry(pl.Callback):
         self.flush_every_n_steps = flush_every_n_steps
         self.names: list[str] | None = None
         self._values: list[torch.Tensor] = []
-        self._meta: list[tuple[int, int]] = []
+        self._meta: list[tuple[int, float, int]] = []
         #: Every step's ``elbo`` (host floats), for the ELBO-curve plot.
         self.elbo_history: list[tuple[int, float]] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         stats = pl_module.step_stats
         if self.names is None:
-            self.names = sorted(stats) + ["lr"]
-        lr = trainer.optimizers[0].param_groups[0]["lr"]
-        row = [stats[name] for name in self.names[:-1]]
-        self._values.append(torch.stack([v.to(torch.float32) for v in row]))
-        self._meta.append((trainer.global_step, lr, int(time.time() * 1000)))
+            self.names = sorted(stats)
+        self._values.append(torch.stack([stats[name] for name in self.names]))
+        self._meta.append((trainer.global_step, optimizer.param_groups[0]["lr"], int(time.time() * 1000)))
         if len(self._values) >= self.flush_every_n_steps:
             self.flush()
 
@@ -115,20 +130,25 @@ class StepTelemetry(pl.Callback):
     def flush(self) -> None:
         if not self._values:
             return
-        table = torch.stack(self._values).cpu().tolist()
-        rows = [(step, ts, [*values, lr]) for (step, lr, ts), values in zip(self._meta, table)]
-        elbo_at = self.names.index("elbo")
+        table = torch.stack(self._values).float().cpu()
+        grad_cols = [i for i, name in enumerate(self.names) if name.startswith("grad_norm/")]
+        total = table[:, grad_cols].pow(2).sum(1).sqrt() if grad_cols else torch.zeros(len(table))
+        nan_count = (~torch.isfinite(table)).sum(1).float()
+        full = torch.cat([table, total[:, None], nan_count[:, None]], 1).tolist()
+        names = [*self.names, "grad_norm/total", "nan_count", "lr"]
+        rows = [(step, ts, [*values, lr]) for (step, lr, ts), values in zip(self._meta, full)]
+        elbo_at = names.index("elbo")
         self.elbo_history.extend((step, values[elbo_at]) for step, _, values in rows)
         self._values, self._meta = [], []
-        self.sink(self.names, rows)
+        self.sink(names, rows)
 
 
 class IterateAveraging(pl.Callback):
     """Polyak-Ruppert averaging of the variational parameters over the last ``fraction`` of the planned steps.
 
     Averaging the iterates of a decaying-step SGD removes the jitter that minibatch noise leaves in the final iterate
-    (Polyak & Juditsky 1992); it uses :class:`torch.optim.swa_utils.AveragedModel`. At the end of training the
-    averaged parameters are copied into the family.
+    (Polyak & Juditsky 1992); it uses :class:`torch.optim.swa_utils.AveragedModel` with fused updates. At the end of
+    training the averaged parameters are copied into the family.
     """
 
     def __init__(self, fraction: float):
@@ -138,26 +158,28 @@ class IterateAveraging(pl.Callback):
         self.num_averaged = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        total = int(trainer.estimated_stepping_batches)
+        total = int(getattr(pl_module, "planned_steps", trainer.estimated_stepping_batches))
         self.start_step = int(total * (1.0 - self.fraction)) if self.fraction > 0 else None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # The parameters here are the iterate produced by the previous step.
         if self.start_step is None or trainer.global_step <= self.start_step:
             return
         if self.averaged is None:
-            self.averaged = AveragedModel(pl_module.family, use_buffers=False)
+            self.averaged = AveragedModel(pl_module.family, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
         self.averaged.update_parameters(pl_module.family)
         self.num_averaged += 1
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.averaged is None:
             return
+        self.averaged.update_parameters(pl_module.family)  # include the final iterate
         with torch.no_grad():
             for target, source in zip(pl_module.family.parameters(), self.averaged.module.parameters()):
                 target.copy_(source)
 
 
-class ConvergenceEarlyStopping(EarlyStopping):
+class ConvergenceEarlyStopping(_CachedStateKey, EarlyStopping):
     """Early stopping on validation ELBO that refuses to stop while the variational scales are still moving.
 
     A flat ELBO can hide posterior SDs that are still far too wide (the ELBO is insensitive to them near the

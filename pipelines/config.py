@@ -159,10 +159,13 @@ class GuideConfig(_Strict):
 
 
 class EarlyStoppingConfig(_Strict):
-    """Stop when validation ELBO stops improving *and* the variational scales have stopped moving."""
+    """Stop when validation ELBO stops improving *and* the variational scales have stopped moving.
+
+    ``patience`` counts validation checks (one every ``train.val_every_n_steps`` steps).
+    """
 
     enabled: bool = True
-    patience: PositiveInt = 20
+    patience: PositiveInt = 10
     min_delta: Annotated[float, Field(ge=0.0)] = 1e-4
     scale_rtol: PositiveFloat = 0.01
 
@@ -190,8 +193,11 @@ class TrainSettings(_Strict):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     gradient_clip_val: PositiveFloat | None = None
     eval_particles: PositiveInt = 64
+    # Lightning batches carry this many minibatches (one Adam step each), sharing Lightning's per-batch overhead.
+    steps_per_batch: PositiveInt = 32
+    val_every_n_steps: PositiveInt = 500
     log_every_n_steps: PositiveInt = 500
-    checkpoint_every_n_epochs: PositiveInt = 10
+    checkpoint_every_seconds: PositiveFloat = 300.0  # last.ckpt is also written when training ends
     accelerator: str = "auto"
     devices: int | str = "auto"
     progress_bar: bool = True

@@ -30,20 +30,31 @@ class TensorTable(Dataset):
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index):
+        """Rows for one index tensor, or a list of ``(x, y)`` minibatches for a list of index tensors."""
+        if isinstance(index, list):
+            return [(self.x[i], self.y[i]) for i in index]
         return self.x[index], self.y[index]
 
 
 class IndexBatches(Sampler):
-    """Yields one index tensor per minibatch: a fresh permutation each epoch, sliced (or in order when not shuffled)."""
+    """Minibatch index tensors from a fresh permutation each epoch (in order when not shuffled).
 
-    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int = 0, device=None):
-        self.num_rows, self.batch_size, self.shuffle = num_rows, batch_size, shuffle
+    With ``group > 1`` it yields lists of up to ``group`` consecutive minibatches, which the module steps through
+    one optimiser step each; an epoch still visits every row exactly once.
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int = 0, device=None, group: int = 1):
+        self.num_rows, self.batch_size, self.shuffle, self.group = num_rows, batch_size, shuffle, group
         self.device = device
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __len__(self) -> int:
+    @property
+    def minibatches_per_epoch(self) -> int:
         return math.ceil(self.num_rows / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.minibatches_per_epoch / self.group) if self.group > 1 else self.minibatches_per_epoch
 
     def __iter__(self):
         if self.shuffle:
@@ -51,16 +62,27 @@ class IndexBatches(Sampler):
         else:
             order = torch.arange(self.num_rows)
         order = order.to(self.device) if self.device is not None else order
-        yield from order.split(self.batch_size)
+        batches = order.split(self.batch_size)
+        if self.group == 1:
+            yield from batches
+        else:
+            for start in range(0, len(batches), self.group):
+                yield list(batches[start : start + self.group])
 
 
-def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
-    sampler = IndexBatches(len(table), batch_size, shuffle=shuffle, seed=seed, device=table.x.device)
+def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int, group: int = 1) -> DataLoader:
+    sampler = IndexBatches(len(table), batch_size, shuffle=shuffle, seed=seed, device=table.x.device, group=group)
     return DataLoader(table, sampler=sampler, batch_size=None, num_workers=0)
 
 
 class SVIModule(pl.LightningModule):
     """Stochastic variational inference for ``model`` with variational family ``family``.
+
+    Optimisation is manual: each Lightning batch carries ``settings.steps_per_batch`` minibatches and
+    ``training_step`` takes one Adam step on each, so Lightning's fixed per-batch cost is shared by several SVI steps
+    (it dominates for small models). Every optimiser step still goes through Lightning's optimizer wrapper, so
+    ``on_before_optimizer_step`` callbacks (gradient norms, telemetry, NaN guard) see every step, and
+    ``trainer.global_step`` counts SVI steps.
 
     Args:
         model: a ``models/`` model (log-likelihood, log-prior, predictive).
@@ -78,11 +100,19 @@ class SVIModule(pl.LightningModule):
         val_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         super().__init__()
+        self.automatic_optimization = False
         self.model, self.family, self.settings = model, family, settings
         self.train_xy, self.val_xy = train_xy, val_xy
         self.dataset_size = int(train_xy[0].shape[0])
-        #: Scalars of the latest training step, read by the telemetry callbacks (tensors, not synced).
+        self.steps_per_epoch = math.ceil(self.dataset_size / settings.batch_size)
+        #: Scalars of the current SVI step (device tensors, never synced here), read by the callbacks.
         self.step_stats: dict[str, torch.Tensor] = {}
+        self._plain_backward = False
+
+    @property
+    def planned_steps(self) -> int:
+        """SVI steps in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
+        return self.steps_per_epoch * self.settings.max_epochs
 
     # -- data -------------------------------------------------------------------------------------------------------
 
@@ -90,7 +120,10 @@ class SVIModule(pl.LightningModule):
         return TensorTable(xy[0].to(self.device), xy[1].to(self.device))
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(self._table(self.train_xy), self.settings.batch_size, shuffle=True, seed=self.settings.seed)
+        return _loader(
+            self._table(self.train_xy), self.settings.batch_size, shuffle=True, seed=self.settings.seed,
+            group=self.settings.steps_per_batch,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_xy is None or self.val_xy[0].shape[0] == 0:
@@ -102,45 +135,51 @@ class SVIModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.model.to(self.device)
+        trainer = self.trainer
+        self._plain_backward = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
+        s = self.settings
         if stage == "train":
-            terms = elbo(
-                self.model,
-                self.family,
-                x,
-                y,
-                dataset_size=self.dataset_size,
-                num_particles=self.settings.num_particles,
-                antithetic=self.settings.antithetic,
-            )
-            loss = -terms.elbo / self.dataset_size
+            terms = elbo(self.model, self.family, x, y, dataset_size=self.dataset_size,
+                         num_particles=s.num_particles, antithetic=s.antithetic)
             self.step_stats = {
                 "elbo": terms.elbo.detach(),
                 "expected_log_likelihood": terms.expected_log_likelihood.detach(),
                 "kl": terms.kl.detach(),
             }
-            return loss
+            return -terms.elbo / self.dataset_size
         # Validation: per-datum ELBO on held-out rows (KL shared out over the training rows) and predictive NLL.
         with torch.no_grad():
-            terms = elbo(
-                self.model,
-                self.family,
-                x,
-                y,
-                dataset_size=x.shape[0],
-                num_particles=self.settings.eval_particles,
-                antithetic=self.settings.antithetic,
-            )
+            terms = elbo(self.model, self.family, x, y, dataset_size=x.shape[0], num_particles=s.eval_particles,
+                         antithetic=s.antithetic)
             elbo_per_datum = terms.expected_log_likelihood / x.shape[0] - terms.kl / self.dataset_size
-            nll = predictive_nll(self.model, self.family, x, y, num_samples=self.settings.eval_particles)
+            nll = predictive_nll(self.model, self.family, x, y, num_samples=s.eval_particles)
         self.log("val_elbo", elbo_per_datum, prog_bar=True, batch_size=x.shape[0])
         self.log("val_predictive_nll", nll, batch_size=x.shape[0])
         return elbo_per_datum
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        loss = None
+        for minibatch in batch if isinstance(batch, list) else [batch]:
+            loss = self._shared_step(minibatch, "train")
+            optimizer.zero_grad(set_to_none=True)
+            if self._plain_backward:
+                loss.backward()  # full precision, one process: nothing for Lightning's backward wrapper to add
+            else:
+                self.manual_backward(loss)
+            if self.settings.gradient_clip_val is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=self.settings.gradient_clip_val,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if self.trainer.should_stop:
+                break
+        return loss.detach()
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
@@ -152,8 +191,7 @@ class SVIModule(pl.LightningModule):
         optimizer = torch.optim.Adam(self.family.parameters(), lr=s.lr, betas=tuple(s.betas))
         if s.schedule.kind == "constant":
             return optimizer
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        floor = s.schedule.final_lr_ratio
+        total, floor = max(self.planned_steps, 1), s.schedule.final_lr_ratio
 
         def cosine(step: int) -> float:
             progress = min(step, total) / total

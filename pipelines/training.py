@@ -6,6 +6,7 @@ later (a NaN guard, an exception) is marked FAILED and nothing is registered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -180,21 +181,33 @@ def train(
 
 
 def _train_in_run(config, data, client, uri, run_id, experiment_id, register) -> TrainingResult:
+    from pipelines.telemetry import make_sink
+
+    steps_per_epoch = -(-len(data.train) // config.train.batch_size)
+    # Start the writer now: a writer process's start-up then overlaps the set-up below.
+    sink = make_sink(uri, run_id, planned_steps=steps_per_epoch * config.train.max_epochs)
+    try:
+        return _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink)
+    finally:
+        sink.close()
+
+
+def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink) -> TrainingResult:
     import mlflow
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.loggers import MLFlowLogger
 
     from pipelines.callbacks import (
         ConvergenceEarlyStopping,
         GradientNorms,
         IterateAveraging,
+        LastCheckpoint,
         NonFiniteGuard,
         StepTelemetry,
     )
     from pipelines.lightning_module import SVIModule
     from pipelines.registry import register_run
-    from pipelines.telemetry import MlflowMetricSink
 
     settings = config.train
     resolved = config.model_dump(mode="json")
@@ -210,7 +223,6 @@ def _train_in_run(config, data, client, uri, run_id, experiment_id, register) ->
     family = build_family(config.guide, model.latent_dim)
     module = SVIModule(model, family, settings, train_xy, val_xy if len(data.validation) else None)
 
-    sink = MlflowMetricSink(client, run_id)
     telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
     guard = NonFiniteGuard()
     averaging = IterateAveraging(settings.average_last)
@@ -222,14 +234,13 @@ def _train_in_run(config, data, client, uri, run_id, experiment_id, register) ->
             monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta, scale_rtol=es.scale_rtol
         )
         callbacks.append(stopper)
-    steps_per_epoch = max(1, -(-len(data.train) // settings.batch_size))
+    steps_per_epoch = module.steps_per_epoch
+    batches_per_epoch = -(-steps_per_epoch // settings.steps_per_batch)
     show_progress = settings.progress_bar and sys.stderr.isatty()
     if show_progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 4)))
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
     workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))
-    checkpoint = ModelCheckpoint(
-        dirpath=workdir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=settings.checkpoint_every_n_epochs
-    )
+    checkpoint = LastCheckpoint(workdir / "checkpoints", every_seconds=settings.checkpoint_every_seconds)
     callbacks.append(checkpoint)
     logger = MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id)
     trainer = pl.Trainer(
@@ -238,19 +249,19 @@ def _train_in_run(config, data, client, uri, run_id, experiment_id, register) ->
         max_epochs=settings.max_epochs,
         logger=logger,
         callbacks=callbacks,
-        gradient_clip_val=settings.gradient_clip_val,
         enable_progress_bar=show_progress,
         enable_model_summary=False,
-        log_every_n_steps=steps_per_epoch,
+        log_every_n_steps=1,
+        check_val_every_n_epoch=None,
+        val_check_interval=max(1, -(-settings.val_every_n_steps // settings.steps_per_batch)),
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         default_root_dir=str(workdir),
     )
     started = time.perf_counter()
-    try:
+    with _leave_a_core_for(sink):
         trainer.fit(module)
-    finally:
-        sink.close()
+        sink.close()  # every step's metrics are delivered before the run can be registered
     seconds = time.perf_counter() - started
     if guard.failure_reason:
         raise TrainingFailed(guard.failure_reason)
@@ -299,6 +310,21 @@ def _train_in_run(config, data, client, uri, run_id, experiment_id, register) ->
     )
 
 
+@contextlib.contextmanager
+def _leave_a_core_for(sink):
+    """While a telemetry writer process runs, keep torch's CPU threads off one core so the two do not contend."""
+    from pipelines.telemetry import MlflowMetricSink
+
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(sink, MlflowMetricSink) and cores > 1 and threads >= cores:
+        torch.set_num_threads(cores - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _final_metrics(module, data: PreparedData, stats, settings) -> dict[str, float]:
     """Validation and test ELBO per datum and predictive NLL of the final (averaged) posterior."""
     model, family = module.model.to("cpu"), module.family.to("cpu")
@@ -318,10 +344,21 @@ def _final_metrics(module, data: PreparedData, stats, settings) -> dict[str, flo
 
 
 def _log_dataset_input(client, run_id: str, data: PreparedData) -> None:
-    import mlflow.data
-    from mlflow.entities import DatasetInput, InputTag
+    """Record the training split as the run's input dataset (schema from the validated dtypes: no inference pass)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import ColSpec, Schema
 
-    frame = data.train
-    dataset = mlflow.data.from_pandas(frame, source=data.source, targets=data.target, name=f"train-{data.fingerprint}")
+    columns = [*data.features, data.target]
+    schema = Schema([ColSpec("double", name) for name in columns])
+    rows = len(data.train)
+    source_type = "code" if data.source.startswith("sklearn:") else "local"
+    dataset = Dataset(
+        name=f"train-{data.fingerprint}",
+        digest=data.fingerprint,
+        source_type=source_type,
+        source=json.dumps({"uri": data.source}),
+        schema=json.dumps({"mlflow_colspec": schema.to_dict()}),
+        profile=json.dumps({"num_rows": rows, "num_elements": rows * len(columns)}),
+    )
     tag = InputTag(key="mlflow.data.context", value="training")
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[tag])])
