@@ -100,7 +100,7 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=PosteriorPredictiveModel(),
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
             artifacts={"posterior": str(bundle_path)},
             code_paths=[str(REPO_ROOT / "models"), str(REPO_ROOT / "pipelines")],
             signature=signature,
