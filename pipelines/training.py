@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,6 @@ class TrainingResult:
     data_fingerprint: str
     stopped_reason: str = ""
     registration: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -247,13 +246,16 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
         accelerator=settings.accelerator,
         devices=settings.devices,
         max_epochs=settings.max_epochs,
+        # Early stopping may only cut the second half of the averaging window: before that the step size is still
+        # too large for the iterates to have settled, however flat the validation ELBO looks.
+        min_steps=int(module.planned_steps * (1.0 - settings.average_last / 2)),
         logger=logger,
         callbacks=callbacks,
         enable_progress_bar=show_progress,
         enable_model_summary=False,
         log_every_n_steps=1,
         check_val_every_n_epoch=None,
-        val_check_interval=max(1, -(-settings.val_every_n_steps // settings.steps_per_batch)),
+        val_check_interval=_validation_interval(module, settings),
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         default_root_dir=str(workdir),
@@ -308,6 +310,17 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
         stopped_reason=stopped or "",
         registration=registration,
     )
+
+
+#: Validate at least this many times per run, however short, so that every run has a validation curve.
+MIN_VALIDATIONS_PER_RUN = 20
+
+
+def _validation_interval(module, settings) -> int:
+    """Lightning batches between validations: every ``val_every_n_steps`` steps, or more often for short runs."""
+    steps = max(1, min(settings.val_every_n_steps, module.planned_steps // MIN_VALIDATIONS_PER_RUN))
+    steps_per_batch = min(settings.steps_per_batch, module.steps_per_epoch)
+    return max(1, round(steps / steps_per_batch))
 
 
 @contextlib.contextmanager
