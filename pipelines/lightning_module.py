@@ -16,7 +16,7 @@ from models.families import VariationalFamily
 from models.objectives import elbo, predictive_nll
 from pipelines.config import TrainSettings
 
-__all__ = ["SVIModule", "TensorTable", "IndexBatches"]
+__all__ = ["SVIModule", "TensorTable", "IndexBatches", "MinibatchGroup"]
 
 
 class TensorTable(Dataset):
@@ -31,10 +31,24 @@ class TensorTable(Dataset):
         return self.x.shape[0]
 
     def __getitem__(self, index):
-        """Rows for one index tensor, or a list of ``(x, y)`` minibatches for a list of index tensors."""
+        """Rows for one index tensor; for a list of index tensors, minibatches gathered one at a time as iterated."""
         if isinstance(index, list):
-            return [(self.x[i], self.y[i]) for i in index]
+            return MinibatchGroup(self.x, self.y, index)
         return self.x[index], self.y[index]
+
+
+class MinibatchGroup:
+    """Consecutive minibatches of one Lightning batch, each gathered only when the module reaches it (cache-warm)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: list[torch.Tensor]):
+        self.x, self.y, self.indices = x, y, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        for index in self.indices:
+            yield self.x[index], self.y[index]
 
 
 class IndexBatches(Sampler):
@@ -164,7 +178,7 @@ class SVIModule(pl.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         loss = None
-        for minibatch in batch if isinstance(batch, list) else [batch]:
+        for minibatch in batch if isinstance(batch, MinibatchGroup) else [batch]:
             loss = self._shared_step(minibatch, "train")
             optimizer.zero_grad(set_to_none=True)
             if self._plain_backward:
