@@ -3,7 +3,9 @@
 Both train the same Bayesian linear regression (20 features, 65,536 rows, fixed noise) with the same mean-field
 family, ELBO estimator (``models.objectives.elbo``), particles, Adam settings and step-size schedule; the hand-written
 loop slices tensors by index and logs nothing. viops' time is ``trainer.fit`` (validation each epoch, per-step
-telemetry to MLflow on SQLite, NaN guard, checkpoint, averaging); setup and artifact logging are not counted.
+telemetry to MLflow on SQLite, NaN guard, checkpoint, averaging) plus waiting until every step's metrics are
+delivered; setup and artifact logging are not counted. A third column runs viops with per-step metrics off
+(``train.log_step_metrics: false``) to show what the telemetry itself costs. Medians of ``--rounds`` interleaved runs.
 
     python benchmarks/bench_blr_training.py [--rows 65536] [--batch-sizes 256 4096] [--json]
 """
@@ -37,7 +39,8 @@ data: {{path: data.csv, target: y}}
 model:
   prior: {{weights: {{normal: {{scale: 1.0}}}}, intercept: {{normal: {{scale: 1.0}}}}}}
   noise: {{fixed: 0.5}}
-train: {{batch_size: {batch}, max_epochs: {epochs}, lr: 0.01, early_stopping: {{enabled: false}}, progress_bar: false}}
+train: {{batch_size: {batch}, max_epochs: {epochs}, lr: 0.01, early_stopping: {{enabled: false}}, progress_bar: false,
+        log_step_metrics: {telemetry}}}
 registry: {{auto_register: false}}
 """
 
@@ -102,24 +105,32 @@ def main() -> None:
         train_rows = int(args.rows * 0.7)
         steps_per_epoch = math.ceil(train_rows / batch)
         epochs = max(2, round(args.steps / steps_per_epoch))
-        (work / "bench.yaml").write_text(CONFIG.format(batch=batch, epochs=epochs))
-        config = load_config(work / "bench.yaml")
+        configs = {}
+        for telemetry in ("true", "false"):
+            (work / f"bench-{telemetry}.yaml").write_text(CONFIG.format(batch=batch, epochs=epochs, telemetry=telemetry))
+            configs[telemetry] = load_config(work / f"bench-{telemetry}.yaml")
+        config = configs["true"]
         data = prepare(config.data)
         viops(config, data, uri)  # warm-up: imports, DB schema, allocator
         hand_written(config, data, 200)
-        v_rates, h_rates = [], []
-        for _ in range(args.rounds):  # interleaved, so drift in machine load hits both alike
-            v_rate, steps = viops(config, data, uri)
-            v_rates.append(v_rate)
-            h_rates.append(hand_written(config, data, steps))
-        v_rate, h_rate = float(np.median(v_rates)), float(np.median(h_rates))
+        full, bare, hand = [], [], []
+        for _ in range(args.rounds):  # interleaved, so drift in machine load hits all three alike
+            rate, steps = viops(config, data, uri)
+            full.append(rate)
+            bare.append(viops(configs["false"], data, uri)[0])
+            hand.append(hand_written(config, data, steps))
+        v_rate, b_rate, h_rate = (float(np.median(r)) for r in (full, bare, hand))
         results.append({"batch_size": batch, "steps": steps, "viops_steps_per_s": round(v_rate, 1),
-                        "hand_written_steps_per_s": round(h_rate, 1), "ratio": round(v_rate / h_rate, 3)})
+                        "viops_no_step_metrics_steps_per_s": round(b_rate, 1),
+                        "hand_written_steps_per_s": round(h_rate, 1), "ratio": round(v_rate / h_rate, 3),
+                        "ratio_no_step_metrics": round(b_rate / h_rate, 3)})
 
-    print(f"{'batch':>6} {'steps':>6} {'viops steps/s':>14} {'hand-written steps/s':>21} {'ratio':>6}")
+    print(f"{'batch':>6} {'steps':>6} {'viops steps/s':>14} {'(no step metrics)':>18} {'hand-written':>13} "
+          f"{'ratio':>6} {'(no step metrics)':>18}")
     for r in results:
         print(f"{r['batch_size']:>6} {r['steps']:>6} {r['viops_steps_per_s']:>14.1f} "
-              f"{r['hand_written_steps_per_s']:>21.1f} {r['ratio']:>6.2f}")
+              f"{r['viops_no_step_metrics_steps_per_s']:>18.1f} {r['hand_written_steps_per_s']:>13.1f} "
+              f"{r['ratio']:>6.2f} {r['ratio_no_step_metrics']:>18.2f}")
     if args.json:
         print(json.dumps({"rows": args.rows, "features": args.features, "results": results}))
 

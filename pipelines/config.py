@@ -196,6 +196,7 @@ class TrainSettings(_Strict):
     # Lightning batches carry this many minibatches (one Adam step each), sharing Lightning's per-batch overhead.
     steps_per_batch: PositiveInt = 32
     val_every_n_steps: PositiveInt = 500
+    log_step_metrics: bool = True
     log_every_n_steps: PositiveInt = 500
     checkpoint_every_seconds: PositiveFloat = 300.0  # last.ckpt is also written when training ends
     accelerator: str = "auto"

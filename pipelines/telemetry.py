@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-__all__ = ["MlflowMetricSink", "ThreadedMetricSink", "make_sink", "TelemetryError"]
+__all__ = ["MlflowMetricSink", "ThreadedMetricSink", "NullSink", "make_sink", "TelemetryError"]
 
 MAX_METRICS_PER_REQUEST = 1000
 
@@ -50,8 +50,20 @@ def _send(client, run_id: str, metrics: list) -> None:
                 time.sleep(0.5 * 2**attempt)
 
 
-def make_sink(tracking_uri: str, run_id: str, planned_steps: int):
+class NullSink:
+    """Discards step metrics (``train.log_step_metrics: false``); validation and final metrics are still logged."""
+
+    def __call__(self, names: list[str], rows: list) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_sink(tracking_uri: str, run_id: str, planned_steps: int, enabled: bool = True):
     """A writer process for long runs (its start-up costs ~2 s of CPU), a background thread for short ones."""
+    if not enabled:
+        return NullSink()
     if planned_steps >= PROCESS_SINK_MIN_STEPS:
         return MlflowMetricSink(tracking_uri, run_id)
     return ThreadedMetricSink(tracking_uri, run_id)

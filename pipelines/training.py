@@ -184,7 +184,8 @@ def _train_in_run(config, data, client, uri, run_id, experiment_id, register) ->
 
     steps_per_epoch = -(-len(data.train) // config.train.batch_size)
     # Start the writer now: a writer process's start-up then overlaps the set-up below.
-    sink = make_sink(uri, run_id, planned_steps=steps_per_epoch * config.train.max_epochs)
+    sink = make_sink(uri, run_id, planned_steps=steps_per_epoch * config.train.max_epochs,
+                     enabled=config.train.log_step_metrics)
     try:
         return _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink)
     finally:
