@@ -20,6 +20,9 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
     )
     result = train(load_config(tmp_path / "c.yaml"), tracking_uri=tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
+    summary = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/posterior_summary.json")
+    assert list(summary) == ["weights", "intercept", "noise_scale"]  # the noise scale is learned by default
+    assert len(summary["weights"]["mean"]) == 2 and summary["noise_scale"]["mean"][0] > 0
     model = mlflow.pyfunc.load_model(f"models:/scaled/{result.model_version}")
     pred = model.predict(pd.DataFrame({"a": [50.0, 60.0], "b": [50.0, 40.0]}))
     expected = np.array([1000 + 150 - 100, 1000 + 180 - 80])
