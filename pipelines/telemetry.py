@@ -9,6 +9,7 @@ writes run on another core. :meth:`MlflowMetricSink.close` waits for delivery an
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import queue
@@ -163,6 +164,10 @@ def _deliver(tracking_uri: str, run_id: str) -> int:
     from mlflow import MlflowClient  # imported after the reader starts: this takes seconds
 
     client = MlflowClient(tracking_uri=tracking_uri)
+    # Writes allocate many short-lived ORM objects; scanning the large, long-lived heap of imported modules on every
+    # collection made them ~30% slower. Freeze what exists now and collect young objects less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     while (line := lines.get()) is not None:
         batch = json.loads(line)
         try:
