@@ -100,6 +100,7 @@ class StepTelemetry(pl.Callback):
 
     Per step it stacks the step's scalars into one device tensor (no sync); a flush reads them back in one transfer
     and adds ``grad_norm/total``, ``nan_count`` (non-finite values among the step's scalars) and ``lr``.
+    The series are fixed at the first step, so this callback goes after :class:`GradientNorms` in the list.
 
     Args:
         sink: called as ``sink(names, rows)`` with ``rows = [(step, timestamp_ms, [values...]), ...]``.

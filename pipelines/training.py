@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -186,13 +187,15 @@ def _train_in_run(config, data, client, uri, run_id, experiment_id, register) ->
     # Start the writer now: a writer process's start-up then overlaps the set-up below.
     sink = make_sink(uri, run_id, planned_steps=steps_per_epoch * config.train.max_epochs,
                      enabled=config.train.log_step_metrics)
+    workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))  # checkpoints and artifacts before upload
     try:
-        return _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink)
+        return _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink, workdir)
     finally:
         sink.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink) -> TrainingResult:
+def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink, workdir: Path) -> TrainingResult:
     import mlflow
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import TQDMProgressBar
@@ -239,7 +242,6 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     show_progress = settings.progress_bar and sys.stderr.isatty()
     if show_progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
-    workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))
     checkpoint = LastCheckpoint(workdir / "checkpoints", every_seconds=settings.checkpoint_every_seconds)
     callbacks.append(checkpoint)
     logger = MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id)
@@ -291,7 +293,7 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
         client, run_id, config, data, model, family, stats, telemetry.elbo_history, workdir
     )
     model_version, aliases, registration = None, (), "registration disabled"
-    if register if register is not None else config.registry.auto_register:
+    if config.registry.auto_register if register is None else register:
         reg = register_run(
             client,
             run_id,
