@@ -150,6 +150,12 @@ class SVIModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.model.to(self.device)
         trainer = self.trainer
+        if trainer.world_size > 1 and self.settings.steps_per_batch > 1:
+            # DDP expects one backward per forward of the wrapped module; grouped steps would break its reducer.
+            raise ValueError(
+                f"train.steps_per_batch={self.settings.steps_per_batch} needs a single process; "
+                f"with {trainer.world_size} processes (DDP) set train.steps_per_batch=1"
+            )
         self._plain_backward = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
