@@ -21,6 +21,8 @@ import time
 __all__ = ["MlflowMetricSink", "ThreadedMetricSink", "NullSink", "make_sink", "TelemetryError"]
 
 MAX_METRICS_PER_REQUEST = 1000
+#: Runs with at least this many planned steps write their telemetry from a separate process.
+PROCESS_SINK_MIN_STEPS = 1000
 
 
 class TelemetryError(RuntimeError):
@@ -68,10 +70,6 @@ def make_sink(tracking_uri: str, run_id: str, planned_steps: int, enabled: bool 
     if planned_steps >= PROCESS_SINK_MIN_STEPS:
         return MlflowMetricSink(tracking_uri, run_id)
     return ThreadedMetricSink(tracking_uri, run_id)
-
-
-#: Runs with at least this many planned steps write their telemetry from a separate process.
-PROCESS_SINK_MIN_STEPS = 1000
 
 
 class ThreadedMetricSink:

@@ -3,6 +3,7 @@
 import json
 
 import mlflow
+from mlflow import MlflowClient
 import numpy as np
 import pytest
 
@@ -47,6 +48,9 @@ def test_example_config_recovers_closed_form_posterior(example_dir, tracking_uri
     exact_mean, exact_sd = closed_form(data)
     mean, sd = fitted(result, tracking_uri)
     assert np.abs((mean - exact_mean) / exact_sd).max() < 0.1, (mean, exact_mean, exact_sd)
+    # A run this long sends its step metrics through the writer process: every step must have arrived.
+    history = MlflowClient(tracking_uri=tracking_uri).get_metric_history(result.run_id, "elbo")
+    assert sorted(m.step for m in history) == list(range(int(result.metrics["steps"])))
     assert np.all(np.abs(sd / exact_sd - 1) < 0.10), sd / exact_sd
 
 
