@@ -14,7 +14,7 @@ import torch
 
 from models.families import VariationalFamily
 
-__all__ = ["ELBOTerms", "elbo", "predictive_nll"]
+__all__ = ["ELBOTerms", "HeldOutFit", "elbo", "held_out_fit", "predictive_nll"]
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,19 @@ def elbo(
     z = family.rsample(num_particles, antithetic=antithetic)
     log_lik = model.log_likelihood(z, x, y).sum(-1) * (dataset_size / batch_size)
     expected_log_likelihood = log_lik.mean()
+    kl, analytic = _kl(model, family, z)
+    return ELBOTerms(expected_log_likelihood - kl, expected_log_likelihood, kl, analytic)
+
+
+def _kl(model, family: VariationalFamily, z: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """KL(q || prior): closed form when the prior is Gaussian and torch has one, else estimated from draws ``z``."""
     prior = model.gaussian_prior()
-    kl = None
     if prior is not None:
         try:
-            kl = family.kl_to(prior)
+            return family.kl_to(prior), True
         except NotImplementedError:
-            kl = None
-    analytic = kl is not None
-    if kl is None:
-        kl = (family.log_prob(z) - model.log_prior(z)).mean()
-    return ELBOTerms(expected_log_likelihood - kl, expected_log_likelihood, kl, analytic)
+            pass
+    return (family.log_prob(z) - model.log_prior(z)).mean(), False
 
 
 def predictive_nll(model, family: VariationalFamily, x: torch.Tensor, y: torch.Tensor, num_samples: int = 64):
@@ -81,3 +83,28 @@ def predictive_nll(model, family: VariationalFamily, x: torch.Tensor, y: torch.T
         z = family.rsample(num_samples)
         log_lik = model.log_likelihood(z, x, y)
         return -(torch.logsumexp(log_lik, dim=0) - math.log(num_samples)).mean()
+
+
+@dataclass(frozen=True)
+class HeldOutFit:
+    """Fit of q to held-out rows, per datum (scalar tensors, nats).
+
+    Attributes:
+        elbo_per_datum: mean over rows of E_q[log p(y | x, z)] minus KL(q || prior) / N_train.
+        predictive_nll: mean over rows of -log (1/S) sum_s p(y | x, z_s).
+    """
+
+    elbo_per_datum: torch.Tensor
+    predictive_nll: torch.Tensor
+
+
+def held_out_fit(model, family: VariationalFamily, x: torch.Tensor, y: torch.Tensor, *, train_size: int,
+                 num_samples: int = 64, antithetic: bool = False) -> HeldOutFit:
+    """Validation ELBO per datum and predictive NLL from one shared set of ``num_samples`` draws of z."""
+    with torch.no_grad():
+        z = family.rsample(num_samples, antithetic=antithetic)
+        log_lik = model.log_likelihood(z, x, y)
+        kl, _ = _kl(model, family, z)
+        elbo_per_datum = log_lik.mean() - kl / train_size
+        nll = -(torch.logsumexp(log_lik, dim=0) - math.log(num_samples)).mean()
+        return HeldOutFit(elbo_per_datum, nll)

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from models.families import VariationalFamily
-from models.objectives import elbo, predictive_nll
+from models.objectives import elbo, held_out_fit
 from pipelines.config import TrainSettings
 
 __all__ = ["SVIModule", "TensorTable", "IndexBatches", "MinibatchGroup"]
@@ -171,14 +171,11 @@ class SVIModule(pl.LightningModule):
             }
             return -terms.elbo / self.dataset_size
         # Validation: per-datum ELBO on held-out rows (KL shared out over the training rows) and predictive NLL.
-        with torch.no_grad():
-            terms = elbo(self.model, self.family, x, y, dataset_size=x.shape[0], num_particles=s.eval_particles,
-                         antithetic=s.antithetic)
-            elbo_per_datum = terms.expected_log_likelihood / x.shape[0] - terms.kl / self.dataset_size
-            nll = predictive_nll(self.model, self.family, x, y, num_samples=s.eval_particles)
-        self.log("val_elbo", elbo_per_datum, prog_bar=True, batch_size=x.shape[0])
-        self.log("val_predictive_nll", nll, batch_size=x.shape[0])
-        return elbo_per_datum
+        fit = held_out_fit(self.model, self.family, x, y, train_size=self.dataset_size,
+                           num_samples=s.eval_particles, antithetic=s.antithetic)
+        self.log("val_elbo", fit.elbo_per_datum, prog_bar=True, batch_size=x.shape[0])
+        self.log("val_predictive_nll", fit.predictive_nll, batch_size=x.shape[0])
+        return fit.elbo_per_datum
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()

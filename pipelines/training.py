@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from models.objectives import elbo, predictive_nll
+from models.objectives import held_out_fit
 from pipelines.build import build_family, build_model
 from pipelines.config import TrainConfig, config_hash
 from pipelines.data import PreparedData, prepare
@@ -357,10 +357,9 @@ def _final_metrics(module, data: PreparedData, stats, settings) -> dict[str, flo
         if not len(frame):
             continue
         x, y = _tensors(frame, data.features, data.target, stats)
-        with torch.no_grad():
-            terms = elbo(model, family, x, y, dataset_size=len(frame), num_particles=settings.eval_particles)
-            out[f"{split}_elbo_per_datum"] = float(terms.expected_log_likelihood / len(frame) - terms.kl / n_train)
-            out[f"{split}_predictive_nll"] = float(predictive_nll(model, family, x, y, settings.eval_particles))
+        fit = held_out_fit(model, family, x, y, train_size=n_train, num_samples=settings.eval_particles)
+        out[f"{split}_elbo_per_datum"] = float(fit.elbo_per_datum)
+        out[f"{split}_predictive_nll"] = float(fit.predictive_nll)
     return out
 
 

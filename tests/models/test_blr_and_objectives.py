@@ -89,3 +89,18 @@ def test_constructor_rejects_ambiguous_noise():
     with pytest.raises(ValueError, match="must be positive"):
         BayesianLinearRegression(2, _normal(), _normal(), noise_scale=-1.0)
     assert isinstance(BayesianLinearRegression(2, _normal(), _normal(), noise_scale=1.0).gaussian_prior(), Independent)
+
+
+def test_held_out_fit_matches_the_separate_estimators():
+    from models.objectives import held_out_fit
+
+    torch.manual_seed(0)
+    model = BayesianLinearRegression(2, _normal(), _normal(), noise_scale=0.5)
+    family = MeanFieldGaussian(3, init_scale=0.05, init_loc=torch.tensor([1.0, -1.0, 0.5]))
+    x = torch.randn(500, 2)
+    y = x @ torch.tensor([1.0, -1.0]) + 0.5 + 0.5 * torch.randn(500)
+    fit = held_out_fit(model, family, x, y, train_size=1000, num_samples=4000)
+    terms = elbo(model, family, x, y, dataset_size=500, num_particles=4000)
+    expected_elbo = terms.expected_log_likelihood / 500 - terms.kl / 1000
+    assert float(fit.elbo_per_datum) == pytest.approx(float(expected_elbo), abs=2e-3)
+    assert float(fit.predictive_nll) == pytest.approx(float(predictive_nll(model, family, x, y, 4000)), abs=2e-3)

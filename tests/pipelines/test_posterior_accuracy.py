@@ -43,8 +43,8 @@ def fit(config_path, tracking_uri, **overrides):
 
 @pytest.mark.slow
 def test_example_config_recovers_closed_form_posterior(example_dir, tracking_uri):
-    # 4,000 rows (2,800 for training) and 4 latent dims; only max_epochs is raised, as the issue allows.
-    data, result = fit(example_dir / "blr_csv.yaml", tracking_uri, **{"train.max_epochs": 150})
+    # 4,000 rows (2,800 for training) and 4 latent dims; only max_epochs is raised (3,300 steps), as the issue allows.
+    data, result = fit(example_dir / "blr_csv.yaml", tracking_uri, **{"train.max_epochs": 300})
     exact_mean, exact_sd = closed_form(data)
     mean, sd = fitted(result, tracking_uri)
     assert np.abs((mean - exact_mean) / exact_sd).max() < 0.1, (mean, exact_mean, exact_sd)
@@ -64,11 +64,11 @@ def test_minibatch_and_full_batch_converge_to_the_same_posterior(tmp_path, track
         "model: {noise: {fixed: 0.3}, prior: {weights: {normal: {scale: 1.0}}, intercept: {normal: {scale: 1.0}}}}\n"
         "train: {lr: 0.01, early_stopping: {enabled: false}}\n"
     )
-    data, small = fit(config, tracking_uri, **{"train.batch_size": 64, "train.max_epochs": 150})
-    _, full = fit(config, tracking_uri, **{"train.batch_size": 700, "train.max_epochs": 1600})
+    data, small = fit(config, tracking_uri, **{"train.batch_size": 64, "train.max_epochs": 300})
+    _, full = fit(config, tracking_uri, **{"train.batch_size": 700, "train.max_epochs": 3300})
     exact_mean, exact_sd = closed_form(data)
     (m64, s64), (mfull, sfull) = fitted(small, tracking_uri), fitted(full, tracking_uri)
-    assert small.metrics["steps"] == 150 * 11 and full.metrics["steps"] == 1600
+    assert small.metrics["steps"] == 300 * 11 and full.metrics["steps"] == 3300
     assert np.abs((m64 - mfull) / exact_sd).max() < 0.1
     assert np.all(np.abs(s64 / sfull - 1) < 0.1)
     # ...and both are the right posterior: a wrong N/|B| factor would put the batch-64 SDs off by sqrt(700/64).
