@@ -81,8 +81,12 @@ def predictive_nll(model, family: VariationalFamily, x: torch.Tensor, y: torch.T
     """Mean negative log posterior-predictive density per row, ``-log (1/S) sum_s p(y | x, z_s)``."""
     with torch.no_grad():
         z = family.rsample(num_samples)
-        log_lik = model.log_likelihood(z, x, y)
-        return -(torch.logsumexp(log_lik, dim=0) - math.log(num_samples)).mean()
+        return _predictive_nll(model.log_likelihood(z, x, y))
+
+
+def _predictive_nll(log_lik: torch.Tensor) -> torch.Tensor:
+    """``-mean_rows log (1/S) sum_s exp(log_lik[s, row])`` for a ``(S, B)`` log-likelihood matrix."""
+    return -(torch.logsumexp(log_lik, dim=0) - math.log(log_lik.shape[0])).mean()
 
 
 @dataclass(frozen=True)
@@ -106,5 +110,4 @@ def held_out_fit(model, family: VariationalFamily, x: torch.Tensor, y: torch.Ten
         log_lik = model.log_likelihood(z, x, y)
         kl, _ = _kl(model, family, z)
         elbo_per_datum = log_lik.mean() - kl / train_size
-        nll = -(torch.logsumexp(log_lik, dim=0) - math.log(num_samples)).mean()
-        return HeldOutFit(elbo_per_datum, nll)
+        return HeldOutFit(elbo_per_datum, _predictive_nll(log_lik))

@@ -16,7 +16,7 @@ from models.families import VariationalFamily
 from models.objectives import elbo, held_out_fit
 from pipelines.config import TrainSettings
 
-__all__ = ["SVIModule", "TensorTable", "IndexBatches", "MinibatchGroup"]
+__all__ = ["SVIModule", "TensorTable", "IndexBatches", "MinibatchGroup", "planned_steps"]
 
 
 class TensorTable(Dataset):
@@ -89,6 +89,11 @@ def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int, gr
     return DataLoader(table, sampler=sampler, batch_size=None, num_workers=0)
 
 
+def planned_steps(num_rows: int, settings: TrainSettings) -> int:
+    """SVI steps in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
+    return math.ceil(num_rows / settings.batch_size) * settings.max_epochs
+
+
 class SVIModule(pl.LightningModule):
     """Stochastic variational inference for ``model`` with variational family ``family``.
 
@@ -126,7 +131,7 @@ class SVIModule(pl.LightningModule):
     @property
     def planned_steps(self) -> int:
         """SVI steps in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
-        return self.steps_per_epoch * self.settings.max_epochs
+        return planned_steps(self.dataset_size, self.settings)
 
     # -- data -------------------------------------------------------------------------------------------------------
 

@@ -182,11 +182,11 @@ def train(
 
 
 def _train_in_run(config, data, client, uri, run_id, experiment_id, register) -> TrainingResult:
+    from pipelines.lightning_module import planned_steps
     from pipelines.telemetry import make_sink
 
-    steps_per_epoch = -(-len(data.train) // config.train.batch_size)
     # Start the writer now: a writer process's start-up then overlaps the set-up below.
-    sink = make_sink(uri, run_id, planned_steps=steps_per_epoch * config.train.max_epochs,
+    sink = make_sink(uri, run_id, planned_steps=planned_steps(len(data.train), config.train),
                      enabled=config.train.log_step_metrics)
     workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))  # checkpoints and artifacts before upload
     try:
@@ -238,8 +238,7 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
             monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta, scale_rtol=es.scale_rtol
         )
         callbacks.append(stopper)
-    steps_per_epoch = module.steps_per_epoch
-    batches_per_epoch = -(-steps_per_epoch // settings.steps_per_batch)
+    batches_per_epoch = -(-module.steps_per_epoch // settings.steps_per_batch)
     show_progress = settings.progress_bar and sys.stderr.isatty()
     if show_progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
