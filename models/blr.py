@@ -53,6 +53,7 @@ class BayesianLinearRegression:
         intercept_prior: Distribution,
         noise_scale: float | None = None,
         noise_prior: Distribution | None = None,
+        fit_intercept: bool = True,
     ):
         if num_features < 1:
             raise ValueError(f"num_features must be >= 1, got {num_features}")
@@ -65,9 +66,12 @@ class BayesianLinearRegression:
         self.intercept_prior = intercept_prior
         self.noise_scale = None if noise_scale is None else float(noise_scale)
         self.noise_prior = noise_prior
-        blocks = [LatentBlock("weights", 0, self.num_features), LatentBlock("intercept", self.num_features, 1)]
+        self.fit_intercept = bool(fit_intercept)
+        blocks = [LatentBlock("weights", 0, self.num_features)]
+        if self.fit_intercept:
+            blocks.append(LatentBlock("intercept", self.num_features, 1))
         if self.learns_noise:
-            blocks.append(LatentBlock("noise_scale", self.num_features + 1, 1, positive=True))
+            blocks.append(LatentBlock("noise_scale", blocks[-1].stop, 1, positive=True))
         self.blocks: tuple[LatentBlock, ...] = tuple(blocks)
         self._to_positive = biject_to(constraints.positive)
         self._gaussian_prior: Distribution | None = None
@@ -91,17 +95,21 @@ class BayesianLinearRegression:
 
     def unpack(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split draws ``(S, D)`` into constrained parameters: weights ``(S, p)``, intercept ``(S,)``, noise ``(S,)``."""
-        out = {"weights": z[..., : self.num_features], "intercept": z[..., self.num_features]}
+        p = self.num_features
+        out = {"weights": z[..., :p]}
+        out["intercept"] = z[..., p] if self.fit_intercept else z.new_zeros(z.shape[:-1])
         if self.learns_noise:
-            out["noise_scale"] = self._to_positive(z[..., self.num_features + 1])
+            out["noise_scale"] = self._to_positive(z[..., -1])
         return out
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) in unconstrained space (prior density plus log-Jacobian), shape ``(S,)``."""
-        weights, intercept = z[..., : self.num_features], z[..., self.num_features]
-        lp = self.weight_prior.log_prob(weights).sum(-1) + self.intercept_prior.log_prob(intercept)
+        p = self.num_features
+        lp = self.weight_prior.log_prob(z[..., :p]).sum(-1)
+        if self.fit_intercept:
+            lp = lp + self.intercept_prior.log_prob(z[..., p])
         if self.learns_noise:
-            u = z[..., self.num_features + 1]
+            u = z[..., -1]
             sigma = self._to_positive(u)
             lp = lp + self.noise_prior.log_prob(sigma) + self._to_positive.log_abs_det_jacobian(u, sigma)
         return lp
@@ -111,12 +119,16 @@ class BayesianLinearRegression:
 
         Built once and cached (the ELBO asks for it every step); :meth:`to` clears the cache.
         """
-        if self.learns_noise or not all(isinstance(p, Normal) for p in (self.weight_prior, self.intercept_prior)):
+        coefficient_priors = (self.weight_prior, self.intercept_prior) if self.fit_intercept else (self.weight_prior,)
+        if self.learns_noise or not all(isinstance(p, Normal) for p in coefficient_priors):
             return None
         if self._gaussian_prior is None:
             p = self.num_features
-            loc = torch.cat([self.weight_prior.loc.expand(p), self.intercept_prior.loc.reshape(1)])
-            scale = torch.cat([self.weight_prior.scale.expand(p), self.intercept_prior.scale.reshape(1)])
+            locs, scales = [self.weight_prior.loc.expand(p)], [self.weight_prior.scale.expand(p)]
+            if self.fit_intercept:
+                locs.append(self.intercept_prior.loc.reshape(1))
+                scales.append(self.intercept_prior.scale.reshape(1))
+            loc, scale = torch.cat(locs), torch.cat(scales)
             self._gaussian_prior = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
         return self._gaussian_prior
 

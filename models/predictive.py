@@ -37,7 +37,7 @@ def posterior_predictive(
     if num_samples < 2:
         raise ValueError(f"num_samples must be >= 2 for a predictive SD, got {num_samples}")
     with torch.no_grad():
-        noise = torch.randn((num_samples, family.dim), generator=generator, device=x.device, dtype=x.dtype)
+        noise = torch.randn((num_samples, family.noise_dim), generator=generator, device=x.device, dtype=x.dtype)
         z = family.transform_noise(noise)
         pred = model.predictive(z, x)
         mean = pred.mean.mean(0)

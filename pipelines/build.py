@@ -17,12 +17,13 @@ def build_model(cfg: ModelConfig, num_features: int) -> BayesianLinearRegression
     weight_prior = make_prior(cfg.prior.weights.kind, cfg.prior.weights.params)
     intercept_prior = make_prior(cfg.prior.intercept.kind, cfg.prior.intercept.params)
     if cfg.noise.fixed is not None:
-        return BayesianLinearRegression(num_features, weight_prior, intercept_prior, noise_scale=cfg.noise.fixed)
+        return BayesianLinearRegression(num_features, weight_prior, intercept_prior, noise_scale=cfg.noise.fixed,
+                                        fit_intercept=cfg.fit_intercept)
     noise_prior = make_prior(cfg.noise.learned.kind, cfg.noise.learned.params, positive=True)
-    return BayesianLinearRegression(num_features, weight_prior, intercept_prior, noise_prior=noise_prior)
+    return BayesianLinearRegression(num_features, weight_prior, intercept_prior, noise_prior=noise_prior,
+                                    fit_intercept=cfg.fit_intercept)
 
 
 def build_family(cfg: GuideConfig, dim: int) -> VariationalFamily:
     """Build the configured variational family over ``dim`` unconstrained latent dimensions."""
-    options = cfg.model_dump(exclude={"family"})
-    return make_family(cfg.family, dim, **options)
+    return make_family(cfg.family, dim, **cfg.family_options())

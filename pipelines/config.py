@@ -151,11 +151,44 @@ class ModelConfig(_Strict):
     kind: Literal["bayesian_linear_regression"] = "bayesian_linear_regression"
     prior: PriorConfig = PriorConfig()
     noise: NoiseConfig = NoiseConfig(learned=NoiseScalePrior(half_normal=ScaleOnly()))
+    fit_intercept: bool = True  # false: y = x @ weights + noise (prior.intercept is then unused)
+
+
+class FlowConfig(_Strict):
+    """Options of the ``flow`` family (a zuko neural spline flow; docs/families.md)."""
+
+    transforms: PositiveInt = 3
+    hidden_features: list[PositiveInt] = Field(default_factory=lambda: [32, 32], min_length=1)
+    bins: Annotated[int, Field(ge=2)] = 8
 
 
 class GuideConfig(_Strict):
-    family: Literal["mean_field"] = "mean_field"
+    """The variational family: ``mean_field | full_rank | low_rank | flow``, with its options.
+
+    ``rank`` belongs to ``low_rank`` and ``flow`` to ``flow``; giving either to another family is an error.
+    """
+
+    family: Literal["mean_field", "full_rank", "low_rank", "flow"] = "mean_field"
     init_scale: PositiveFloat = 0.1
+    rank: PositiveInt | None = None
+    flow: FlowConfig | None = None
+
+    @model_validator(mode="after")
+    def _options_match_family(self):
+        if self.rank is not None and self.family != "low_rank":
+            raise ValueError(f"'rank' is an option of the low_rank family, not of {self.family}")
+        if self.flow is not None and self.family != "flow":
+            raise ValueError(f"'flow' options belong to the flow family, not to {self.family}")
+        return self
+
+    def family_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`models.families.make_family` for this family."""
+        options: dict[str, Any] = {"init_scale": self.init_scale}
+        if self.family == "low_rank":
+            options["rank"] = self.rank or 2
+        if self.family == "flow":
+            options.update((self.flow or FlowConfig()).model_dump())
+        return options
 
 
 class EarlyStoppingConfig(_Strict):
@@ -187,7 +220,7 @@ class TrainSettings(_Strict):
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.9)
     seed: int = 0
     num_particles: PositiveInt = 2
-    antithetic: bool = True
+    antithetic: bool = True  # mirrored particle pairs; used with families symmetric about their mean (not flow)
     schedule: ScheduleConfig = ScheduleConfig()
     average_last: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.25
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -224,6 +257,12 @@ class TrainConfig(_Strict):
     train: TrainSettings = TrainSettings()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _intercept_with_standardized_data(self):
+        if self.data.standardize and not self.model.fit_intercept:
+            raise ValueError("data.standardize centres the data, which needs model.fit_intercept: true")
+        return self
 
     @property
     def model_name(self) -> str:

@@ -27,7 +27,10 @@ def test_overrides_are_applied_and_typed():
         ("model.prior.weights.normal.scale=-1", r"model\.prior\.weights\.normal\.scale: Input should be greater than 0 \(got -1\)"),
         ("model.noise={fixed: 0.3, learned: {half_normal: {}}}", r"model\.noise: give exactly one of 'fixed'"),
         ("model.prior.intercept={laplace: {scale: 1}}", r"model\.prior\.intercept\.laplace: unknown key"),
-        ("guide.family=full_rnk", r"guide\.family: Input should be 'mean_field'"),
+        ("guide.family=full_rnk", r"guide\.family: Input should be 'mean_field', 'full_rank', 'low_rank' or 'flow'"),
+        ("guide.rank=3", r"guide: .*'rank' is an option of the low_rank family, not of mean_field"),
+        ("guide={family: low_rank, flow: {transforms: 2}}", r"guide: .*'flow' options belong to the flow family"),
+        ("guide={family: flow, flow: {bins: 1}}", r"guide\.flow\.bins: Input should be greater than or equal to 2"),
         ("train.batch_size=0", r"train\.batch_size: Input should be greater than 0"),
     ],
 )
@@ -42,3 +45,15 @@ def test_missing_file_and_malformed_override(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         parse_overrides(["train.lr"])
+
+
+def test_family_options_reach_the_family():
+    config = load_config(EXAMPLE_CONFIG, parse_overrides(["guide={family: low_rank, rank: 3, init_scale: 0.2}"]))
+    assert config.guide.family_options() == {"init_scale": 0.2, "rank": 3}
+    flow = load_config(EXAMPLE_CONFIG, parse_overrides(["guide={family: flow, flow: {transforms: 2}}"])).guide
+    assert flow.family_options() == {"init_scale": 0.1, "transforms": 2, "hidden_features": [32, 32], "bins": 8}
+
+
+def test_standardised_data_needs_an_intercept():
+    with pytest.raises(ConfigError, match="data.standardize centres the data, which needs model.fit_intercept: true"):
+        load_config(EXAMPLE_CONFIG, parse_overrides(["data.standardize=true", "model.fit_intercept=false"]))
