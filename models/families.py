@@ -53,6 +53,36 @@ class VariationalFamily(nn.Module):
         if dim < 1:
             raise ValueError(f"a variational family needs at least one latent dimension, got dim={dim}")
         self.dim = int(dim)
+        # A fixed diagonal map z = shift + scale * u (identity unless :meth:`precondition` sets it): the variational
+        # parameters live in u, where posterior scales are about one, so Adam's steps suit every coordinate alike.
+        self.register_buffer("precond_shift", torch.zeros(self.dim))
+        self.register_buffer("precond_scale", torch.ones(self.dim))
+
+    def precondition(self, shift: torch.Tensor, scale: torch.Tensor, scale_tril: torch.Tensor | None = None
+                     ) -> VariationalFamily:
+        """Centre q at ``shift`` and measure its parameters in units of ``scale`` (e.g. a Laplace approximation's
+        mode and marginal SDs). A diagonal map keeps every family in its class: a mean-field q stays mean-field.
+        ``scale_tril`` (a dense map) is used only by families closed under it (full rank); others ignore it."""
+        shift, scale = torch.as_tensor(shift, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
+        if shift.shape != (self.dim,) or scale.shape != (self.dim,):
+            raise ValueError(f"shift and scale must have shape ({self.dim},), got {tuple(shift.shape)}, {tuple(scale.shape)}")
+        if not bool((scale > 0).all() and torch.isfinite(scale).all() and torch.isfinite(shift).all()):
+            raise ValueError("preconditioner scale must be positive and finite, and shift finite")
+        with torch.no_grad():
+            self.precond_shift.copy_(shift)
+            self.precond_scale.copy_(scale)
+            self.loc.zero_()
+            self._unit_scale()
+        return self
+
+    def _unit_scale(self) -> None:
+        """Set the scale parameters so that q has unit scale in preconditioned units (q starts at the Laplace
+        Gaussian, or its diagonal for the factorised families)."""
+        raise NotImplementedError
+
+    def _loc(self) -> torch.Tensor:
+        """Location of q in z space."""
+        return self.precond_shift + self.precond_scale * self.loc
 
     def distribution(self) -> Distribution:
         """The current q(z), with ``event_shape == (dim,)``."""
@@ -135,14 +165,17 @@ class MeanFieldGaussian(VariationalFamily):
 
     @property
     def scale(self) -> torch.Tensor:
-        return F.softplus(self.scale_unconstrained)
+        return self.precond_scale * F.softplus(self.scale_unconstrained)
 
     def distribution(self) -> Distribution:
-        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+        return Independent(Normal(self._loc(), self.scale, validate_args=False), 1, validate_args=False)
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Map standard-normal noise ``(..., dim)`` to draws from q (the reparameterisation itself)."""
-        return self.loc + self.scale * noise
+        return self._loc() + self.scale * noise
+
+    def _unit_scale(self) -> None:
+        self.scale_unconstrained.fill_(_inverse_softplus(1.0))
 
 
 class FullRankGaussian(VariationalFamily):
@@ -156,6 +189,8 @@ class FullRankGaussian(VariationalFamily):
 
     def __init__(self, dim: int, init_scale: float = 0.1, init_loc: torch.Tensor | None = None):
         super().__init__(dim)
+        # A dense preconditioner z = shift + T u (T lower-triangular; identity unless set by ``precondition``).
+        self.register_buffer("precond_tril", torch.eye(dim))
         self.loc = nn.Parameter(_initial_loc(dim, init_loc))
         self.scale_diag_unconstrained = nn.Parameter(torch.full((dim,), _inverse_softplus(_positive(init_scale))))
         rows, cols = torch.tril_indices(dim, dim, offset=-1)
@@ -163,16 +198,36 @@ class FullRankGaussian(VariationalFamily):
         self.register_buffer("_cols", cols, persistent=False)
         self.scale_offdiag = nn.Parameter(torch.zeros(rows.numel()))
 
+    def precondition(self, shift, scale, scale_tril=None) -> FullRankGaussian:
+        """As the base class; with ``scale_tril`` the map is dense (``z = shift + scale_tril @ u``), which whitens a
+        correlated posterior: the full-rank family is closed under any affine map, so nothing is lost."""
+        super().precondition(shift, scale)
+        tril = torch.diag(self.precond_scale) if scale_tril is None else torch.as_tensor(scale_tril, dtype=torch.float32)
+        if tril.shape != (self.dim, self.dim) or not bool(torch.isfinite(tril).all()):
+            raise ValueError(f"scale_tril must be a finite ({self.dim}, {self.dim}) matrix")
+        with torch.no_grad():
+            self.precond_tril.copy_(torch.tril(tril))
+            self.precond_scale.fill_(1.0)  # the dense map carries the scales
+        return self
+
+    def _loc(self) -> torch.Tensor:
+        return self.precond_shift + self.precond_tril @ (self.precond_scale * self.loc)
+
     @property
     def scale_tril(self) -> torch.Tensor:
         tril = torch.diag_embed(F.softplus(self.scale_diag_unconstrained))
-        return tril.index_put((self._rows, self._cols), self.scale_offdiag)
+        tril = self.precond_scale.unsqueeze(-1) * tril.index_put((self._rows, self._cols), self.scale_offdiag)
+        return self.precond_tril @ tril
 
     def distribution(self) -> Distribution:
-        return MultivariateNormal(self.loc, scale_tril=self.scale_tril, validate_args=False)
+        return MultivariateNormal(self._loc(), scale_tril=self.scale_tril, validate_args=False)
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
-        return self.loc + noise @ self.scale_tril.T
+        return self._loc() + noise @ self.scale_tril.T
+
+    def _unit_scale(self) -> None:
+        self.scale_diag_unconstrained.fill_(_inverse_softplus(1.0))
+        self.scale_offdiag.zero_()
 
 
 class LowRankGaussian(VariationalFamily):
@@ -196,8 +251,9 @@ class LowRankGaussian(VariationalFamily):
         self.cov_factor = nn.Parameter(0.1 * init_scale * torch.randn(dim, rank, generator=generator) / math.sqrt(rank))
 
     def distribution(self) -> Distribution:
-        diag = F.softplus(self.diag_unconstrained)
-        return LowRankMultivariateNormal(self.loc, self.cov_factor, diag * diag, validate_args=False)
+        diag = self.precond_scale * F.softplus(self.diag_unconstrained)
+        factor = self.precond_scale.unsqueeze(-1) * self.cov_factor
+        return LowRankMultivariateNormal(self._loc(), factor, diag * diag, validate_args=False)
 
     @property
     def noise_dim(self) -> int:
@@ -206,7 +262,12 @@ class LowRankGaussian(VariationalFamily):
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Standard-normal noise of shape ``(..., dim + rank)``: the first ``rank`` columns drive ``W``."""
         eps_w, eps_d = noise[..., : self.rank], noise[..., self.rank :]
-        return self.loc + eps_w @ self.cov_factor.T + F.softplus(self.diag_unconstrained) * eps_d
+        s = self.precond_scale
+        return self._loc() + s * (eps_w @ self.cov_factor.T + F.softplus(self.diag_unconstrained) * eps_d)
+
+    def _unit_scale(self) -> None:
+        self.diag_unconstrained.fill_(_inverse_softplus(1.0))
+        self.cov_factor.mul_(10.0)  # still small next to the unit diagonal, large enough to move
 
 
 class NormalizingFlow(VariationalFamily):
@@ -236,12 +297,15 @@ class NormalizingFlow(VariationalFamily):
                                    hidden_features=tuple(hidden_features), passes=passes)
 
     def distribution(self) -> Distribution:
-        affine = AffineTransform(self.loc, F.softplus(self.scale_unconstrained), event_dim=1)
+        affine = AffineTransform(self._loc(), self.precond_scale * F.softplus(self.scale_unconstrained), event_dim=1)
         return TransformedDistribution(self.flow(), [affine], validate_args=False)
+
+    def _unit_scale(self) -> None:
+        self.scale_unconstrained.fill_(_inverse_softplus(1.0))
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         flow = self.flow()  # zuko: x = transform.inv(u) for base noise u
-        return self.loc + F.softplus(self.scale_unconstrained) * flow.transform.inv(noise)
+        return self._loc() + self.precond_scale * F.softplus(self.scale_unconstrained) * flow.transform.inv(noise)
 
     @property
     def mean(self) -> torch.Tensor:

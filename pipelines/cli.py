@@ -81,6 +81,30 @@ def _cmd_register(args) -> int:
     return 0
 
 
+def _cmd_conformance(args) -> int:
+    from pipelines.conformance import format_table, run_conformance
+    from pipelines.posteriordb import list_posteriors
+    from pipelines.training import resolve_tracking_uri
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)  # one fit per line instead
+    posteriors = args.posterior or list_posteriors(args.posteriordb)
+    families = args.family or ["mean_field", "full_rank", "low_rank", "flow"]
+    uri = resolve_tracking_uri(args.tracking_uri)
+
+    def progress(r) -> None:
+        print(f"{r.posterior} / {r.family}: max |mean err| {r.max_abs_mean_err_sd:.3f} SD, SD ratio "
+              f"{r.min_sd_ratio:.3f}-{r.max_sd_ratio:.3f}, k-hat {r.psis_khat:.2f} ({r.seconds:.1f} s)", file=sys.stderr)
+
+    results = run_conformance(args.posteriordb, posteriors, families, tracking_uri=uri, seed=args.seed,
+                              progress=progress)
+    payload = {"results": [r.summary() for r in results], "tracking_uri": uri}
+    if args.details:
+        payload["parameters"] = [{"posterior": r.posterior, "family": r.family, **row}
+                                 for r in results for row in r.parameters]
+    _emit(payload, args.json, format_table(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("conformance", help="fit posteriordb reference posteriors with each family; compare with NUTS")
+    common(p, config=False)
+    p.add_argument("--posteriordb", required=True, help="a posteriordb folder (one sub-folder per posterior)")
+    p.add_argument("--posterior", action="append", help="posterior name (repeatable; default: every one)")
+    p.add_argument("--family", action="append", choices=["mean_field", "full_rank", "low_rank", "flow"],
+                   help="variational family (repeatable; default: all four)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for the fits (experiment viops-conformance)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--details", action="store_true", help="add every parameter's comparison to the JSON output")
+    p.set_defaults(func=_cmd_conformance)
     return parser
 
 
@@ -130,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.config import ConfigError
     from pipelines.data import DataError
+    from pipelines.posteriordb import PosteriorDBError
     from pipelines.registry import RegistryError
     from pipelines.training import TrainingFailed
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RegistryError) as exc:
+    except (ConfigError, DataError, RegistryError, PosteriorDBError) as exc:
         print(f"viops {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingFailed as exc:

@@ -170,6 +170,10 @@ class GuideConfig(_Strict):
 
     family: Literal["mean_field", "full_rank", "low_rank", "flow"] = "mean_field"
     init_scale: PositiveFloat = 0.1
+    # laplace: start q at the Laplace approximation (mode and SDs; init_scale is then unused) and measure its
+    # parameters in those units (one L-BFGS fit and a dense Hessian before SVI; up to ~1,000 latent dims).
+    # docs/families.md.
+    precondition: Literal["none", "laplace"] = "none"
     rank: PositiveInt | None = None
     flow: FlowConfig | None = None
 
@@ -226,6 +230,7 @@ class TrainSettings(_Strict):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     gradient_clip_val: PositiveFloat | None = None
     eval_particles: PositiveInt = 64
+    khat_samples: Annotated[int, Field(ge=100)] = 1000  # draws for the PSIS k-hat at the end of training
     # Lightning batches carry this many minibatches (one Adam step each), sharing Lightning's per-batch overhead.
     steps_per_batch: PositiveInt = 32
     val_every_n_steps: PositiveInt = 500

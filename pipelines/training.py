@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import yaml
 
+from models.diagnostics import psis_khat
+from models.laplace import laplace_approximation
 from models.objectives import held_out_fit
 from pipelines.build import build_family, build_model
 from pipelines.config import TrainConfig, config_hash
@@ -225,6 +227,7 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     model = build_model(config.model, len(data.features))
     family = build_family(config.guide, model.latent_dim)
+    laplace = _precondition(client, run_id, model, family, train_xy) if config.guide.precondition == "laplace" else None
     module = SVIModule(model, family, settings, train_xy, val_xy if len(data.validation) else None)
 
     telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
@@ -273,6 +276,11 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     trainer.save_checkpoint(workdir / "checkpoints" / "last.ckpt")
 
     metrics = _final_metrics(module, data, stats, settings)
+    metrics["psis_khat"] = psis_khat(module.model, module.family, *train_xy, num_samples=settings.khat_samples,
+                                     seed=settings.seed)
+    if laplace is not None:  # q much narrower than the Laplace Gaussian: the signature of a too-simple family
+        ratio = module.family.stddev.detach().cpu() / laplace.marginal_sd
+        metrics.update({"sd_ratio_to_laplace_min": float(ratio.min()), "sd_ratio_to_laplace_max": float(ratio.max())})
     metrics.update(
         {"train_seconds": seconds, "steps": float(trainer.global_step), "epochs": float(trainer.current_epoch)}
     )
@@ -343,6 +351,17 @@ def _tuned_for_training(sink):
     finally:
         gc.unfreeze()
         torch.set_num_threads(threads)
+
+
+def _precondition(client, run_id: str, model, family, train_xy):
+    """Centre the family at the posterior mode, in units of the Laplace marginal SDs (``guide.precondition``)."""
+    try:
+        laplace = laplace_approximation(model, *train_xy)
+    except ValueError as exc:
+        raise TrainingFailed(f"guide.precondition=laplace: {exc}") from exc
+    family.precondition(laplace.mode, laplace.marginal_sd, laplace.scale_tril)
+    client.log_metric(run_id, "laplace/log_joint_at_mode", laplace.log_joint)
+    return laplace
 
 
 def _final_metrics(module, data: PreparedData, stats, settings) -> dict[str, float]:

@@ -12,6 +12,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO / "configs" / "examples" / "blr_csv.yaml"
+#: Reference posteriors beside the project (CI has them there too); VIOPS_POSTERIORDB points elsewhere.
+POSTERIORDB = Path(os.environ.get("VIOPS_POSTERIORDB", REPO.parent / "shared" / "posteriordb"))
 
 
 def require(condition: bool, reason: str) -> None:
@@ -38,6 +40,12 @@ def make_regression_csv(path: Path, n: int = 4000, seed: int = 0, weights=(0.5, 
     frame["y"] = y
     frame.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch) -> None:
+    """Every test runs in its own folder: MLflow's default artifact root for a SQLite store is ./mlruns of the cwd."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

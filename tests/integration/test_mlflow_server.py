@@ -107,6 +107,7 @@ def test_train_against_server_and_read_everything_back(mlflow_server, tmp_path):
     assert version.version == str(result["model_version"]) and version.run_id == run.info.run_id
     assert set(client.get_model_version("blr-example", version.version).aliases) == {"champion", "challenger"}
     mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)  # an earlier in-process train() may have left another registry set
     model = mlflow.pyfunc.load_model("models:/blr-example@champion")
     import pandas as pd
 

@@ -32,3 +32,26 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
     pd.testing.assert_frame_equal(pred, again)  # seeded: repeatable
     with pytest.raises(Exception, match="b"):
         model.predict(pd.DataFrame({"a": [1.0]}))
+
+
+@pytest.mark.parametrize("family, min_sd_ratio", [("full_rank", 0.8), ("flow", 0.0)])
+def test_preconditioned_families_round_trip_through_the_registry(family, min_sd_ratio, tmp_path, tracking_uri):
+    """Unscaled, correlated data; the family (and its Laplace preconditioner) is rebuilt inside the pyfunc."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(100.0, 15.0, size=400)  # uncentred: intercept and slope strongly correlated
+    y = 20.0 + 0.6 * x + rng.normal(0, 10.0, size=400)
+    pd.DataFrame({"x": x, "y": y}).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "c.yaml").write_text(
+        f"name: pre-{family.replace('_', '-')}\ndata: {{path: d.csv, target: y}}\n"
+        "model: {prior: {weights: {flat: {}}, intercept: {flat: {}}}}\n"
+        f"guide: {{family: {family}, precondition: laplace}}\n"
+        "train: {max_epochs: 40, batch_size: 128, khat_samples: 500}\n"
+    )
+    result = train(load_config(tmp_path / "c.yaml"), tracking_uri=tracking_uri)
+    # 120 steps: enough for the full-rank family started at the Laplace Gaussian; a flow is still learning its shape.
+    assert np.isfinite(result.metrics["psis_khat"]) and result.metrics["sd_ratio_to_laplace_min"] > min_sd_ratio
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.model_version}")
+    pred = model.predict(pd.DataFrame({"x": [80.0, 120.0]}))
+    np.testing.assert_allclose(pred["mean"], [20 + 48, 20 + 72], atol=4.0)
+    assert ((pred["sd"] > 8.0) & (pred["sd"] < 13.0)).all()  # noise SD 10 plus a little parameter uncertainty

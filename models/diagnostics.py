@@ -1,0 +1,63 @@
+"""Diagnostics of a fitted variational posterior that need only the model, the family and data.
+
+PSIS k-hat (Yao, Vehtari, Simpson & Gelman 2018, "Yes, but did it work?"): draw z from q, form the importance
+log-ratios log p(y, z) - log q(z) over the whole training set, and fit a generalized Pareto distribution to their
+upper tail. k-hat < 0.5: q is close to the posterior; 0.5-0.7: usable for point estimates; > 0.7: q is unreliable
+(typically it is too narrow, as a mean-field family on a correlated posterior is). The Pareto fit is arviz-stats'.
+When the tail weights are degenerate (their logs span more than 100 nats), k-hat is reported as ``KHAT_DEGENERATE``
+(10, also the cap of any estimate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["importance_log_ratios", "psis_khat", "KHAT_UNRELIABLE", "KHAT_DEGENERATE"]
+
+#: Above this k-hat the variational approximation should not be trusted (Yao et al. 2018).
+KHAT_UNRELIABLE = 0.7
+#: Reported for degenerate importance weights (a few draws carry all the weight) and capped at: a finite value, so
+#: that it can be charted in MLflow and passed through JSON (XCom, ``--json``); any k-hat above 1 means "unusable".
+KHAT_DEGENERATE = 10.0
+
+
+def importance_log_ratios(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
+                          chunk_rows: int = 65_536, seed: int = 0) -> torch.Tensor:
+    """``log p(y | x, z_s) + log p(z_s) - log q(z_s)`` for ``num_samples`` draws from q, in float64."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        z = family.distribution().sample((num_samples,))
+        log_q = family.log_prob(z).double()
+        log_lik = torch.zeros(num_samples, dtype=torch.float64, device=z.device)
+        for start in range(0, x.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            log_lik += model.log_likelihood(z, x[rows], y[rows]).double().sum(-1)
+        return log_lik + model.log_prior(z).double() - log_q
+
+
+def psis_khat(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000, seed: int = 0) -> float:
+    """Pareto k-hat of the importance ratios p(y, z) / q(z), z ~ q."""
+    from arviz_stats.base import array_stats
+
+    log_ratios = importance_log_ratios(model, family, x, y, num_samples=num_samples, seed=seed).cpu().numpy()
+    if not np.isfinite(log_ratios).all():
+        return KHAT_DEGENERATE
+    log_ratios = log_ratios - log_ratios.max()
+    tail = np.sort(log_ratios)[-int(np.ceil(min(0.2 * num_samples, 3 * np.sqrt(num_samples)))):]
+    if tail[0] < _DEGENERATE_LOG_RATIO:
+        # The tail weights span more orders of magnitude than a Pareto tail of any usable k does (and than the fit's
+        # float64 arithmetic survives): a few draws carry all the weight, and q is far from the posterior, typically
+        # much wider along a direction in which the posterior is thin.
+        return KHAT_DEGENERATE
+    if np.ptp(tail) < 1e-9:
+        return 0.0  # constant weights: q is the posterior up to its normalising constant
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # arviz-stats' psislw takes log-likelihood values (PSIS-LOO's ratios are their negatives): pass -log_ratios.
+        _, khat = array_stats.psislw(-log_ratios, r_eff=1.0)
+    khat = float(khat)
+    return min(khat, KHAT_DEGENERATE) if np.isfinite(khat) else KHAT_DEGENERATE
+
+
+#: The upper tail of the log-ratios spanning more than this many nats means degenerate weights (k-hat >> 1).
+_DEGENERATE_LOG_RATIO = -100.0
