@@ -86,7 +86,8 @@ def _cmd_conformance(args) -> int:
     from pipelines.posteriordb import list_posteriors
     from pipelines.training import resolve_tracking_uri
 
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)  # one fit per line instead
+    for name in ("pytorch_lightning", "mlflow"):  # one line per fit instead of each fit's start-up chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     posteriors = args.posterior or list_posteriors(args.posteriordb)
     families = args.family or ["mean_field", "full_rank", "low_rank", "flow"]
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pytorch_lightning.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models"):
