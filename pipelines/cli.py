@@ -106,6 +106,18 @@ def _cmd_conformance(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from mlflow import MlflowClient
+
+    from pipelines.compare import compare_experiment
+    from pipelines.training import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    comparison = compare_experiment(MlflowClient(tracking_uri=uri), args.experiment, max_runs=args.max_runs)
+    _emit({**comparison.to_json(), "tracking_uri": uri}, args.json, comparison.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--details", action="store_true", help="add every parameter's comparison to the JSON output")
     p.set_defaults(func=_cmd_conformance)
+
+    p = sub.add_parser("compare", help="the finished runs of an MLflow experiment side by side, best per metric")
+    common(p, config=False)
+    p.add_argument("--experiment", required=True, help="MLflow experiment name (runs on one dataset share one)")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--max-runs", type=int, default=100, help="newest runs to compare (default 100)")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -165,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    from pipelines.compare import CompareError
     from pipelines.config import ConfigError
     from pipelines.data import DataError
     from pipelines.posteriordb import PosteriorDBError
@@ -173,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RegistryError, PosteriorDBError) as exc:
+    except (ConfigError, DataError, RegistryError, PosteriorDBError, CompareError) as exc:
         print(f"viops {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingFailed as exc:

@@ -96,3 +96,27 @@ def test_prepare_then_train_from_prepared_data(registry, tmp_path, capsys):
     one, two = (json.loads(r[1].strip().splitlines()[-1]) for r in (first, again))
     assert one["created"] and not two["created"] and one["model_version"] == two["model_version"]
     assert one["aliases"] == ["challenger"]  # a champion already exists, so it is not replaced
+
+
+def test_compare_lines_up_runs_and_marks_the_best(tmp_path, capsys):
+    """Two families on one dataset share an experiment; compare shows both and marks the best per metric."""
+    (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    make_regression_csv(tmp_path / "data.csv", n=600)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for family in ("mean_field", "full_rank"):
+        code, _, err = run_cli(["train", "--config", str(tmp_path / "blr_csv.yaml"), "--tracking-uri", uri, *QUICK,
+                                "--set", f"guide.family={family}", "--run-name", family, "--no-register"], capsys)
+        assert code == 0, err
+    code, out, err = run_cli(["compare", "--experiment", "blr-example", "--tracking-uri", uri, "--json"], capsys)
+    assert code == 0, err
+    payload = json.loads(out.strip().splitlines()[-1])
+    runs = {r["run_name"]: r for r in payload["runs"]}
+    assert set(runs) == {"mean_field", "full_rank"}
+    assert {r["family"] for r in runs.values()} == {"mean_field", "full_rank"}
+    assert len({r["data"] for r in runs.values()}) == 1  # same data fingerprint
+    nll = {name: r["metrics"]["final/validation_predictive_nll"] for name, r in runs.items()}
+    best = payload["best"]["final/validation_predictive_nll"]
+    assert runs[min(nll, key=nll.get)]["run_id"] == best
+    assert "val NLL" in err and "*" in err  # the human table goes to stderr with --json
+    code, _, err = run_cli(["compare", "--experiment", "nope", "--tracking-uri", uri], capsys)
+    assert code == 2 and "no MLflow experiment named 'nope' (experiments: " in err
