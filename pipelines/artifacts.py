@@ -13,7 +13,7 @@ from pipelines.data import PreparedData
 from pipelines.pyfunc import PREDICTION_COLUMNS, PosteriorBundle, PosteriorPredictiveModel
 from pipelines.registry import MODEL_ID_TAG
 
-__all__ = ["log_training_artifacts", "plot_elbo_curve", "MAX_SUMMARY_DIMS"]
+__all__ = ["log_training_artifacts", "plot_elbo_curve", "plot_pit_histogram", "MAX_SUMMARY_DIMS"]
 
 #: ``posterior_summary.json`` is written for models with at most this many latent dimensions.
 MAX_SUMMARY_DIMS = 10_000
@@ -41,6 +41,29 @@ def plot_elbo_curve(history: list[tuple[int, float]], path: Path, title: str) ->
     ax.set_ylabel("ELBO (nats, full-data estimate)")
     ax.set_title(title)
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_pit_histogram(pit: np.ndarray, path: Path, title: str, bins: int = 20) -> Path:
+    """Histogram of PIT values with the uniform density a calibrated predictive would give, saved as PNG.
+
+    A U shape means over-confident predictive intervals, a hump under-confident ones, a slope a biased mean.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.hist(pit, bins=bins, range=(0.0, 1.0), density=True, alpha=0.7, label=f"{len(pit)} held-out rows")
+    ax.axhline(1.0, color="black", lw=1.0, ls="--", label="calibrated (uniform)")
+    ax.set_xlabel("PIT = predictive CDF at the observed y")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(loc="upper center")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -23,6 +23,7 @@ COMPARED_METRICS: tuple[tuple[str, str, str], ...] = (
     ("final/validation_predictive_nll", "val NLL", "min"),
     ("final/test_predictive_nll", "test NLL", "min"),
     ("final/ece", "ECE", "min"),
+    ("final/pit_ks", "PIT KS", "min"),
     ("final/psis_khat", "k-hat", "min"),
     ("final/amortization_gap", "amort. gap", "min"),
     ("final/approximation_gap", "approx. gap", "min"),

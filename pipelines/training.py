@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from models.diagnostics import psis_khat
+from models.diagnostics import psis_khat, regression_calibration
 from models.laplace import laplace_approximation
 from models.objectives import held_out_fit
 from pipelines.build import build_family, build_model
@@ -278,6 +278,10 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     metrics = _final_metrics(module, data, stats, settings)
     metrics["psis_khat"] = psis_khat(module.model, module.family, *train_xy, num_samples=settings.khat_samples,
                                      seed=settings.seed)
+    calibration = _calibration(module, data, stats, settings)
+    if calibration is not None:
+        metrics.update({f"coverage_{round(level * 100)}": value for level, value in calibration.coverage.items()})
+        metrics["pit_ks"] = calibration.pit_ks
     if laplace is not None:  # q much narrower than the Laplace Gaussian: the signature of a too-simple family
         ratio = module.family.stddev.detach().cpu() / laplace.marginal_sd
         metrics.update({"sd_ratio_to_laplace_min": float(ratio.min()), "sd_ratio_to_laplace_max": float(ratio.max())})
@@ -300,6 +304,12 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     log_training_artifacts(
         client, run_id, config, data, model, family, stats, telemetry.elbo_history, workdir
     )
+    if calibration is not None:
+        from pipelines.artifacts import plot_pit_histogram
+
+        pit_png = plot_pit_histogram(calibration.pit.numpy(), workdir / "pit_histogram.png",
+                                     f"{config.name}: PIT of held-out rows")
+        client.log_artifact(run_id, str(pit_png), "diagnostics")
     model_version, aliases, registration = None, (), "registration disabled"
     if config.registry.auto_register if register is None else register:
         reg = register_run(
@@ -362,6 +372,16 @@ def _precondition(client, run_id: str, model, family, train_xy):
     family.precondition(laplace.mode, laplace.marginal_sd, laplace.scale_tril)
     client.log_metric(run_id, "laplace/log_joint_at_mode", laplace.log_joint)
     return laplace
+
+
+def _calibration(module, data: PreparedData, stats, settings):
+    """Coverage and PIT of the posterior predictive on the test split (else validation); None without held-out rows."""
+    frame = data.test if len(data.test) else data.validation
+    if not len(frame):
+        return None
+    x, y = _tensors(frame, data.features, data.target, stats)
+    return regression_calibration(module.model.to("cpu"), module.family.to("cpu"), x, y,
+                                  num_samples=settings.eval_particles * 4, seed=settings.seed)
 
 
 def _final_metrics(module, data: PreparedData, stats, settings) -> dict[str, float]:

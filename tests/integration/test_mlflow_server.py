@@ -83,6 +83,8 @@ def test_train_against_server_and_read_everything_back(mlflow_server, tmp_path):
     assert lrs[0] == pytest.approx(0.01, rel=1e-3) and lrs[-1] < lrs[0] / 10  # the annealed schedule
     assert len(client.get_metric_history(run.info.run_id, "val_elbo")) >= 1
     assert "val_predictive_nll" in run.data.metrics and "final/test_predictive_nll" in run.data.metrics
+    for key in ("final/psis_khat", "final/coverage_50", "final/coverage_90", "final/pit_ks"):
+        assert key in run.data.metrics, key
 
     # Params are the resolved config; tags carry fingerprint, commit and config hash.
     assert run.data.params["train.lr"] == "0.01" and run.data.params["model.noise.fixed"] == "0.3"
@@ -94,6 +96,7 @@ def test_train_against_server_and_read_everything_back(mlflow_server, tmp_path):
     paths = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "elbo_curve.png", "posterior_summary.json", "reference", "checkpoints"} <= paths
     assert {a.path for a in client.list_artifacts(run.info.run_id, "reference")} >= {"reference/features.parquet"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "diagnostics")} == {"diagnostics/pit_histogram.png"}
     summary = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="posterior_summary.json", tracking_uri=mlflow_server)).read_text())
     assert len(summary["weights"]["mean"]) == 3 and len(summary["intercept"]["sd"]) == 1

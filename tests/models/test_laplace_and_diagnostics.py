@@ -96,3 +96,19 @@ def test_psis_khat_with_learned_noise_is_finite():
     laplace = laplace_approximation(model, x, y)
     family = MeanFieldGaussian(3, init_scale=1.0).precondition(laplace.mode, laplace.marginal_sd)
     assert 0.0 < psis_khat(model, family, x, y, num_samples=1000) < 1.5
+
+
+def test_regression_calibration_is_nominal_for_the_true_model_and_not_for_an_overconfident_one():
+    from models.diagnostics import regression_calibration
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4000, 2, generator=g)
+    y = x @ torch.tensor([1.0, -0.5]) + 0.2 + 0.8 * torch.randn(4000, generator=g)
+    truth = MeanFieldGaussian(3, init_scale=1e-4, init_loc=torch.tensor([1.0, -0.5, 0.2]))
+    prior = Normal(torch.tensor(0.0), torch.tensor(1.0))
+    calibrated = regression_calibration(BayesianLinearRegression(2, prior, prior, noise_scale=0.8), truth, x, y)
+    assert calibrated.coverage[0.5] == pytest.approx(0.5, abs=0.03)
+    assert calibrated.coverage[0.9] == pytest.approx(0.9, abs=0.02)
+    assert calibrated.pit_ks < 0.03
+    overconfident = regression_calibration(BayesianLinearRegression(2, prior, prior, noise_scale=0.3), truth, x, y)
+    assert overconfident.coverage[0.9] < 0.5 and overconfident.pit_ks > 0.2

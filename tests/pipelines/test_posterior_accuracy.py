@@ -52,6 +52,9 @@ def test_example_config_recovers_closed_form_posterior(example_dir, tracking_uri
     history = MlflowClient(tracking_uri=tracking_uri).get_metric_history(result.run_id, "elbo")
     assert sorted(m.step for m in history) == list(range(int(result.metrics["steps"])))
     assert np.all(np.abs(sd / exact_sd - 1) < 0.10), sd / exact_sd
+    # The data come from the model, so the posterior predictive is calibrated on the 600 test rows.
+    assert abs(result.metrics["coverage_90"] - 0.9) < 0.05 and abs(result.metrics["coverage_50"] - 0.5) < 0.07
+    assert result.metrics["pit_ks"] < 0.1
 
 
 @pytest.mark.slow
