@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,30 +21,39 @@ MAX_SUMMARY_DIMS = 10_000
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def plot_elbo_curve(history: list[tuple[int, float]], path: Path, title: str) -> Path:
-    """Per-step ELBO with a moving average, saved as PNG."""
+@contextlib.contextmanager
+def _figure(path: Path, title: str, xlabel: str, ylabel: str, legend_loc: str, size=(7, 4)):
+    """A matplotlib axes (headless backend) that is labelled, saved to ``path`` and closed on exit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if history:
-        steps, values = np.array(history).T
-        ax.plot(steps, values, lw=0.6, alpha=0.4, label="ELBO (per step)")
-        window = max(1, len(values) // 50)
-        if window > 1:
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"moving average ({window} steps)")
-        lo, hi = np.percentile(values, [5, 100])
-        ax.set_ylim(lo - 0.05 * abs(hi - lo), hi + 0.05 * abs(hi - lo))
-    ax.set_xlabel("step")
-    ax.set_ylabel("ELBO (nats, full-data estimate)")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    try:
+        yield ax
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc=legend_loc)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def plot_elbo_curve(history: list[tuple[int, float]], path: Path, title: str) -> Path:
+    """Per-step ELBO with a moving average, saved as PNG."""
+    with _figure(path, title, "step", "ELBO (nats, full-data estimate)", "lower right") as ax:
+        if history:
+            steps, values = np.array(history).T
+            ax.plot(steps, values, lw=0.6, alpha=0.4, label="ELBO (per step)")
+            window = max(1, len(values) // 50)
+            if window > 1:
+                smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+                ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"moving average ({window} steps)")
+            lo, hi = np.percentile(values, [5, 100])
+            ax.set_ylim(lo - 0.05 * abs(hi - lo), hi + 0.05 * abs(hi - lo))
     return path
 
 
@@ -52,21 +62,9 @@ def plot_pit_histogram(pit: np.ndarray, path: Path, title: str, bins: int = 20) 
 
     A U shape means over-confident predictive intervals, a hump under-confident ones, a slope a biased mean.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.hist(pit, bins=bins, range=(0.0, 1.0), density=True, alpha=0.7, label=f"{len(pit)} held-out rows")
-    ax.axhline(1.0, color="black", lw=1.0, ls="--", label="calibrated (uniform)")
-    ax.set_xlabel("PIT = predictive CDF at the observed y")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend(loc="upper center")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with _figure(path, title, "PIT = predictive CDF at the observed y", "density", "lower center", (6, 4)) as ax:
+        ax.hist(pit, bins=bins, range=(0.0, 1.0), density=True, alpha=0.7, label=f"{len(pit)} held-out rows")
+        ax.axhline(1.0, color="black", lw=1.0, ls="--", label="calibrated (uniform)")
     return path
 
 
