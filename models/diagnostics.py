@@ -17,6 +17,9 @@ import torch
 
 __all__ = [
     "importance_log_ratios",
+    "importance_diagnostics",
+    "ImportanceDiagnostics",
+    "khat_from_log_ratios",
     "psis_khat",
     "KHAT_UNRELIABLE",
     "KHAT_DEGENERATE",
@@ -47,9 +50,45 @@ def importance_log_ratios(model, family, x: torch.Tensor, y: torch.Tensor, *, nu
 
 def psis_khat(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000, seed: int = 0) -> float:
     """Pareto k-hat of the importance ratios p(y, z) / q(z), z ~ q."""
+    return khat_from_log_ratios(importance_log_ratios(model, family, x, y, num_samples=num_samples, seed=seed))
+
+
+@dataclass(frozen=True)
+class ImportanceDiagnostics:
+    """What one set of importance log-ratios ``log p(y, z_s) - log q(z_s)``, ``z_s ~ q``, says about q (nats).
+
+    Attributes:
+        elbo: their mean, the ELBO of q on these data.
+        iwae: ``log mean_s exp(ratio_s)``, the importance-weighted bound (Burda et al. 2016); it rises towards
+            log p(y) as the number of draws grows and is never below the ELBO.
+        approximation_gap: ``iwae - elbo`` >= 0, an estimate (from below) of the gap log p(y) - ELBO =
+            KL(q || posterior) that q leaves (Cremer, Li & Duvenaud 2018).
+        khat: the PSIS k-hat.
+    """
+
+    elbo: float
+    iwae: float
+    approximation_gap: float
+    khat: float
+
+
+def importance_diagnostics(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
+                           seed: int = 0) -> ImportanceDiagnostics:
+    """ELBO, IWAE bound, approximation gap and PSIS k-hat from one set of ``num_samples`` draws of q."""
+    log_ratios = importance_log_ratios(model, family, x, y, num_samples=num_samples, seed=seed)
+    elbo = float(log_ratios.mean())
+    iwae = float(torch.logsumexp(log_ratios, 0) - np.log(num_samples))
+    return ImportanceDiagnostics(elbo, iwae, iwae - elbo, khat_from_log_ratios(log_ratios))
+
+
+def khat_from_log_ratios(log_ratios: torch.Tensor) -> float:
+    """PSIS k-hat of importance log-ratios (any shift); ``KHAT_DEGENERATE`` for degenerate weights."""
     from arviz_stats.base import array_stats
 
-    log_ratios = importance_log_ratios(model, family, x, y, num_samples=num_samples, seed=seed).cpu().numpy()
+    log_ratios = log_ratios.detach().double().cpu().numpy()
+    num_samples = log_ratios.size
+    if num_samples < MIN_KHAT_SAMPLES:
+        return float("nan")  # too few draws for a Pareto tail of 5 points
     if not np.isfinite(log_ratios).all():
         return KHAT_DEGENERATE
     log_ratios = log_ratios - log_ratios.max()
@@ -68,6 +107,8 @@ def psis_khat(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: i
     return min(khat, KHAT_DEGENERATE) if np.isfinite(khat) else KHAT_DEGENERATE
 
 
+#: Fewer draws than this leave too short a tail for the Pareto fit; k-hat is then NaN.
+MIN_KHAT_SAMPLES = 25
 #: The upper tail of the log-ratios spanning more than this many nats means degenerate weights (k-hat >> 1).
 _DEGENERATE_LOG_RATIO = -100.0
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from models.diagnostics import psis_khat, regression_calibration
+from models.diagnostics import importance_diagnostics, regression_calibration
 from models.laplace import laplace_approximation
 from models.objectives import held_out_fit
 from pipelines.build import build_family, build_model
@@ -276,8 +276,10 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     trainer.save_checkpoint(workdir / "checkpoints" / "last.ckpt")
 
     metrics = _final_metrics(module, data, stats, settings)
-    metrics["psis_khat"] = psis_khat(module.model, module.family, *train_xy, num_samples=settings.khat_samples,
-                                     seed=settings.seed)
+    importance = importance_diagnostics(module.model, module.family, *train_xy, num_samples=settings.khat_samples,
+                                        seed=settings.seed)
+    metrics.update({"psis_khat": importance.khat, "train_elbo": importance.elbo, "train_iwae": importance.iwae,
+                    "approximation_gap": importance.approximation_gap})
     calibration = _calibration(module, data, stats, settings)
     if calibration is not None:
         metrics.update({f"coverage_{round(level * 100)}": value for level, value in calibration.coverage.items()})
