@@ -42,8 +42,13 @@ def run_demo(out: Path) -> dict:
     uri = f"sqlite:///{out / 'mlflow.db'}"
     started = time.perf_counter()
 
+    config = load_config(DEMO_CONFIG)
+    if MlflowClient(tracking_uri=uri).get_experiment_by_name(config.experiment_name) is None:
+        # Artifacts beside the database, not in ./mlruns of wherever `make demo` was started.
+        MlflowClient(tracking_uri=uri).create_experiment(config.experiment_name,
+                                                         artifact_location=(out / "artifacts").as_uri())
     _say(f"1/3 Train {DEMO_CONFIG.relative_to(REPO)} (scikit-learn diabetes, mean-field SVI) -> MLflow at {uri}")
-    first = train(load_config(DEMO_CONFIG), tracking_uri=uri, run_name="demo-initial-train")
+    first = train(config, tracking_uri=uri, run_name="demo-initial-train")
     print(f"run {first.run_id}: version {first.model_version} of {first.model_name} ({', '.join(first.aliases)}); "
           f"test predictive NLL {first.metrics['test_predictive_nll']:.3f}, {first.metrics['steps']:.0f} steps "
           f"in {first.metrics['train_seconds']:.1f}s")
