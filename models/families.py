@@ -65,7 +65,8 @@ class VariationalFamily(nn.Module):
         ``scale_tril`` (a dense map) is used only by families closed under it (full rank); others ignore it."""
         shift, scale = torch.as_tensor(shift, dtype=torch.float32), torch.as_tensor(scale, dtype=torch.float32)
         if shift.shape != (self.dim,) or scale.shape != (self.dim,):
-            raise ValueError(f"shift and scale must have shape ({self.dim},), got {tuple(shift.shape)}, {tuple(scale.shape)}")
+            raise ValueError(f"shift and scale must have shape ({self.dim},), "
+                             f"got {tuple(shift.shape)} and {tuple(scale.shape)}")
         if not bool((scale > 0).all() and torch.isfinite(scale).all() and torch.isfinite(shift).all()):
             raise ValueError("preconditioner scale must be positive and finite, and shift finite")
         with torch.no_grad():
@@ -130,7 +131,8 @@ class VariationalFamily(nn.Module):
         q = self.distribution()
         if isinstance(q, (MultivariateNormal, LowRankMultivariateNormal)) and _is_diagonal_normal(prior):
             base = prior.base_dist
-            prior = MultivariateNormal(base.loc.expand(self.dim), scale_tril=torch.diag_embed(base.scale.expand(self.dim)))
+            scale_tril = torch.diag_embed(base.scale.expand(self.dim))
+            prior = MultivariateNormal(base.loc.expand(self.dim), scale_tril=scale_tril)
         return kl_divergence(q, prior)
 
     @property
@@ -202,7 +204,10 @@ class FullRankGaussian(VariationalFamily):
         """As the base class; with ``scale_tril`` the map is dense (``z = shift + scale_tril @ u``), which whitens a
         correlated posterior: the full-rank family is closed under any affine map, so nothing is lost."""
         super().precondition(shift, scale)
-        tril = torch.diag(self.precond_scale) if scale_tril is None else torch.as_tensor(scale_tril, dtype=torch.float32)
+        if scale_tril is None:
+            tril = torch.diag(self.precond_scale)
+        else:
+            tril = torch.as_tensor(scale_tril, dtype=torch.float32)
         if tril.shape != (self.dim, self.dim) or not bool(torch.isfinite(tril).all()):
             raise ValueError(f"scale_tril must be a finite ({self.dim}, {self.dim}) matrix")
         with torch.no_grad():

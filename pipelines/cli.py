@@ -94,7 +94,8 @@ def _cmd_conformance(args) -> int:
 
     def progress(r) -> None:
         print(f"{r.posterior} / {r.family}: max |mean err| {r.max_abs_mean_err_sd:.3f} SD, SD ratio "
-              f"{r.min_sd_ratio:.3f}-{r.max_sd_ratio:.3f}, k-hat {r.psis_khat:.2f} ({r.seconds:.1f} s)", file=sys.stderr)
+              f"{r.min_sd_ratio:.3f}-{r.max_sd_ratio:.3f}, k-hat {r.psis_khat:.2f} ({r.seconds:.1f} s)",
+              file=sys.stderr)
 
     results = run_conformance(args.posteriordb, posteriors, families, tracking_uri=uri, seed=args.seed,
                               progress=progress)
