@@ -37,7 +37,7 @@ class TensorTable(Dataset):
         return self.x.shape[0]
 
     def __getitem__(self, index):
-        """Rows for one index tensor; for a list of index tensors, minibatches gathered one at a time as iterated."""
+        """Rows for one index tensor; for a list of index tensors, a :class:`MinibatchGroup` of those minibatches."""
         if isinstance(index, list):
             return MinibatchGroup(self.x, self.y, index)
         return gather_rows(self.x, self.y, index)
