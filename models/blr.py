@@ -7,32 +7,15 @@ scale is mapped to the real line with ``biject_to(constraints.positive)`` and it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.distributions import Distribution, Independent, Normal, biject_to, constraints
 
-from models.families import VariationalFamily
-from models.priors import Flat
+from models.latent import GlobalLatentModel, LatentBlock, move_distribution, positive_log_prior
 
 __all__ = ["BayesianLinearRegression", "LatentBlock"]
 
 
-@dataclass(frozen=True)
-class LatentBlock:
-    """One named latent parameter: its slice of the flat vector, its shape, and whether it is constrained."""
-
-    name: str
-    start: int
-    size: int
-    positive: bool = False
-
-    @property
-    def stop(self) -> int:
-        return self.start + self.size
-
-
-class BayesianLinearRegression:
+class BayesianLinearRegression(GlobalLatentModel):
     """BLR with scalar priors on every weight, the intercept and (when learned) the noise scale.
 
     Args:
@@ -44,7 +27,7 @@ class BayesianLinearRegression:
     """
 
     kind = "bayesian_linear_regression"
-    likelihood = "normal"
+    task = "regression"
 
     def __init__(
         self,
@@ -87,10 +70,10 @@ class BayesianLinearRegression:
     def to(self, device: torch.device | str) -> BayesianLinearRegression:
         """Move the prior parameters to ``device`` (the priors are rebuilt with moved tensors)."""
         self._gaussian_prior = None
-        self.weight_prior = _move(self.weight_prior, device)
-        self.intercept_prior = _move(self.intercept_prior, device)
+        self.weight_prior = move_distribution(self.weight_prior, device)
+        self.intercept_prior = move_distribution(self.intercept_prior, device)
         if self.noise_prior is not None:
-            self.noise_prior = _move(self.noise_prior, device)
+            self.noise_prior = move_distribution(self.noise_prior, device)
         return self
 
     def unpack(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -109,9 +92,7 @@ class BayesianLinearRegression:
         if self.fit_intercept:
             lp = lp + self.intercept_prior.log_prob(z[..., p])
         if self.learns_noise:
-            u = z[..., -1]
-            sigma = self._to_positive(u)
-            lp = lp + self.noise_prior.log_prob(sigma) + self._to_positive.log_abs_det_jacobian(u, sigma)
+            lp = lp + positive_log_prior(self.noise_prior, z[..., -1])
         return lp
 
     def gaussian_prior(self) -> Distribution | None:
@@ -145,33 +126,3 @@ class BayesianLinearRegression:
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y_i | x_i, z_s) per draw and row, shape ``(S, B)``."""
         return self.predictive(z, x).log_prob(y)
-
-    def posterior_summary(self, family: VariationalFamily, num_samples: int = 4000, seed: int = 0) -> dict:
-        """Posterior mean and SD of every latent parameter, on its constrained scale.
-
-        Unconstrained blocks use the family's exact marginal moments; transformed blocks (the noise scale) use
-        ``num_samples`` Monte-Carlo draws with a fixed seed.
-        """
-        with torch.no_grad():
-            loc, sd = family.mean.detach().cpu(), family.stddev.detach().cpu()
-            draws = None
-            summary = {}
-            for block in self.blocks:
-                if not block.positive:
-                    mean, std = loc[block.start : block.stop], sd[block.start : block.stop]
-                else:
-                    if draws is None:
-                        with torch.random.fork_rng(devices=[]):
-                            torch.manual_seed(seed)
-                            draws = family.rsample(num_samples).detach().cpu()
-                    values = self._to_positive(draws[:, block.start : block.stop])
-                    mean, std = values.mean(0), values.std(0)
-                summary[block.name] = {"mean": mean.tolist(), "sd": std.tolist()}
-        return summary
-
-
-def _move(dist: Distribution, device: torch.device | str) -> Distribution:
-    if isinstance(dist, Flat):
-        return dist
-    params = {k: getattr(dist, k).to(device) for k in dist.arg_constraints if hasattr(dist, k)}
-    return type(dist)(**params)

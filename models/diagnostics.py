@@ -23,8 +23,6 @@ __all__ = [
     "psis_khat",
     "KHAT_UNRELIABLE",
     "KHAT_DEGENERATE",
-    "RegressionCalibration",
-    "regression_calibration",
 ]
 
 #: Above this k-hat the variational approximation should not be trusted (Yao et al. 2018).
@@ -111,39 +109,3 @@ def khat_from_log_ratios(log_ratios: torch.Tensor) -> float:
 MIN_KHAT_SAMPLES = 25
 #: The upper tail of the log-ratios spanning more than this many nats means degenerate weights (k-hat >> 1).
 _DEGENERATE_LOG_RATIO = -100.0
-
-
-@dataclass(frozen=True)
-class RegressionCalibration:
-    """Calibration of a regression posterior predictive on held-out rows.
-
-    Attributes:
-        pit: probability integral transform per row, ``F(y_i | x_i, data)`` with ``F`` the posterior predictive CDF
-            (a mixture over posterior draws); uniform on [0, 1] when the predictive is calibrated.
-        coverage: ``{level: fraction of rows inside the central level-interval}``, e.g. ``{0.5: 0.49, 0.9: 0.91}``.
-        pit_ks: Kolmogorov-Smirnov distance of the PIT values from the uniform distribution.
-    """
-
-    pit: torch.Tensor
-    coverage: dict[float, float]
-    pit_ks: float
-
-
-def regression_calibration(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
-                           levels: tuple[float, ...] = (0.5, 0.9), seed: int = 0) -> RegressionCalibration:
-    """PIT values and central-interval coverage of the posterior predictive ``E_q[p(y | x, z)]`` on ``(x, y)``.
-
-    Uses the predictive CDF exactly given the draws (``mean_s F(y | x, z_s)``), so there is no sampling noise in y;
-    row ``i`` lies inside the central ``L`` interval exactly when ``|PIT_i - 1/2| <= L / 2``.
-    """
-    with torch.no_grad():
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        noise = torch.randn((num_samples, family.noise_dim), generator=generator, device=x.device, dtype=x.dtype)
-        z = family.transform_noise(noise)
-        pit = model.predictive(z, x).cdf(y).mean(0).clamp(0.0, 1.0).cpu()
-    coverage = {level: float(((pit - 0.5).abs() <= level / 2).double().mean()) for level in levels}
-    ordered = pit.double().sort().values
-    n = ordered.numel()
-    grid = torch.arange(1, n + 1, dtype=torch.float64) / n
-    ks = float(torch.maximum((grid - ordered).abs(), (ordered - (grid - 1.0 / n)).abs()).max())
-    return RegressionCalibration(pit, coverage, ks)

@@ -60,7 +60,11 @@ def elbo(
     if batch_size == 0:
         raise ValueError("the minibatch is empty")
     z = family.rsample(num_particles, antithetic=antithetic)
-    log_lik = model.log_likelihood(z, x, y).sum(-1) * (dataset_size / batch_size)
+    if getattr(model, "local_reparameterization", False):
+        log_lik = model.local_log_likelihood(family, z, x, y)
+    else:
+        log_lik = model.log_likelihood(z, x, y)
+    log_lik = log_lik.sum(-1) * (dataset_size / batch_size)
     expected_log_likelihood = log_lik.mean()
     kl, analytic = _kl(model, family, z)
     return ELBOTerms(expected_log_likelihood - kl, expected_log_likelihood, kl, analytic)

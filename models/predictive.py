@@ -8,7 +8,7 @@ import torch
 
 from models.families import VariationalFamily
 
-__all__ = ["PredictiveSummary", "posterior_predictive"]
+__all__ = ["PredictiveSummary", "posterior_predictive", "ClassPredictive", "class_predictive"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,31 @@ def posterior_predictive(
         q = torch.quantile(y, levels, dim=0)
         return PredictiveSummary(mean, variance.sqrt(), {level: q[i] for i, level in enumerate(quantiles)})
 
+
+
+@dataclass(frozen=True)
+class ClassPredictive:
+    """Per-row class probabilities and their uncertainty under the posterior (nats).
+
+    Attributes:
+        probs: ``(B, C)`` posterior predictive probabilities ``E_q[p(y = c | x, z)]``.
+        entropy: ``(B,)`` total predictive entropy ``H[E_q p(y | x, z)]``.
+        mutual_information: ``(B,)`` its epistemic part, ``H[E_q p] - E_q H[p]``, the information about z that
+            observing y would give (BALD; Houlsby et al. 2011). Zero when every draw of z predicts the same.
+    """
+
+    probs: torch.Tensor
+    entropy: torch.Tensor
+    mutual_information: torch.Tensor
+
+
+def class_predictive(model, family: VariationalFamily, x: torch.Tensor, *, num_samples: int = 500,
+                     generator: torch.Generator | None = None) -> ClassPredictive:
+    """Class probabilities, predictive entropy and mutual information from ``num_samples`` draws of z."""
+    with torch.no_grad():
+        noise = torch.randn((num_samples, family.noise_dim), generator=generator, device=x.device, dtype=x.dtype)
+        per_draw = model.predictive(family.transform_noise(noise), x)  # Categorical, batch (S, B)
+        probs = per_draw.probs.mean(0)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+        expected_entropy = per_draw.entropy().mean(0)
+        return ClassPredictive(probs, entropy, (entropy - expected_entropy).clamp_min(0.0))

@@ -7,14 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipelines.config import TrainConfig
 from pipelines.data import PreparedData
-from pipelines.pyfunc import PREDICTION_COLUMNS, PosteriorBundle, PosteriorPredictiveModel
+from pipelines.pyfunc import PosteriorBundle, PosteriorPredictiveModel
 from pipelines.registry import MODEL_ID_TAG
 
-__all__ = ["log_training_artifacts", "plot_elbo_curve", "plot_pit_histogram", "MAX_SUMMARY_DIMS"]
+__all__ = [
+    "log_training_artifacts", "plot_amortization_gaps", "plot_elbo_curve", "plot_pit_histogram", "plot_reliability_diagram", "MAX_SUMMARY_DIMS",
+]
 
 #: ``posterior_summary.json`` is written for models with at most this many latent dimensions.
 MAX_SUMMARY_DIMS = 10_000
@@ -68,6 +69,38 @@ def plot_pit_histogram(pit: np.ndarray, path: Path, title: str, bins: int = 20) 
     return path
 
 
+def plot_reliability_diagram(calibration, path: Path, title: str) -> Path:
+    """Accuracy against confidence per bin (the reliability diagram), with the diagonal of perfect calibration.
+
+    Bars below the diagonal: over-confident predictions; above: under-confident ones.
+    """
+    bins = len(calibration.bin_count)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    filled = calibration.bin_count.numpy() > 0
+    with _figure(path, f"{title} (ECE {calibration.ece:.3f})", "confidence (top-class probability)", "accuracy",
+                 "upper left", (5, 5)) as ax:
+        ax.bar(centres[filled], calibration.bin_accuracy.numpy()[filled], width=1.0 / bins, alpha=0.7,
+               edgecolor="black", label="accuracy in bin")
+        ax.plot(calibration.bin_confidence.numpy()[filled], calibration.bin_accuracy.numpy()[filled], "o", ms=3,
+                color="C3", label="mean confidence in bin")
+        ax.plot([0, 1], [0, 1], color="black", lw=1.0, ls="--", label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    return path
+
+
+def plot_amortization_gaps(history: list[tuple[int, dict[str, float]]], path: Path, title: str) -> Path:
+    """The amortization and approximation gaps over training (nats per datum), saved as PNG."""
+    with _figure(path, title, "step", "gap (nats per datum)", "upper right") as ax:
+        steps = [step for step, _ in history]
+        for key, label in (("amortization/amortization_gap", "amortization gap  L[q*] - L[q]"),
+                           ("amortization/approximation_gap", "approximation gap  log p(x) - L[q*]")):
+            ax.plot(steps, [values[key] for _, values in history], marker="o", ms=3, label=label)
+        ax.axhline(0.0, color="black", lw=0.8)
+    return path
+
+
 def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedData, model, family, stats, history,
                            workdir: Path) -> PosteriorBundle:
     """Log every artifact of a finished run and the pyfunc model; tags the run with the logged model's id."""
@@ -76,7 +109,7 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
 
     art = workdir / "artifacts"
     art.mkdir(parents=True, exist_ok=True)
-    if model.latent_dim <= MAX_SUMMARY_DIMS:
+    if family is not None and model.latent_dim <= MAX_SUMMARY_DIMS:
         summary = model.posterior_summary(family)
         (art / "posterior_summary.json").write_text(json.dumps(summary, indent=2))
         client.log_artifact(run_id, str(art / "posterior_summary.json"))
@@ -93,9 +126,10 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
     bundle = PosteriorBundle(
         model_config=config.model.model_dump(mode="json"),
         guide_config=config.guide.model_dump(mode="json"),
-        family_state={k: v.detach().cpu() for k, v in family.state_dict().items()},
+        family_state={k: v.detach().cpu() for k, v in (family or model).state_dict().items()},
         features=list(data.features),
         target=data.target,
+        num_classes=getattr(model, "num_classes", None),
         predictive_samples=config.registry.predictive_samples,
         seed=config.train.seed,
     )
@@ -116,7 +150,7 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
     predictor.bundle = bundle
     predictor.model, predictor.family = bundle.rebuild()
     output = predictor.predict(None, example)
-    signature = infer_signature(example, pd.DataFrame(output, columns=list(PREDICTION_COLUMNS)),
+    signature = infer_signature(example, output,
                                 params={"num_samples": config.registry.predictive_samples, "seed": config.train.seed})
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(

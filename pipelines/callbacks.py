@@ -51,14 +51,14 @@ class LastCheckpoint(_CachedStateKey, ModelCheckpoint):
 
 
 class GradientNorms(pl.Callback):
-    """Record the L2 gradient norm of every variational parameter, in ``pl_module.step_stats["grad_norm/<name>"]``.
+    """Record the L2 gradient norm of every trained parameter, in ``pl_module.step_stats["grad_norm/<name>"]``.
 
     One fused ``_foreach_norm`` per step; the total norm and the non-finite count are derived on the host when the
     telemetry is flushed, so this adds no host sync.
     """
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        named = [(n, p.grad) for n, p in pl_module.family.named_parameters() if p.grad is not None]
+        named = [(n, p.grad) for n, p in pl_module.trained_parameters() if p.grad is not None]
         if named:
             norms = torch._foreach_norm([g for _, g in named])
             pl_module.step_stats.update({f"grad_norm/{name}": norm for (name, _), norm in zip(named, norms)})

@@ -55,6 +55,8 @@ def _cmd_train(args) -> int:
         run_name=args.run_name,
         tags={"viops.trigger_reason": args.reason} if args.reason else None,
     )
+    if result.rank:
+        return 0  # a DDP worker: rank 0 reports
     version = f"version {result.model_version} of {result.model_name}" if result.model_version else "not registered"
     human = (
         f"run {result.run_id} finished: val ELBO/datum {result.metrics.get('validation_elbo_per_datum', float('nan')):.4f}, "

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from pipelines.model_config import MODEL_KINDS, LinearRegressionConfig, ModelConfig, _Strict
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "parse_overrides", "config_hash"]
 
@@ -20,79 +22,6 @@ __all__ = ["ConfigError", "TrainConfig", "load_config", "parse_overrides", "conf
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the file and key."""
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --- priors -------------------------------------------------------------------------------------------------------
-
-
-class NormalPrior(_Strict):
-    loc: float = 0.0
-    scale: PositiveFloat = 1.0
-
-
-class StudentTPrior(_Strict):
-    df: PositiveFloat = 3.0
-    loc: float = 0.0
-    scale: PositiveFloat = 1.0
-
-
-class CauchyPrior(_Strict):
-    loc: float = 0.0
-    scale: PositiveFloat = 1.0
-
-
-class ScaleOnly(_Strict):
-    scale: PositiveFloat = 1.0
-
-
-class HalfStudentTPrior(_Strict):
-    df: PositiveFloat = 3.0
-    scale: PositiveFloat = 1.0
-
-
-class FlatPrior(_Strict):
-    pass
-
-
-class _OneOf(_Strict):
-    """Exactly one field is set: the prior family, holding its parameters."""
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        chosen = [name for name in type(self).model_fields if getattr(self, name) is not None]
-        if len(chosen) != 1:
-            allowed = ", ".join(type(self).model_fields)
-            raise ValueError(f"give exactly one prior family (allowed: {allowed}); got {chosen or 'none'}")
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
-
-    @property
-    def params(self) -> dict[str, float]:
-        return getattr(self, self.kind).model_dump()
-
-
-class CoefficientPrior(_OneOf):
-    """Prior on a real coefficient, e.g. ``{normal: {loc: 0.0, scale: 1.0}}``."""
-
-    normal: NormalPrior | None = None
-    student_t: StudentTPrior | None = None
-    cauchy: CauchyPrior | None = None
-    flat: FlatPrior | None = None
-
-
-class NoiseScalePrior(_OneOf):
-    """Prior on a positive scale, e.g. ``{half_normal: {scale: 1.0}}``."""
-
-    half_normal: ScaleOnly | None = None
-    half_cauchy: ScaleOnly | None = None
-    half_student_t: HalfStudentTPrior | None = None
-    flat: FlatPrior | None = None
 
 
 # --- sections -----------------------------------------------------------------------------------------------------
@@ -127,31 +56,6 @@ class DataConfig(_Strict):
         if self.path is not None and not self.target:
             raise ValueError("'target' is required with 'path': name the label column")
         return self
-
-
-class NoiseConfig(_Strict):
-    """Observation noise: ``{fixed: 0.3}`` or ``{learned: {half_normal: {scale: 1.0}}}``."""
-
-    fixed: PositiveFloat | None = None
-    learned: NoiseScalePrior | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self):
-        if (self.fixed is None) == (self.learned is None):
-            raise ValueError("give exactly one of 'fixed' (a positive noise scale) or 'learned' (a prior on it)")
-        return self
-
-
-class PriorConfig(_Strict):
-    weights: CoefficientPrior = CoefficientPrior(normal=NormalPrior())
-    intercept: CoefficientPrior = CoefficientPrior(normal=NormalPrior(scale=10.0))
-
-
-class ModelConfig(_Strict):
-    kind: Literal["bayesian_linear_regression"] = "bayesian_linear_regression"
-    prior: PriorConfig = PriorConfig()
-    noise: NoiseConfig = NoiseConfig(learned=NoiseScalePrior(half_normal=ScaleOnly()))
-    fit_intercept: bool = True  # false: y = x @ weights + noise (prior.intercept is then unused)
 
 
 class FlowConfig(_Strict):
@@ -239,6 +143,24 @@ class TrainSettings(_Strict):
     checkpoint_every_seconds: PositiveFloat = 300.0  # last.ckpt is also written when training ends
     accelerator: str = "auto"
     devices: int | str = "auto"
+    # ddp: one process per device (Lightning's DDP; gloo on CPU, NCCL on GPU); each rank takes its own shard of every
+    # epoch's permutation and gradients are averaged, so the N/|B| scaling stays that of the full data. Needs
+    # steps_per_batch: 1. docs/training.md#multiple-devices
+    strategy: Literal["auto", "ddp"] = "auto"
+
+    @model_validator(mode="after")
+    def _ddp_settings(self):
+        if self.strategy == "ddp":
+            if not isinstance(self.devices, int) or self.devices < 1:
+                raise ValueError(f"strategy ddp needs devices as a number of processes, got {self.devices!r}")
+            if self.steps_per_batch != 1:
+                raise ValueError("strategy ddp needs steps_per_batch: 1 (DDP expects one backward per forward)")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: ``devices`` under DDP, else 1."""
+        return int(self.devices) if self.strategy == "ddp" else 1
     progress_bar: bool = True
 
 
@@ -252,21 +174,80 @@ class TrackingConfig(_Strict):
     experiment: str | None = None
 
 
+class ObjectiveConfig(_Strict):
+    """What SVI maximises (docs/training.md).
+
+    ``elbo`` is the evidence lower bound. ``iwae`` is the importance-weighted bound with ``iwae_samples`` draws per
+    row (Burda, Grosse & Salakhutdinov 2016): tighter than the ELBO, and at least as tight with more samples.
+    ``kl_warmup_steps`` scales the KL term by a weight rising linearly from 0 to 1 over that many steps (Bowman et al.
+    2016); ``free_bits`` (nats per latent dimension) leaves each dimension's minibatch-average KL unpenalised below
+    that floor (Kingma et al. 2016). Both fight posterior collapse. ``iwae`` and ``free_bits`` act on per-row
+    latents, so they need an amortized model (``model.kind: vae``); the logged ``elbo`` is always the plain ELBO.
+    """
+
+    kind: Literal["elbo", "iwae"] = "elbo"
+    iwae_samples: Annotated[int, Field(ge=2)] = 8
+    kl_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    free_bits: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @property
+    def name(self) -> str:
+        """A short label for the ``viops.objective`` tag, e.g. ``iwae-k8+warmup+free_bits``."""
+        label = f"iwae-k{self.iwae_samples}" if self.kind == "iwae" else "elbo"
+        if self.kl_warmup_steps:
+            label += "+kl_warmup"
+        if self.free_bits:
+            label += "+free_bits"
+        return label
+
+
+class AmortizationConfig(_Strict):
+    """Amortized-model diagnostics, measured at validation on a fixed subsample of validation rows (docs/vae.md).
+
+    The amortization gap refines each row's encoder output for ``refine_steps`` Adam steps with the decoder frozen
+    (Cremer, Li & Duvenaud 2018); log p(x) is estimated with an IWAE bound of ``log_marginal_samples`` draws. The
+    defaults keep the cost under 10% of training time.
+    """
+
+    subsample: PositiveInt = 64
+    refine_steps: PositiveInt = 50
+    refine_lr: PositiveFloat = 0.05
+    log_marginal_samples: Annotated[int, Field(ge=2)] = 256
+    every_n_validations: PositiveInt = 2
+    active_unit_threshold: PositiveFloat = 0.01  # Burda et al. 2016: Var_x E_q[z_d | x] above this is "active"
+
+
 class TrainConfig(_Strict):
     """Everything ``viops train`` needs. ``data.path`` is already resolved to an absolute path."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
     data: DataConfig
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=LinearRegressionConfig)
     guide: GuideConfig = GuideConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    amortization: AmortizationConfig = AmortizationConfig()
     train: TrainSettings = TrainSettings()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
-    def _intercept_with_standardized_data(self):
-        if self.data.standardize and not self.model.fit_intercept:
+    def _sections_agree(self):
+        model, guide, objective = self.model, self.guide, self.objective
+        if isinstance(model, LinearRegressionConfig) and self.data.standardize and not model.fit_intercept:
             raise ValueError("data.standardize centres the data, which needs model.fit_intercept: true")
+        if model.kind == "vae":
+            if self.data.standardize:
+                raise ValueError("model.kind vae models the raw feature counts; set data.standardize: false")
+            if guide.family != "mean_field" or guide.precondition != "none":
+                raise ValueError("model.kind vae has an amortized diagonal-Gaussian encoder: "
+                                 "use guide.family: mean_field and guide.precondition: none")
+            if objective.kind == "iwae" and objective.free_bits:
+                raise ValueError("objective.free_bits applies to the ELBO's KL term; the iwae bound has none")
+        elif objective.kind == "iwae" or objective.free_bits or objective.kl_warmup_steps:
+            raise ValueError(f"objective.kind iwae, free_bits and kl_warmup_steps act on per-row latents and need "
+                             f"model.kind: vae, not {model.kind}")
+        if getattr(model, "local_reparameterization", False) and guide.family != "mean_field":
+            raise ValueError(f"model.local_reparameterization needs guide.family: mean_field, not {guide.family}")
         return self
 
     @property
@@ -311,7 +292,10 @@ def _apply_override(tree: dict, dotted: str, value: Any) -> None:
 def _format_validation_error(source: str, exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = list(err["loc"])
+        if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
+            del loc[1]  # the discriminated union's tag: the user wrote model.<key>, not model.<kind>.<key>
+        where = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (not part of the config schema)"

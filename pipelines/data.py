@@ -16,7 +16,10 @@ import pandas as pd
 
 from pipelines.config import DataConfig
 
-__all__ = ["DataError", "PreparedData", "load_frame", "validate_frame", "prepare", "load_prepared", "fingerprint"]
+__all__ = [
+    "DataError", "PreparedData", "load_frame", "validate_frame", "prepare", "load_prepared", "fingerprint",
+    "count_classes", "check_counts",
+]
 
 MANIFEST = "manifest.json"
 REFERENCE = "reference.parquet"
@@ -182,3 +185,48 @@ def load_prepared(directory: str | Path) -> PreparedData:
     return PreparedData(
         manifest["source"], tuple(manifest["features"]), manifest["target"], manifest["fingerprint"], **splits
     )
+
+
+def count_classes(data: PreparedData, declared: int | None = None) -> int:
+    """The number of classes ``C`` of a classification target, whose labels must be the integers ``0..C-1``.
+
+    Raises:
+        DataError: a label is not a non-negative integer, exceeds ``declared - 1``, or there is only one class.
+    """
+    where = f"data {data.source}: target column {data.target!r}"
+    top = -1
+    for split in SPLITS:
+        labels = getattr(data, split)[data.target].to_numpy()
+        if not len(labels):
+            continue
+        bad = np.flatnonzero((labels < 0) | (labels != np.round(labels)))
+        if len(bad):
+            raise DataError(f"{where} must hold class indices 0, 1, ..., C-1 for a classifier; "
+                            f"found {labels[bad[0]]!r} in the {split} split (row {int(bad[0])} of that split)")
+        top = max(top, int(labels.max()))
+    classes = top + 1
+    if declared is not None and classes > declared:
+        raise DataError(f"{where} has label {top} but model.num_classes is {declared} (labels must be < num_classes)")
+    classes = declared or classes
+    if classes < 2:
+        raise DataError(f"{where} has a single class (every label is 0); a classifier needs at least two")
+    return classes
+
+
+def check_counts(data: PreparedData, total_count: int) -> None:
+    """Check that every feature is a count in ``0..total_count`` (``total_count=1``: 0/1 data), as a binomial or
+    Bernoulli likelihood needs.
+
+    Raises:
+        DataError: naming the split, column and row of the first value that is not such a count.
+    """
+    for split in SPLITS:
+        frame = getattr(data, split)
+        values = frame[list(data.features)].to_numpy()
+        bad = (values < 0) | (values > total_count) | (values != np.round(values))
+        if bad.any():
+            row, col = (int(i[0]) for i in np.nonzero(bad))
+            raise DataError(
+                f"data {data.source}: column {data.features[col]!r} must hold counts 0..{total_count} for this "
+                f"likelihood; found {values[row, col]!r} in the {split} split (row {row} of that split)"
+            )

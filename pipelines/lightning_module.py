@@ -16,7 +16,7 @@ from models.families import VariationalFamily
 from models.objectives import elbo, held_out_fit
 from pipelines.config import TrainSettings
 
-__all__ = ["SVIModule", "TensorTable", "IndexBatches", "MinibatchGroup", "gather_rows", "planned_steps"]
+__all__ = ["MinibatchSVI", "SVIModule", "TensorTable", "IndexBatches", "MinibatchGroup", "gather_rows", "planned_steps"]
 
 
 def gather_rows(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,14 +70,21 @@ class IndexBatches(Sampler):
     one optimiser step each; an epoch still visits every row exactly once.
     """
 
-    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int = 0, device=None, group: int = 1):
+    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int = 0, device=None, group: int = 1,
+                 rank: int = 0, world_size: int = 1):
         self.num_rows, self.batch_size, self.shuffle, self.group = num_rows, batch_size, shuffle, group
         self.device = device
+        self.rank, self.world_size = rank, world_size
+        # The same seed on every rank: all ranks draw the same permutation and each keeps its own strided shard.
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
+    def rows_per_rank(self) -> int:
+        return math.ceil(self.num_rows / self.world_size)
+
+    @property
     def minibatches_per_epoch(self) -> int:
-        return math.ceil(self.num_rows / self.batch_size)
+        return math.ceil(self.rows_per_rank / self.batch_size)
 
     def __len__(self) -> int:
         return math.ceil(self.minibatches_per_epoch / self.group) if self.group > 1 else self.minibatches_per_epoch
@@ -87,6 +94,9 @@ class IndexBatches(Sampler):
             order = torch.randperm(self.num_rows, generator=self.generator)
         else:
             order = torch.arange(self.num_rows)
+        if self.world_size > 1:  # pad by wrapping so that every rank takes the same number of steps
+            order = torch.cat([order, order[: self.rows_per_rank * self.world_size - self.num_rows]])
+            order = order[self.rank :: self.world_size]
         order = order.to(self.device) if self.device is not None else order
         batches = order.split(self.batch_size)
         if self.group == 1:
@@ -96,56 +106,61 @@ class IndexBatches(Sampler):
                 yield list(batches[start : start + self.group])
 
 
-def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int, group: int = 1) -> DataLoader:
-    sampler = IndexBatches(len(table), batch_size, shuffle=shuffle, seed=seed, device=table.x.device, group=group)
+def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int, group: int = 1, rank: int = 0,
+            world_size: int = 1) -> DataLoader:
+    sampler = IndexBatches(len(table), batch_size, shuffle=shuffle, seed=seed, device=table.x.device, group=group,
+                           rank=rank, world_size=world_size)
     return DataLoader(table, sampler=sampler, batch_size=None, num_workers=0)
 
 
-def planned_steps(num_rows: int, settings: TrainSettings) -> int:
-    """SVI steps in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
-    return math.ceil(num_rows / settings.batch_size) * settings.max_epochs
+def planned_steps(num_rows: int, settings: TrainSettings, world_size: int = 1) -> int:
+    """SVI steps (per process) in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
+    return math.ceil(math.ceil(num_rows / world_size) / settings.batch_size) * settings.max_epochs
 
 
-class SVIModule(pl.LightningModule):
-    """Stochastic variational inference for ``model`` with variational family ``family``.
+class MinibatchSVI(pl.LightningModule):
+    """What every viops LightningModule shares: index-slicing loaders and a loop of several SVI steps per batch.
 
     Optimisation is manual: each Lightning batch carries ``settings.steps_per_batch`` minibatches and
     ``training_step`` takes one Adam step on each, so Lightning's fixed per-batch cost is shared by several SVI steps
     (it dominates for small models). Every optimiser step still goes through Lightning's optimizer wrapper, so
     ``on_before_optimizer_step`` callbacks (gradient norms, telemetry, NaN guard) see every step, and
-    ``trainer.global_step`` counts SVI steps.
+    ``trainer.global_step`` counts SVI steps. Subclasses give ``_shared_step`` and ``trained_parameters``.
 
     Args:
-        model: a ``models/`` model (log-likelihood, log-prior, predictive).
-        family: the variational family; its parameters are the only trainable ones.
         settings: the ``train`` section of the config.
         train_xy, val_xy: ``(x, y)`` tensors of the training and validation splits.
     """
 
-    def __init__(
-        self,
-        model,
-        family: VariationalFamily,
-        settings: TrainSettings,
-        train_xy: tuple[torch.Tensor, torch.Tensor],
-        val_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ):
+    def __init__(self, settings: TrainSettings, train_xy: tuple[torch.Tensor, torch.Tensor],
+                 val_xy: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.automatic_optimization = False
-        self.model, self.family, self.settings = model, family, settings
+        self.settings = settings
         self.train_xy, self.val_xy = train_xy, val_xy
+        #: N: the ELBO scales a minibatch's likelihood by N / |B| on every rank, shard or not.
         self.dataset_size = int(train_xy[0].shape[0])
-        self.steps_per_epoch = math.ceil(self.dataset_size / settings.batch_size)
+        #: Processes sharing each epoch (``train.strategy: ddp``); each takes its own shard of the rows.
+        self.world_size = settings.world_size
         #: Scalars of the current SVI step (device tensors, never synced here), read by the callbacks.
         self.step_stats: dict[str, torch.Tensor] = {}
-        #: Mirrored particle pairs where the family is symmetric about its mean (the Gaussians); flows draw plainly.
-        self.antithetic = settings.antithetic and family.symmetric
         self._plain_backward = False
+
+    def trained_parameters(self):
+        """``(name, parameter)`` pairs that the optimiser updates (gradient norms are logged per pair)."""
+        raise NotImplementedError
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        raise NotImplementedError
 
     @property
     def planned_steps(self) -> int:
         """SVI steps in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
-        return planned_steps(self.dataset_size, self.settings)
+        return planned_steps(self.dataset_size, self.settings, self.world_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(math.ceil(self.dataset_size / self.world_size) / self.settings.batch_size)
 
     # -- data -------------------------------------------------------------------------------------------------------
 
@@ -155,7 +170,7 @@ class SVIModule(pl.LightningModule):
     def train_dataloader(self) -> DataLoader:
         return _loader(
             self._table(self.train_xy), self.settings.batch_size, shuffle=True, seed=self.settings.seed,
-            group=self.settings.steps_per_batch,
+            group=self.settings.steps_per_batch, rank=self.global_rank, world_size=self.world_size,
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -167,7 +182,6 @@ class SVIModule(pl.LightningModule):
     # -- steps ------------------------------------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
-        self.model.to(self.device)
         trainer = self.trainer
         if trainer.world_size > 1 and self.settings.steps_per_batch > 1:
             # DDP expects one backward per forward of the wrapped module; grouped steps would break its reducer.
@@ -176,25 +190,8 @@ class SVIModule(pl.LightningModule):
                 f"with {trainer.world_size} processes (DDP) set train.steps_per_batch=1"
             )
         self._plain_backward = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
-
-    def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch
-        s = self.settings
-        if stage == "train":
-            terms = elbo(self.model, self.family, x, y, dataset_size=self.dataset_size,
-                         num_particles=s.num_particles, antithetic=self.antithetic)
-            self.step_stats = {
-                "elbo": terms.elbo.detach(),
-                "expected_log_likelihood": terms.expected_log_likelihood.detach(),
-                "kl": terms.kl.detach(),
-            }
-            return -terms.elbo / self.dataset_size
-        # Validation: per-datum ELBO on held-out rows (KL shared out over the training rows) and predictive NLL.
-        fit = held_out_fit(self.model, self.family, x, y, train_size=self.dataset_size,
-                           num_samples=s.eval_particles, antithetic=self.antithetic)
-        self.log("val_elbo", fit.elbo_per_datum, prog_bar=True, batch_size=x.shape[0])
-        self.log("val_predictive_nll", fit.predictive_nll, batch_size=x.shape[0])
-        return fit.elbo_per_datum
+        if trainer.world_size > 1:
+            torch.manual_seed(self.settings.seed + 7919 * trainer.global_rank)  # independent draws of z per rank
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         optimizer = self.optimizers()
@@ -224,7 +221,7 @@ class SVIModule(pl.LightningModule):
 
     def configure_optimizers(self):
         s = self.settings
-        optimizer = torch.optim.Adam(self.family.parameters(), lr=s.lr, betas=tuple(s.betas))
+        optimizer = torch.optim.Adam([p for _, p in self.trained_parameters()], lr=s.lr, betas=tuple(s.betas))
         if s.schedule.kind == "constant":
             return optimizer
         total, floor = max(self.planned_steps, 1), s.schedule.final_lr_ratio
@@ -235,3 +232,56 @@ class SVIModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class SVIModule(MinibatchSVI):
+    """Stochastic variational inference for a global-latent ``model`` with variational family ``family``.
+
+    The module owns one ``_shared_step``: the ELBO lives in :mod:`models.objectives`.
+
+    Args:
+        model: a ``models/`` model (log-likelihood, log-prior, predictive).
+        family: the variational family; its parameters are the only trainable ones.
+        settings: the ``train`` section of the config.
+        train_xy, val_xy: ``(x, y)`` tensors of the training and validation splits.
+    """
+
+    def __init__(
+        self,
+        model,
+        family: VariationalFamily,
+        settings: TrainSettings,
+        train_xy: tuple[torch.Tensor, torch.Tensor],
+        val_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        super().__init__(settings, train_xy, val_xy)
+        self.model, self.family = model, family
+        #: Mirrored particle pairs where the family is symmetric about its mean (the Gaussians); flows draw plainly.
+        self.antithetic = settings.antithetic and family.symmetric
+
+    def trained_parameters(self):
+        return self.family.named_parameters()
+
+    def on_fit_start(self) -> None:
+        self.model.to(self.device)
+        super().on_fit_start()
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        s = self.settings
+        if stage == "train":
+            terms = elbo(self.model, self.family, x, y, dataset_size=self.dataset_size,
+                         num_particles=s.num_particles, antithetic=self.antithetic)
+            self.step_stats = {
+                "elbo": terms.elbo.detach(),
+                "expected_log_likelihood": terms.expected_log_likelihood.detach(),
+                "kl": terms.kl.detach(),
+            }
+            return -terms.elbo / self.dataset_size
+        # Validation: per-datum ELBO on held-out rows (KL shared out over the training rows) and predictive NLL.
+        fit = held_out_fit(self.model, self.family, x, y, train_size=self.dataset_size,
+                           num_samples=s.eval_particles, antithetic=self.antithetic)
+        self.log("val_elbo", fit.elbo_per_datum, prog_bar=True, batch_size=x.shape[0])
+        self.log("val_predictive_nll", fit.predictive_nll, batch_size=x.shape[0])
+        return fit.elbo_per_datum
+

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.config import ModelConfig
+from pipelines.model_config import LinearRegressionConfig
 
 __all__ = ["ReferencePosterior", "load_posterior", "list_posteriors", "TRANSLATIONS", "PosteriorDBError"]
 
@@ -41,7 +41,7 @@ class ReferencePosterior:
     frame: pd.DataFrame
     features: tuple[str, ...]
     target: str
-    model: ModelConfig
+    model: LinearRegressionConfig
     reference: dict[tuple[str, int], tuple[str, np.ndarray]]
 
 
@@ -160,4 +160,4 @@ def load_posterior(root: str | Path, name: str) -> ReferencePosterior:
         reference[(block, index)] = (stan_name, np.concatenate([np.asarray(c[stan_name], float) for c in chains]))
     if "sigma" in chains[0]:
         reference[("noise_scale", 0)] = ("sigma", np.concatenate([np.asarray(c["sigma"], float) for c in chains]))
-    return ReferencePosterior(name, frame, tuple(features), "y", ModelConfig.model_validate(model), reference)
+    return ReferencePosterior(name, frame, tuple(features), "y", LinearRegressionConfig.model_validate(model), reference)

@@ -1,4 +1,10 @@
-"""The MLflow pyfunc flavour of a trained viops model: posterior predictive mean, SD and 5%/95% quantiles.
+"""The MLflow pyfunc flavour of a trained viops model: its posterior predictive with uncertainty.
+
+Regression models return the predictive mean, SD and 5%/95% quantiles on the original target scale; classifiers
+return the probability of every class (``p_0 ... p_{C-1}``), the most probable class, the predictive entropy and its
+epistemic part (the mutual information between the prediction and the weights), all in nats. An amortized model (the
+VAE) returns each row's approximate posterior ``q(z | x)`` (``z_mean_<d>``, ``z_sd_<d>``) and ``log_marginal``, an
+IWAE estimate of ``log p(x)`` (low values: rows unlike the training data).
 
 The artifact ``posterior.pt`` holds the model and guide config, the variational parameters, the feature order and the
 standardisation of the training data, so that ``mlflow.pyfunc.load_model`` (and ``mlflow models serve``) rebuilds
@@ -15,9 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["PosteriorBundle", "PosteriorPredictiveModel", "PREDICTION_COLUMNS"]
+__all__ = ["PosteriorBundle", "PosteriorPredictiveModel", "PREDICTION_COLUMNS", "class_columns"]
 
 PREDICTION_COLUMNS = ("mean", "sd", "q05", "q95")
+
+
+def class_columns(num_classes: int) -> list[str]:
+    """Output columns of a classifier's pyfunc, in order."""
+    return [*(f"p_{c}" for c in range(num_classes)), "predicted_class", "entropy", "mutual_information"]
 
 
 @dataclass
@@ -26,9 +37,10 @@ class PosteriorBundle:
 
     model_config: dict
     guide_config: dict
-    family_state: dict
+    family_state: dict  # the variational family's parameters (for an amortized model: encoder and decoder weights)
     features: list[str]
     target: str
+    num_classes: int | None = None  # classifiers only
     feature_mean: list[float] = field(default_factory=list)
     feature_scale: list[float] = field(default_factory=list)
     target_mean: float = 0.0
@@ -45,11 +57,15 @@ class PosteriorBundle:
         return cls(**torch.load(path, map_location="cpu", weights_only=True))
 
     def rebuild(self):
-        """Return ``(model, family)`` with the fitted variational parameters loaded."""
+        """Return ``(model, family)`` with the fitted parameters loaded; ``family`` is None for amortized models."""
         from pipelines.build import build_family, build_model
-        from pipelines.config import GuideConfig, ModelConfig
+        from pipelines.config import GuideConfig
+        from pipelines.model_config import validate_model_config
 
-        model = build_model(ModelConfig.model_validate(self.model_config), len(self.features))
+        model = build_model(validate_model_config(self.model_config), len(self.features), self.num_classes)
+        if self.model_config.get("kind") == "vae":
+            model.load_state_dict(self.family_state)
+            return model.eval(), None
         family = build_family(GuideConfig.model_validate(self.guide_config), model.latent_dim)
         family.load_state_dict(self.family_state)
         family.eval()
@@ -57,7 +73,8 @@ class PosteriorBundle:
 
 
 class PosteriorPredictiveModel(mlflow.pyfunc.PythonModel):
-    """``predict(DataFrame of features) -> DataFrame[mean, sd, q05, q95]`` on the original target scale."""
+    """``predict(DataFrame of features)``: ``DataFrame[mean, sd, q05, q95]`` on the original target scale
+    (regression), or ``DataFrame[p_0..p_{C-1}, predicted_class, entropy, mutual_information]`` (classification)."""
 
     def load_context(self, context) -> None:
         self.bundle = PosteriorBundle.load(context.artifacts["posterior"])
@@ -78,6 +95,10 @@ class PosteriorPredictiveModel(mlflow.pyfunc.PythonModel):
             x = (x - np.asarray(b.feature_mean, dtype=np.float32)) / np.asarray(b.feature_scale, dtype=np.float32)
         num_samples = int((params or {}).get("num_samples", b.predictive_samples))
         generator = torch.Generator().manual_seed(int((params or {}).get("seed", b.seed)))
+        if self.family is None:
+            return self._encode(torch.from_numpy(x), num_samples, generator, model_input.index)
+        if b.num_classes is not None:
+            return self._classify(torch.from_numpy(x), num_samples, generator, model_input.index)
         summary = posterior_predictive(
             self.model, self.family, torch.from_numpy(x), num_samples=num_samples, generator=generator
         )
@@ -87,3 +108,27 @@ class PosteriorPredictiveModel(mlflow.pyfunc.PythonModel):
             out[name] = out[name] * b.target_scale + b.target_mean
         out["sd"] = out["sd"] * b.target_scale
         return pd.DataFrame(out, index=model_input.index)
+
+    def _classify(self, x: torch.Tensor, num_samples: int, generator: torch.Generator, index) -> pd.DataFrame:
+        from models.predictive import class_predictive
+
+        result = class_predictive(self.model, self.family, x, num_samples=num_samples, generator=generator)
+        probs = result.probs.numpy().astype(np.float64)
+        out = {f"p_{c}": probs[:, c] for c in range(probs.shape[1])}
+        out["predicted_class"] = probs.argmax(1).astype(np.int64)
+        out["entropy"] = result.entropy.numpy().astype(np.float64)
+        out["mutual_information"] = result.mutual_information.numpy().astype(np.float64)
+        return pd.DataFrame(out, index=index)
+
+    def _encode(self, x: torch.Tensor, num_samples: int, generator: torch.Generator, index) -> pd.DataFrame:
+        from models.amortized import iwae_bound
+
+        with torch.no_grad():
+            q = self.model.encode(x)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(generator.initial_seed()))
+                log_marginal = iwae_bound(self.model, x, num_samples, q=q)
+        out = {f"z_mean_{d}": q.loc[:, d].numpy().astype(np.float64) for d in range(q.loc.shape[1])}
+        out.update({f"z_sd_{d}": q.scale[:, d].numpy().astype(np.float64) for d in range(q.loc.shape[1])})
+        out["log_marginal"] = log_marginal.numpy().astype(np.float64)
+        return pd.DataFrame(out, index=index)

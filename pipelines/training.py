@@ -23,12 +23,12 @@ import numpy as np
 import torch
 import yaml
 
-from models.diagnostics import importance_diagnostics, regression_calibration
+from models.diagnostics import importance_diagnostics
 from models.laplace import laplace_approximation
-from models.objectives import held_out_fit
 from pipelines.build import build_family, build_model
 from pipelines.config import TrainConfig, config_hash
-from pipelines.data import PreparedData, prepare
+from pipelines.data import PreparedData, check_counts, count_classes, prepare
+from pipelines.evaluation import calibration_metrics, held_out_metrics, split_tensors, standardization
 
 __all__ = ["TrainingResult", "TrainingFailed", "train", "resolve_tracking_uri", "DEFAULT_TRACKING_URI"]
 
@@ -68,6 +68,8 @@ class TrainingResult:
     data_fingerprint: str
     stopped_reason: str = ""
     registration: str = ""
+    #: The DDP rank that returned this (workers > 0 train but log nothing; rank 0 logs, evaluates and registers).
+    rank: int = 0
 
     def to_json(self) -> dict:
         return {
@@ -110,27 +112,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _tensors(frame, features, target, stats) -> tuple[torch.Tensor, torch.Tensor]:
-    x = frame[list(features)].to_numpy(dtype=np.float32)
-    y = frame[target].to_numpy(dtype=np.float32)
-    if stats is not None:
-        x = (x - stats["feature_mean"]) / stats["feature_scale"]
-        y = (y - stats["target_mean"]) / stats["target_scale"]
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
-
-
-def _standardization(data: PreparedData) -> dict | None:
-    x = data.train[list(data.features)].to_numpy(dtype=np.float64)
-    y = data.train[data.target].to_numpy(dtype=np.float64)
-    scale = x.std(0)
-    return {
-        "feature_mean": x.mean(0).astype(np.float32),
-        "feature_scale": np.where(scale > 0, scale, 1.0).astype(np.float32),
-        "target_mean": float(y.mean()),
-        "target_scale": float(y.std()) or 1.0,
-    }
-
-
 def train(
     config: TrainConfig,
     *,
@@ -150,7 +131,16 @@ def train(
     from mlflow import MlflowClient
 
     data = prepared if prepared is not None else prepare(config.data)
+    task = config.model.task
+    num_classes = count_classes(data, getattr(config.model, "num_classes", None)) if task == "classification" else None
+    if config.model.kind == "vae":
+        check_counts(data, config.model.total_count if config.model.likelihood == "binomial" else 1)
     uri = resolve_tracking_uri(tracking_uri)
+    worker = _ddp_worker_rank()
+    if worker:
+        # Lightning's DDP launcher re-ran this command for another device: join the run that rank 0 created.
+        run_id = os.environ[DDP_RUN_ID_ENV]
+        return _train_in_run(config, data, None, uri, run_id, "", False, num_classes, rank=worker)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -162,7 +152,8 @@ def train(
         "viops.config_hash": config_hash(config),
         "viops.model_kind": config.model.kind,
         "viops.guide_family": config.guide.family,
-        "viops.objective": "elbo",
+        "viops.objective": config.objective.name,
+        "viops.task": task,
         "viops.data_source": data.source,
         "mlflow.source.git.commit": commit,
         "git_commit": commit,
@@ -171,7 +162,7 @@ def train(
     run = client.create_run(experiment_id, run_name=run_name or f"{config.name}-train", tags=tags)
     run_id = run.info.run_id
     try:
-        result = _train_in_run(config, data, client, uri, run_id, experiment_id, register)
+        result = _train_in_run(config, data, client, uri, run_id, experiment_id, register, num_classes)
     except BaseException as exc:
         reason = str(exc) or type(exc).__name__
         client.set_tag(run_id, "viops.failure_reason", reason[:5000])
@@ -183,25 +174,39 @@ def train(
     return result
 
 
-def _train_in_run(config, data, client, uri, run_id, experiment_id, register) -> TrainingResult:
+#: Set by rank 0 before a DDP fit, read by the processes Lightning launches for the other devices.
+DDP_RUN_ID_ENV = "VIOPS_DDP_RUN_ID"
+
+
+def _ddp_worker_rank() -> int:
+    """This process's rank when it is a DDP worker launched by rank 0 of a viops run, else 0."""
+    if DDP_RUN_ID_ENV not in os.environ:
+        return 0
+    return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) * 1_000_000
+
+
+def _train_in_run(config, data, client, uri, run_id, experiment_id, register, num_classes, rank: int = 0
+                  ) -> TrainingResult:
     from pipelines.lightning_module import planned_steps
     from pipelines.telemetry import make_sink
 
     # Start the writer now: a writer process's start-up then overlaps the set-up below.
-    sink = make_sink(uri, run_id, planned_steps=planned_steps(len(data.train), config.train),
-                     enabled=config.train.log_step_metrics)
+    sink = make_sink(uri, run_id, planned_steps=planned_steps(len(data.train), config.train, config.train.world_size),
+                     enabled=config.train.log_step_metrics and rank == 0)
     workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))  # checkpoints and artifacts before upload
     try:
-        return _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink, workdir)
+        return _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink, workdir, num_classes,
+                            rank)
     finally:
         sink.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink, workdir: Path) -> TrainingResult:
+def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sink, workdir: Path,
+                 num_classes: int | None, rank: int = 0) -> TrainingResult:
     import mlflow
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import TQDMProgressBar
+    from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
     from pytorch_lightning.loggers import MLFlowLogger
 
     from pipelines.callbacks import (
@@ -216,31 +221,53 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     from pipelines.registry import register_run
 
     settings = config.train
-    resolved = config.model_dump(mode="json")
-    client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in _flatten(resolved).items()])
-    client.log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), "config/resolved_config.yaml")
-    _log_dataset_input(client, run_id, data)
+    if rank == 0:
+        resolved = config.model_dump(mode="json")
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in _flatten(resolved).items()])
+        client.log_text(run_id, yaml.safe_dump(resolved, sort_keys=False), "config/resolved_config.yaml")
+        _log_dataset_input(client, run_id, data)
 
-    stats = _standardization(data) if config.data.standardize else None
-    train_xy = _tensors(data.train, data.features, data.target, stats)
-    val_xy = _tensors(data.validation, data.features, data.target, stats)
+    classify = num_classes is not None
+    amortized = config.model.kind == "vae"
+    stats = standardization(data, classify=classify) if config.data.standardize else None
+    train_xy = split_tensors(data.train, data.features, data.target, stats, classify=classify)
+    val_xy = split_tensors(data.validation, data.features, data.target, stats, classify=classify)
     pl.seed_everything(settings.seed, workers=True, verbose=False)
-    model = build_model(config.model, len(data.features))
-    family = build_family(config.guide, model.latent_dim)
-    laplace = _precondition(client, run_id, model, family, train_xy) if config.guide.precondition == "laplace" else None
-    module = SVIModule(model, family, settings, train_xy, val_xy if len(data.validation) else None)
+    model = build_model(config.model, len(data.features), num_classes)
+    family = laplace = None
+    if amortized:
+        from pipelines.amortized import AmortizedSVIModule
+
+        module = AmortizedSVIModule(model, config.objective, settings, train_xy,
+                                    val_xy if len(data.validation) else None,
+                                    active_unit_threshold=config.amortization.active_unit_threshold)
+    else:
+        family = build_family(config.guide, model.latent_dim, init_loc=model.initial_loc())
+        if config.guide.precondition == "laplace":
+            laplace = _precondition(client if rank == 0 else None, run_id, model, family, train_xy)
+        module = SVIModule(model, family, settings, train_xy, val_xy if len(data.validation) else None)
 
     telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
     guard = NonFiniteGuard()
-    averaging = IterateAveraging(settings.average_last)
-    callbacks = [GradientNorms(), guard, telemetry, averaging]
-    stopper = None
+    callbacks = [GradientNorms(), guard, telemetry]
+    if not amortized:
+        callbacks.append(IterateAveraging(settings.average_last))
+    stopper = gaps = None
     if settings.early_stopping.enabled and len(data.validation):
         es = settings.early_stopping
-        stopper = ConvergenceEarlyStopping(
-            monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta, scale_rtol=es.scale_rtol
-        )
+        if amortized:  # no variational scales to wait for: the encoder's output is per row
+            stopper = EarlyStopping(monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta)
+        else:
+            stopper = ConvergenceEarlyStopping(
+                monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta, scale_rtol=es.scale_rtol
+            )
         callbacks.append(stopper)
+    if amortized and len(data.validation):
+        from pipelines.amortized import AmortizationDiagnostics
+
+        gaps = AmortizationDiagnostics(val_xy[0][: config.amortization.subsample], config.amortization,
+                                       every_n_validations=config.amortization.every_n_validations, seed=settings.seed)
+        callbacks.append(gaps)
     batches_per_epoch = -(-module.steps_per_epoch // settings.steps_per_batch)
     show_progress = settings.progress_bar and sys.stderr.isatty()
     if show_progress:
@@ -254,7 +281,7 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
         max_epochs=settings.max_epochs,
         # Early stopping may only cut the second half of the averaging window: before that the step size is still
         # too large for the iterates to have settled, however flat the validation ELBO looks.
-        min_steps=int(module.planned_steps * (1.0 - settings.average_last / 2)),
+        min_steps=0 if amortized else int(module.planned_steps * (1.0 - settings.average_last / 2)),
         logger=logger,
         callbacks=callbacks,
         enable_progress_bar=show_progress,
@@ -262,10 +289,14 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
         log_every_n_steps=1,
         check_val_every_n_epoch=None,
         val_check_interval=_validation_interval(module, settings),
+        strategy=settings.strategy,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
         default_root_dir=str(workdir),
     )
+    if settings.world_size > 1 and rank == 0:
+        os.environ[DDP_RUN_ID_ENV] = run_id  # the launched ranks join this run (see train)
+        client.set_tag(run_id, "viops.world_size", str(settings.world_size))
     started = time.perf_counter()
     with _tuned_for_training(sink):
         trainer.fit(module)
@@ -274,19 +305,31 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     if guard.failure_reason:
         raise TrainingFailed(guard.failure_reason)
     trainer.save_checkpoint(workdir / "checkpoints" / "last.ckpt")
+    if trainer.global_rank != 0:
+        return TrainingResult(run_id, experiment_id, uri, config.model_name, None, (), {}, data.fingerprint,
+                              registration=f"DDP rank {trainer.global_rank}: rank 0 logs and registers", rank=rank)
 
-    metrics = _final_metrics(module, data, stats, settings)
-    importance = importance_diagnostics(module.model, module.family, *train_xy, num_samples=settings.khat_samples,
-                                        seed=settings.seed)
-    metrics.update({"psis_khat": importance.khat, "train_elbo": importance.elbo, "train_iwae": importance.iwae,
-                    "approximation_gap": importance.approximation_gap})
-    calibration = _calibration(module, data, stats, settings)
-    if calibration is not None:
-        metrics.update({f"coverage_{round(level * 100)}": value for level, value in calibration.coverage.items()})
-        metrics["pit_ks"] = calibration.pit_ks
-    if laplace is not None:  # q much narrower than the Laplace Gaussian: the signature of a too-simple family
-        ratio = module.family.stddev.detach().cpu() / laplace.marginal_sd
-        metrics.update({"sd_ratio_to_laplace_min": float(ratio.min()), "sd_ratio_to_laplace_max": float(ratio.max())})
+    if amortized:
+        from pipelines.amortized import amortized_final_metrics
+
+        splits = {"validation": val_xy[0], "test": split_tensors(data.test, data.features, data.target, stats)[0]}
+        metrics = amortized_final_metrics(model, splits, train_xy[0], settings, config.amortization)
+        calibration_plot = None
+        if gaps is not None:
+            metrics["amortization_time_fraction"] = gaps.seconds / seconds if seconds > 0 else 0.0
+    else:
+        metrics = held_out_metrics(module.model, module.family, data, stats, settings)
+        importance = importance_diagnostics(module.model, module.family, *train_xy,
+                                            num_samples=settings.khat_samples, seed=settings.seed)
+        metrics.update({"psis_khat": importance.khat, "train_elbo": importance.elbo, "train_iwae": importance.iwae,
+                        "approximation_gap": importance.approximation_gap})
+        calibration, calibration_plot = calibration_metrics(module.model, module.family, data, stats, settings,
+                                                            workdir, config.name)
+        metrics.update(calibration)
+        if laplace is not None:  # q much narrower than the Laplace Gaussian: the signature of a too-simple family
+            ratio = module.family.stddev.detach().cpu() / laplace.marginal_sd
+            metrics.update({"sd_ratio_to_laplace_min": float(ratio.min()),
+                            "sd_ratio_to_laplace_max": float(ratio.max())})
     metrics.update(
         {"train_seconds": seconds, "steps": float(trainer.global_step), "epochs": float(trainer.current_epoch)}
     )
@@ -306,12 +349,13 @@ def _fit_and_log(config, data, client, uri, run_id, experiment_id, register, sin
     log_training_artifacts(
         client, run_id, config, data, model, family, stats, telemetry.elbo_history, workdir
     )
-    if calibration is not None:
-        from pipelines.artifacts import plot_pit_histogram
+    if calibration_plot is not None:
+        client.log_artifact(run_id, str(calibration_plot), "diagnostics")
+    if gaps is not None and gaps.history:
+        from pipelines.artifacts import plot_amortization_gaps
 
-        pit_png = plot_pit_histogram(calibration.pit.numpy(), workdir / "pit_histogram.png",
-                                     f"{config.name}: PIT of held-out rows")
-        client.log_artifact(run_id, str(pit_png), "diagnostics")
+        client.log_artifact(run_id, str(plot_amortization_gaps(gaps.history, workdir / "amortization_gaps.png",
+                                                               f"{config.name}: inference gaps")), "diagnostics")
     model_version, aliases, registration = None, (), "registration disabled"
     if config.registry.auto_register if register is None else register:
         reg = register_run(
@@ -372,35 +416,9 @@ def _precondition(client, run_id: str, model, family, train_xy):
     except ValueError as exc:
         raise TrainingFailed(f"guide.precondition=laplace: {exc}") from exc
     family.precondition(laplace.mode, laplace.marginal_sd, laplace.scale_tril)
-    client.log_metric(run_id, "laplace/log_joint_at_mode", laplace.log_joint)
+    if client is not None:
+        client.log_metric(run_id, "laplace/log_joint_at_mode", laplace.log_joint)
     return laplace
-
-
-def _calibration(module, data: PreparedData, stats, settings):
-    """Coverage and PIT of the posterior predictive on the test split (else validation); None without held-out rows."""
-    frame = data.test if len(data.test) else data.validation
-    if not len(frame):
-        return None
-    x, y = _tensors(frame, data.features, data.target, stats)
-    return regression_calibration(module.model.to("cpu"), module.family.to("cpu"), x, y,
-                                  num_samples=settings.eval_particles * 4, seed=settings.seed)
-
-
-def _final_metrics(module, data: PreparedData, stats, settings) -> dict[str, float]:
-    """Validation and test ELBO per datum and predictive NLL of the final (averaged) posterior."""
-    model, family = module.model.to("cpu"), module.family.to("cpu")
-    n_train = len(data.train)
-    out: dict[str, float] = {}
-    torch.manual_seed(settings.seed + 1)
-    for split in ("validation", "test"):
-        frame = getattr(data, split)
-        if not len(frame):
-            continue
-        x, y = _tensors(frame, data.features, data.target, stats)
-        fit = held_out_fit(model, family, x, y, train_size=n_train, num_samples=settings.eval_particles)
-        out[f"{split}_elbo_per_datum"] = float(fit.elbo_per_datum)
-        out[f"{split}_predictive_nll"] = float(fit.predictive_nll)
-    return out
 
 
 def _log_dataset_input(client, run_id: str, data: PreparedData) -> None:

@@ -99,7 +99,7 @@ def test_psis_khat_with_learned_noise_is_finite():
 
 
 def test_regression_calibration_is_nominal_for_the_true_model_and_not_for_an_overconfident_one():
-    from models.diagnostics import regression_calibration
+    from models.calibration import regression_calibration
 
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4000, 2, generator=g)

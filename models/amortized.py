@@ -1,0 +1,173 @@
+"""Objectives and diagnostics of amortized models (per-row latents, an encoder ``q(z | x)``), e.g. the VAE.
+
+Bounds are per datum (nats). :func:`amortized_bound` is the training objective: the ELBO, or the importance-weighted
+bound of Burda, Grosse & Salakhutdinov (2016), with a KL weight for annealing (Bowman et al. 2016) and free bits
+(Kingma et al. 2016). :func:`amortization_gaps` splits the inference gap as Cremer, Li & Duvenaud (2018) do, and
+:func:`collapse_statistics` measures posterior collapse (KL per dimension, active units; Burda et al. 2016).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import Normal, kl_divergence
+
+__all__ = [
+    "AmortizedTerms",
+    "amortized_bound",
+    "iwae_bound",
+    "AmortizationGaps",
+    "amortization_gaps",
+    "CollapseStatistics",
+    "collapse_statistics",
+]
+
+
+@dataclass(frozen=True)
+class AmortizedTerms:
+    """One minibatch's bound and its parts, per datum (scalar tensors, nats; ``kl_per_dim`` has shape ``(d,)``).
+
+    Attributes:
+        objective: what training maximises (the configured bound with KL weight and free bits applied).
+        elbo: the plain ELBO, ``expected_log_likelihood - kl``, whatever the objective.
+        expected_log_likelihood: E_q[log p(x | z)].
+        kl: KL(q(z | x) || p(z)), analytic, summed over latent dimensions.
+        kl_per_dim: the minibatch-average KL of each latent dimension.
+    """
+
+    objective: torch.Tensor
+    elbo: torch.Tensor
+    expected_log_likelihood: torch.Tensor
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor
+
+
+def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: int = 1, kl_weight: float = 1.0,
+                    free_bits: float = 0.0) -> AmortizedTerms:
+    """The training bound of an amortized model on minibatch ``x``, averaged over its rows.
+
+    Args:
+        model: exposes ``encode(x) -> Normal``, ``prior(z)``, ``log_likelihood(z, x) -> (K, B)``.
+        kind: ``"elbo"`` or ``"iwae"``.
+        num_samples: draws of z per row (K); the IWAE bound tightens as K grows.
+        kl_weight: weight of the KL term (ELBO) or of ``log p(z) - log q(z | x)`` (IWAE); 1 is the true bound.
+        free_bits: per-dimension floor (nats) under which the minibatch-average KL is not penalised (ELBO only).
+    """
+    if kind not in ("elbo", "iwae"):
+        raise ValueError(f"kind must be 'elbo' or 'iwae', got {kind!r}")
+    if kind == "iwae" and free_bits:
+        raise ValueError("free bits apply to the KL term of the ELBO; the IWAE bound has none")
+    q = model.encode(x)
+    z = q.rsample((num_samples,))  # (K, B, d)
+    log_lik = model.log_likelihood(z, x)  # (K, B)
+    kl_rows = kl_divergence(q, model.prior(q.loc))  # (B, d)
+    kl_per_dim = kl_rows.mean(0)
+    expected_log_likelihood = log_lik.mean()
+    kl = kl_per_dim.sum()
+    elbo = expected_log_likelihood - kl
+    if kind == "iwae":
+        log_weights = log_lik + kl_weight * (model.prior(z).log_prob(z) - q.log_prob(z)).sum(-1)
+        objective = (torch.logsumexp(log_weights, 0) - math.log(num_samples)).mean()
+    else:
+        penalised = torch.clamp(kl_per_dim, min=free_bits).sum() if free_bits else kl
+        objective = expected_log_likelihood - kl_weight * penalised
+    return AmortizedTerms(objective, elbo, expected_log_likelihood, kl, kl_per_dim)
+
+
+def iwae_bound(model, x: torch.Tensor, num_samples: int, q: Normal | None = None, chunk: int = 64) -> torch.Tensor:
+    """Per-row importance-weighted bound ``log (1/K) sum_k p(x, z_k) / q(z_k | x)``, shape ``(B,)``.
+
+    With ``K = 1`` it is the ELBO; it never decreases in expectation as ``K`` grows and tends to ``log p(x)``.
+    ``q`` defaults to the encoder's; draws are taken ``chunk`` at a time to bound memory.
+    """
+    with torch.no_grad():
+        q = model.encode(x) if q is None else q
+        parts = []
+        for start in range(0, num_samples, chunk):
+            z = q.sample((min(chunk, num_samples - start),))
+            parts.append(model.log_joint_minus_q(z, x, q))
+        return torch.logsumexp(torch.cat(parts), 0) - math.log(num_samples)
+
+
+@dataclass(frozen=True)
+class AmortizationGaps:
+    """The inference gap of an amortized model on a set of rows, per datum (Cremer, Li & Duvenaud 2018).
+
+    Attributes:
+        elbo: L[q], the ELBO with the encoder's q(z | x).
+        refined_elbo: L[q*], the ELBO after refining each row's q by gradient steps with the decoder frozen.
+        log_marginal: log p̂(x), an IWAE estimate with q* as the proposal.
+        amortization_gap: ``refined_elbo - elbo`` (>= 0 up to Monte-Carlo noise): what one shared encoder costs.
+        approximation_gap: ``log_marginal - refined_elbo``: what the Gaussian family itself costs.
+    """
+
+    elbo: float
+    refined_elbo: float
+    log_marginal: float
+    amortization_gap: float
+    approximation_gap: float
+
+
+def amortization_gaps(model, x: torch.Tensor, *, refine_steps: int = 50, lr: float = 0.05, num_samples: int = 8,
+                      eval_samples: int = 64, log_marginal_samples: int = 256, seed: int = 0) -> AmortizationGaps:
+    """Measure L[q], L[q*] and log p̂(x) on rows ``x`` without changing any model parameter.
+
+    q* starts at the encoder's output and takes ``refine_steps`` Adam steps on each row's own mean and log-SD,
+    maximising that row's ELBO (``num_samples`` draws per step); gradients reach only those per-row parameters.
+    Both ELBOs are evaluated with the same ``eval_samples`` standard-normal draws, so their difference carries
+    little Monte-Carlo noise.
+    """
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    with torch.no_grad():
+        q = model.encode(x)
+        loc, log_scale = q.loc.detach().clone(), q.scale.detach().log().clone()
+        eps = torch.randn((eval_samples, *loc.shape), generator=generator, device=x.device, dtype=x.dtype)
+    loc.requires_grad_(True)
+    log_scale.requires_grad_(True)
+    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
+    with torch.enable_grad():
+        for _ in range(refine_steps):
+            noise = torch.randn((num_samples, *loc.shape), generator=generator, device=x.device, dtype=x.dtype)
+            loss = -_elbo_rows(model, x, loc, log_scale, noise).sum()
+            loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
+            optimizer.step()
+    with torch.no_grad():
+        elbo = _elbo_rows(model, x, q.loc, q.scale.log(), eps).mean()
+        refined = _elbo_rows(model, x, loc, log_scale, eps).mean()
+        q_star = Normal(loc.detach(), log_scale.detach().exp(), validate_args=False)
+        log_marginal = iwae_bound(model, x, log_marginal_samples, q=q_star).mean()
+    elbo, refined, log_marginal = float(elbo), float(refined), float(log_marginal)
+    return AmortizationGaps(elbo, refined, log_marginal, refined - elbo, log_marginal - refined)
+
+
+def _elbo_rows(model, x, loc, log_scale, noise) -> torch.Tensor:
+    """Per-row ELBO of q = N(loc, exp(log_scale)) from standard-normal ``noise`` ``(K, B, d)``; shape ``(B,)``."""
+    q = Normal(loc, log_scale.exp(), validate_args=False)
+    z = loc + log_scale.exp() * noise
+    return model.log_likelihood(z, x).mean(0) - kl_divergence(q, model.prior(loc)).sum(-1)
+
+
+@dataclass(frozen=True)
+class CollapseStatistics:
+    """Posterior-collapse measures of an encoder on a set of rows.
+
+    Attributes:
+        kl_per_dim: mean over rows of KL(q(z_d | x) || p(z_d)) per latent dimension (nats); ~0 for a collapsed one.
+        active_units: number of dimensions whose encoder mean varies across rows, ``Var_x E_q[z_d | x] > threshold``.
+        posterior_sd_mean: mean over rows and dimensions of the encoder's SD (1 = the prior's, for collapsed units).
+    """
+
+    kl_per_dim: torch.Tensor
+    active_units: int
+    posterior_sd_mean: float
+
+
+def collapse_statistics(model, x: torch.Tensor, threshold: float = 0.01) -> CollapseStatistics:
+    """KL per latent dimension, active units (Burda et al. 2016) and the mean posterior SD on rows ``x``."""
+    with torch.no_grad():
+        q = model.encode(x)
+        kl = kl_divergence(q, model.prior(q.loc)).mean(0).cpu()
+        activity = q.loc.var(0, unbiased=True) if x.shape[0] > 1 else torch.zeros_like(q.loc[0])
+        return CollapseStatistics(kl, int((activity > threshold).sum()), float(q.scale.mean()))

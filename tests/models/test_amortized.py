@@ -1,0 +1,104 @@
+"""The VAE and amortized objectives: IWAE vs ELBO, the amortization gap, free bits and KL annealing."""
+
+import pytest
+import torch
+
+from models.amortized import amortization_gaps, amortized_bound, collapse_statistics, iwae_bound
+from models.vae import VariationalAutoencoder
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data, dtype=torch.float32)
+    return x[:1200], x[1200:1500]
+
+
+def _vae(decoder="factorized", latent_dim=4, seed=0):
+    torch.manual_seed(seed)
+    return VariationalAutoencoder(64, latent_dim, encoder_hidden=[64], decoder_hidden=[64], decoder=decoder)
+
+
+def _train(model, x, steps, *, lr=3e-3, kl_warmup=0, free_bits=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for step in range(steps):
+        batch = x[torch.randint(0, len(x), (128,), generator=g)]
+        weight = min(1.0, step / kl_warmup) if kl_warmup else 1.0
+        loss = -amortized_bound(model, batch, kl_weight=weight, free_bits=free_bits).objective
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model
+
+
+def test_iwae_bound_is_above_the_elbo_and_tightens_with_k(digits):
+    train, held_out = digits
+    model = _train(_vae(), train, 150)
+    torch.manual_seed(1)
+    elbo = float(amortized_bound(model, held_out, num_samples=500).elbo.detach())
+    bounds = [float(iwae_bound(model, held_out, k).mean()) for k in (1, 10, 100)]
+    assert bounds[0] == pytest.approx(elbo, abs=1.0)  # K = 1 is the ELBO (up to Monte-Carlo noise)
+    assert elbo < bounds[1] < bounds[2]
+    # The training objective with kind="iwae" is the same bound.
+    torch.manual_seed(2)
+    iwae_objective = float(amortized_bound(model, held_out, kind="iwae", num_samples=100).objective.detach())
+    assert iwae_objective == pytest.approx(bounds[2], abs=0.5)
+
+
+def test_amortization_gap_is_non_negative_and_shrinks_as_the_encoder_trains(digits):
+    train, held_out = digits
+    rows = held_out[:64]
+    model = _train(_vae(), train, 30)
+    early = amortization_gaps(model, rows, refine_steps=50)
+    _train(model, train, 600, seed=1)
+    late = amortization_gaps(model, rows, refine_steps=50)
+    for gaps in (early, late):
+        assert gaps.amortization_gap > -0.5  # >= 0 up to Monte-Carlo noise (common random numbers keep it small)
+        assert gaps.approximation_gap > -0.5
+        assert gaps.log_marginal >= gaps.refined_elbo - 0.5
+    assert late.amortization_gap < 0.5 * early.amortization_gap
+    assert late.elbo > early.elbo
+
+
+def test_measuring_the_gaps_leaves_the_model_unchanged(digits):
+    _, held_out = digits
+    model = _vae()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    amortization_gaps(model, held_out[:16], refine_steps=5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_free_bits_leave_small_kl_unpenalised_and_kl_weight_scales_it():
+    torch.manual_seed(0)
+    model = _vae()
+    x = torch.randint(0, 17, (32, 64)).float()
+    torch.manual_seed(1)
+    plain = amortized_bound(model, x)
+    torch.manual_seed(1)
+    floored = amortized_bound(model, x, free_bits=10.0)
+    torch.manual_seed(1)
+    annealed = amortized_bound(model, x, kl_weight=0.0)
+    # An untrained encoder's KL per dimension is far below 10 nats: each dimension is charged the floor instead.
+    assert bool((plain.kl_per_dim < 10.0).all())
+    torch.testing.assert_close(floored.objective, plain.expected_log_likelihood - 10.0 * 4)
+    torch.testing.assert_close(annealed.objective, plain.expected_log_likelihood)
+    torch.testing.assert_close(floored.elbo, plain.elbo)  # the reported ELBO is always the plain one
+    with pytest.raises(ValueError, match="free bits"):
+        amortized_bound(model, x, kind="iwae", num_samples=2, free_bits=1.0)
+
+
+def test_active_units_count_dimensions_whose_encoder_mean_varies(digits):
+    _, held_out = digits
+    model = _vae(latent_dim=3)
+    with torch.no_grad():  # make dimension 0 ignore the input: its mean is constant across rows
+        last = model.encoder[-1]
+        last.weight[0].zero_()
+        model.encoder[0].weight.mul_(5.0)
+    stats = collapse_statistics(model, held_out, threshold=0.01)
+    q = model.encode(held_out)
+    expected = int((q.loc.var(0) > 0.01).sum())
+    assert stats.active_units == expected and expected < 3
+    assert stats.kl_per_dim.shape == (3,)
