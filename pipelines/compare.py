@@ -26,6 +26,7 @@ COMPARED_METRICS: tuple[tuple[str, str, str], ...] = (
     ("final/pit_ks", "PIT KS", "min"),
     ("final/psis_khat", "k-hat", "min"),
     ("final/amortization_gap", "amort. gap", "min"),
+    ("final/active_units", "active units", "max"),
     ("final/approximation_gap", "approx. gap", "min"),
     ("final/train_seconds", "seconds", "min"),
 )

@@ -202,7 +202,7 @@ class ObjectiveConfig(_Strict):
 
 
 class AmortizationConfig(_Strict):
-    """Amortized-model diagnostics, measured at validation on a fixed subsample of validation rows (docs/vae.md).
+    """Amortized-model diagnostics, measured at validation on a fixed subsample of validation rows (docs/models.md#the-vae).
 
     The amortization gap refines each row's encoder output for ``refine_steps`` Adam steps with the decoder frozen
     (Cremer, Li & Duvenaud 2018); log p(x) is estimated with an IWAE bound of ``log_marginal_samples`` draws. The
