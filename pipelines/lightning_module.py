@@ -84,7 +84,7 @@ class IndexBatches(Sampler):
 
     @property
     def minibatches_per_epoch(self) -> int:
-        return math.ceil(self.rows_per_rank / self.batch_size)
+        return steps_per_epoch(self.num_rows, self.batch_size, self.world_size)
 
     def __len__(self) -> int:
         return math.ceil(self.minibatches_per_epoch / self.group) if self.group > 1 else self.minibatches_per_epoch
@@ -113,9 +113,14 @@ def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int, gr
     return DataLoader(table, sampler=sampler, batch_size=None, num_workers=0)
 
 
+def steps_per_epoch(num_rows: int, batch_size: int, world_size: int = 1) -> int:
+    """Minibatches each process takes per epoch when ``world_size`` processes share ``num_rows`` rows."""
+    return math.ceil(math.ceil(num_rows / world_size) / batch_size)
+
+
 def planned_steps(num_rows: int, settings: TrainSettings, world_size: int = 1) -> int:
     """SVI steps (per process) in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
-    return math.ceil(math.ceil(num_rows / world_size) / settings.batch_size) * settings.max_epochs
+    return steps_per_epoch(num_rows, settings.batch_size, world_size) * settings.max_epochs
 
 
 class MinibatchSVI(pl.LightningModule):
@@ -160,7 +165,7 @@ class MinibatchSVI(pl.LightningModule):
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(math.ceil(self.dataset_size / self.world_size) / self.settings.batch_size)
+        return steps_per_epoch(self.dataset_size, self.settings.batch_size, self.world_size)
 
     # -- data -------------------------------------------------------------------------------------------------------
 
