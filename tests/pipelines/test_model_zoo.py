@@ -112,3 +112,12 @@ def test_vae_refuses_standardised_data_and_non_count_features(tmp_path, tracking
     (tmp_path / "c.yaml").write_text("name: bad-counts\ndata: {path: d.csv, target: y}\nmodel: {kind: vae}\n")
     with pytest.raises(DataError, match=r"column 'a' must hold counts 0\.\.16.*17\.0"):
         train(load_config(tmp_path / "c.yaml"), tracking_uri=tracking_uri)
+
+
+def test_zoo_configs_on_one_dataset_share_an_experiment():
+    experiments: dict[str, set[str]] = {}
+    for path in ZOO.glob("*.yaml"):
+        config = load_config(path)
+        experiments.setdefault(config.data.sklearn, set()).add(config.experiment_name)
+    assert all(len(names) == 1 for names in experiments.values()), experiments
+    assert len({name for names in experiments.values() for name in names}) == len(experiments)
