@@ -1,12 +1,17 @@
-"""svi_retrain: prepare data -> train (the viops CLI in a subprocess) -> register the new version.
+"""svi_retrain: prepare -> train -> register -> evaluate -> branch(promote | reject) -> notify.
 
 Runs weekly, or on demand with a ``conf`` such as ``{"reason": "drift on window 2026-11-23T10"}``; the reason is
-tagged on the MLflow run. Each task is a few lines of wiring over ``pipelines/``; prepared data is keyed by the Airflow
-run id, and registration is idempotent per MLflow run, so retries never create a second version.
+tagged on the MLflow run and carried into the audit record of a promotion. Training runs the viops CLI in a
+subprocess; the new version is registered as ``challenger``, the gate scores it against the champion on its
+held-out split, and only a version that passes becomes ``champion`` (docs/lifecycle.md).
+
+Each task is a few lines of wiring over ``pipelines/``. Retries are safe: prepared data is keyed by the Airflow run
+id, registration is idempotent per MLflow run, and promoting the current champion again changes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,7 +68,57 @@ def svi_retrain():
             "--tracking-uri", trained["tracking_uri"],
         ])
 
-    register(train(prepare_data()))
+    @task
+    def evaluate(registered: dict) -> dict:
+        from pipelines.invoke import run_viops
+
+        # Exit code 1 is a rejection: a verdict to branch on, not a task failure.
+        return run_viops([
+            "evaluate", "--model", registered["model_name"], "--candidate", str(registered["model_version"]),
+            "--tracking-uri", registered["tracking_uri"],
+        ], ok_codes=(0, 1))
+
+    @task.branch
+    def decide(verdict: dict) -> str:
+        return "promote" if verdict["passed"] else "reject"
+
+    @task
+    def promote(verdict: dict, params=None, dag_run=None) -> dict:
+        from pipelines.invoke import audit_log, run_viops
+
+        trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "reason": params["reason"],
+                   "evaluation_run_id": verdict["evaluation_run_id"]}
+        return run_viops([
+            "promote", "--model", verdict["model"], "--version", verdict["candidate_version"],
+            "--reason", params["reason"], "--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}",
+            "--trigger", json.dumps(trigger), "--audit-log", str(audit_log()),
+            "--tracking-uri", verdict["tracking_uri"],
+        ])
+
+    @task
+    def reject(verdict: dict) -> dict:
+        # The verdict is already on the version (viops.gate.* tags) and in the viops-evaluation experiment; the
+        # champion is untouched. This task makes the rejection a visible, separate outcome of the run.
+        return {"model": verdict["model"], "version": verdict["candidate_version"], "reasons": verdict["reasons"],
+                "champion_version": verdict["champion_version"]}
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def notify(params=None, ti=None) -> str:
+        import logging
+
+        promoted, rejected = ti.xcom_pull(task_ids="promote"), ti.xcom_pull(task_ids="reject")
+        if promoted:
+            message = f"{promoted['message']} (reason: {params['reason']})"
+        else:
+            message = (f"version {rejected['version']} of {rejected['model']} was rejected by the gate; champion "
+                       f"stays version {rejected['champion_version']}: " + "; ".join(rejected["reasons"]))
+        logging.getLogger("viops.notify").warning("svi_retrain: %s", message)
+        return message
+
+    verdict = evaluate(register(train(prepare_data())))
+    outcomes = [promote(verdict), reject(verdict)]
+    decide(verdict) >> outcomes
+    outcomes >> notify()
 
 
 svi_retrain()

@@ -20,6 +20,9 @@ __all__ = [
 #: ``posterior_summary.json`` is written for models with at most this many latent dimensions.
 MAX_SUMMARY_DIMS = 10_000
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Where a training run keeps its held-out split (features and target) for the evaluation gate.
+HOLDOUT_DIR = "evaluation"
+HOLDOUT_FILE = "holdout.parquet"
 
 
 @contextlib.contextmanager
@@ -119,6 +122,15 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
     data.train[list(data.features)].to_parquet(reference / "features.parquet", index=False)
     (reference / "manifest.json").write_text(json.dumps(data.manifest(), indent=2))
     client.log_artifacts(run_id, str(reference), "reference")
+    holdout_split = "test" if len(data.test) else "validation"
+    holdout_frame = getattr(data, holdout_split)
+    if len(holdout_frame):  # what `viops evaluate` scores candidate and champion on by default
+        holdout = art / "evaluation"
+        holdout.mkdir(exist_ok=True)
+        holdout_frame[[*data.features, data.target]].to_parquet(holdout / HOLDOUT_FILE, index=False)
+        (holdout / "holdout.json").write_text(json.dumps({"split": holdout_split, "rows": len(holdout_frame),
+                                                          "data_fingerprint": data.fingerprint}, indent=2))
+        client.log_artifacts(run_id, str(holdout), HOLDOUT_DIR)
     ckpt = workdir / "checkpoints" / "last.ckpt"
     if ckpt.exists():
         client.log_artifact(run_id, str(ckpt), "checkpoints")

@@ -16,7 +16,9 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_v
 
 from pipelines.model_config import MODEL_KINDS, LinearRegressionConfig, ModelConfig, _Strict
 
-__all__ = ["ConfigError", "TrainConfig", "load_config", "parse_overrides", "config_hash"]
+__all__ = [
+    "ConfigError", "GateConfig", "TrainConfig", "load_config", "load_gate_config", "parse_overrides", "config_hash",
+]
 
 
 class ConfigError(ValueError):
@@ -165,13 +167,46 @@ class TrainSettings(_Strict):
 
 
 class RegistryConfig(_Strict):
+    """Registration after training: the new version becomes ``challenger``. ``promote_first``: when the model has no
+    champion yet, the version becomes champion if it passes the gate's absolute thresholds (docs/lifecycle.md)."""
+
     model_name: str | None = None
     auto_register: bool = True
+    promote_first: bool = True
     predictive_samples: PositiveInt = 500
 
 
 class TrackingConfig(_Strict):
     experiment: str | None = None
+
+
+class GateConfig(_Strict):
+    """Thresholds of the evaluation gate (``viops evaluate``; docs/lifecycle.md).
+
+    A candidate passes when every check that applies to it holds: its predictive NLL is not worse than the
+    champion's by more than ``nll_tolerance`` nats per datum (skipped when there is no champion) and not above
+    ``max_nll`` (when set); ECE <= ``max_ece`` (classifiers); 90%-interval coverage inside ``coverage_90``
+    (regression); PSIS k-hat <= ``max_psis_khat`` where the model has one (``null`` turns the check off); no NaN/inf
+    in its predictions; and the p95 latency of single-row ``predict`` calls <= ``max_latency_p95_ms``.
+    """
+
+    nll_tolerance: Annotated[float, Field(ge=0.0)] = 0.05
+    max_nll: float | None = None
+    max_ece: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
+    coverage_90: tuple[float, float] = (0.80, 0.97)
+    max_psis_khat: PositiveFloat | None = 0.7
+    max_latency_p95_ms: PositiveFloat = 250.0
+    latency_requests: Annotated[int, Field(ge=5)] = 30
+    predictive_samples: Annotated[int, Field(ge=16)] = 256  # draws of z for the NLL and calibration estimates
+    max_rows: PositiveInt = 20_000  # larger evaluation sets are sampled (seeded) down to this many rows
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _band_is_ordered(self):
+        low, high = self.coverage_90
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"coverage_90 must be [low, high] with 0 <= low < high <= 1, got {list(self.coverage_90)}")
+        return self
 
 
 class ObjectiveConfig(_Strict):
@@ -229,6 +264,7 @@ class TrainConfig(_Strict):
     train: TrainSettings = TrainSettings()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+    gate: GateConfig = GateConfig()
 
     @model_validator(mode="after")
     def _sections_agree(self):
@@ -289,10 +325,10 @@ def _apply_override(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
+def _format_validation_error(source: str, exc: ValidationError, prefix: tuple[str, ...] = ()) -> str:
     problems = []
     for err in exc.errors():
-        loc = list(err["loc"])
+        loc = [*prefix, *err["loc"]]
         if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
             del loc[1]  # the discriminated union's tag: the user wrote model.<key>, not model.<kind>.<key>
         where = ".".join(str(p) for p in loc) or "(top level)"
@@ -305,6 +341,31 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
     return f"invalid config {source}: " + "; ".join(problems)
 
 
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+
+
+def load_gate_config(path: str | Path) -> GateConfig:
+    """The ``gate:`` section of a YAML file (a training config, or a file holding only that section).
+
+    Raises:
+        ConfigError: unreadable file, no ``gate:`` section, or an invalid threshold.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict) or not isinstance(raw.get("gate"), dict):
+        raise ConfigError(f"config {path} has no 'gate:' section")
+    try:
+        return GateConfig.model_validate(raw["gate"])
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(path), exc, prefix=("gate",))) from None
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Load, override, validate and resolve a training config.
 
@@ -312,12 +373,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         ConfigError: the file is missing or unreadable, or any key is unknown or out of range.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    raw = _read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

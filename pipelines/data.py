@@ -18,7 +18,7 @@ from pipelines.config import DataConfig
 
 __all__ = [
     "DataError", "PreparedData", "load_frame", "validate_frame", "prepare", "load_prepared", "fingerprint",
-    "count_classes", "check_counts",
+    "count_classes", "check_counts", "read_table", "check_columns",
 ]
 
 MANIFEST = "manifest.json"
@@ -82,7 +82,16 @@ def load_frame(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
         loader = getattr(datasets, f"load_{cfg.sklearn}")
         frame = loader(as_frame=True).frame
         return frame.rename(columns=str), f"sklearn:{cfg.sklearn}"
-    path = Path(cfg.path)
+    return read_table(cfg.path), str(cfg.path)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file.
+
+    Raises:
+        DataError: the file is missing, empty, of another format, or cannot be parsed.
+    """
+    path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
@@ -101,7 +110,7 @@ def load_frame(cfg: DataConfig) -> tuple[pd.DataFrame, str]:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"data file {path} could not be read: {exc}") from None
-    return frame, str(path)
+    return frame
 
 
 def _row_hint(source: str, row: int) -> str:
@@ -128,7 +137,25 @@ def validate_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[l
         raise DataError(f"data {source}: column {target!r} is both the target and a feature")
     if not features:
         raise DataError(f"data {source} has no feature columns besides the target {target!r}")
-    for column in [*features, target]:
+    check_columns(frame, [*features, target], source)
+    return features, target
+
+
+def check_columns(frame: pd.DataFrame, columns: list[str], source: str, expected: str = "") -> None:
+    """Check that ``frame`` has rows and that each of ``columns`` is present, numeric and finite.
+
+    Raises:
+        DataError: naming the source, the column and (for bad values) the first bad row; ``expected`` is appended to
+            a missing-column error to say what was expected.
+    """
+    present = [str(c) for c in frame.columns]
+    if len(frame) == 0:
+        raise DataError(f"data {source} has no rows (columns: {', '.join(present) or 'none'})")
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise DataError(f"data {source}: column(s) {missing} not found; columns are: {', '.join(present)}"
+                        + (f" ({expected})" if expected else ""))
+    for column in columns:
         values = frame[column]
         if not (pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)):
             coerced = pd.to_numeric(values, errors="coerce")
@@ -144,7 +171,6 @@ def validate_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[l
                 f"data {source}: column {column!r} has {int((~finite).sum())} missing or non-finite value(s) "
                 f"(NaN/inf), first at {_row_hint(source, first)}"
             )
-    return features, target
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

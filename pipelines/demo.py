@@ -40,6 +40,7 @@ def run_demo(out: Path) -> dict:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"
+    os.environ["VIOPS_AUDIT_LOG"] = str(out / "audit.jsonl")  # promotions and rollbacks, one JSON line each
     started = time.perf_counter()
 
     config = load_config(DEMO_CONFIG)
@@ -47,13 +48,15 @@ def run_demo(out: Path) -> dict:
         # Artifacts beside the database, not in ./mlruns of wherever `make demo` was started.
         MlflowClient(tracking_uri=uri).create_experiment(config.experiment_name,
                                                          artifact_location=(out / "artifacts").as_uri())
-    _say(f"1/3 Train {DEMO_CONFIG.relative_to(REPO)} (scikit-learn diabetes, mean-field SVI) -> MLflow at {uri}")
+    _say(f"1/3 Train {DEMO_CONFIG.relative_to(REPO)} (scikit-learn diabetes, full-rank SVI) -> MLflow at {uri}; "
+         f"the gate checks the first version before it becomes champion")
     first = train(config, tracking_uri=uri, run_name="demo-initial-train")
     print(f"run {first.run_id}: version {first.model_version} of {first.model_name} ({', '.join(first.aliases)}); "
           f"test predictive NLL {first.metrics['test_predictive_nll']:.3f}, {first.metrics['steps']:.0f} steps "
-          f"in {first.metrics['train_seconds']:.1f}s")
+          f"in {first.metrics['train_seconds']:.1f}s\n{first.registration}")
 
-    _say("2/3 Retrain through Airflow: svi_retrain (prepare -> train -> register), in-process with `airflow dags test`")
+    _say("2/3 Retrain through Airflow: svi_retrain (prepare -> train -> register -> evaluate -> promote | reject -> "
+         "notify), in-process with `airflow dags test`")
     home = out / "airflow"
     env = {
         **os.environ,
@@ -83,11 +86,18 @@ def run_demo(out: Path) -> dict:
             "run_id": version.run_id,
             "trigger_reason": run.data.tags.get("viops.trigger_reason", "manual train"),
             "test_predictive_nll": run.data.metrics.get("final/test_predictive_nll"),
+            "gate": {"true": "passed", "false": "rejected"}.get(version.tags.get("viops.gate.passed"), "not evaluated"),
         })
         nll = versions[-1]["test_predictive_nll"]
-        print(f"  version {version.version:>2}  aliases {', '.join(versions[-1]['aliases']) or '-':<22} run {version.run_id}"
-              f"  test NLL {nll:.3f}  ({versions[-1]['trigger_reason']})")
-    summary = {"tracking_uri": uri, "model_name": first.model_name, "versions": versions,
+        print(f"  version {version.version:>2}  aliases {', '.join(versions[-1]['aliases']) or '-':<34} gate "
+              f"{versions[-1]['gate']:<8}  test NLL {nll:.3f}  ({versions[-1]['trigger_reason']})")
+    from pipelines.audit import read_log
+
+    audit = read_log(env["VIOPS_AUDIT_LOG"])
+    for record in audit:
+        print(f"  audit: {record['time']} {record['action']} v{record['from_version'] or '-'} -> v{record['to_version']}"
+              f" by {record['actor']}: {record['reason']}")
+    summary = {"tracking_uri": uri, "model_name": first.model_name, "versions": versions, "audit": audit,
                "seconds": round(time.perf_counter() - started, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["CLIError", "run_viops", "work_dir", "safe_key"]
+__all__ = ["CLIError", "run_viops", "work_dir", "audit_log", "safe_key"]
 
 
 class CLIError(RuntimeError):
@@ -26,20 +26,25 @@ class CLIError(RuntimeError):
         self.returncode, self.stderr = returncode, stderr
 
 
-def run_viops(args: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None) -> dict:
-    """Run ``viops <args> --json`` with this interpreter and return the JSON object on its last stdout line."""
+def run_viops(args: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
+              ok_codes: tuple[int, ...] = (0,)) -> dict:
+    """Run ``viops <args> --json`` with this interpreter and return the JSON object on its last stdout line.
+
+    Exit codes outside ``ok_codes`` raise :class:`CLIError` (``viops evaluate`` exits 1 on a rejection, which a
+    caller that branches on the verdict accepts); the result carries the code as ``exit_code``.
+    """
     command = [sys.executable, "-m", "pipelines.cli", *args, "--json"]
     proc = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, check=False
     )
     if proc.stderr:
         sys.stderr.write(proc.stderr[-20_000:])
-    if proc.returncode != 0:
+    if proc.returncode not in ok_codes:
         raise CLIError(args, proc.returncode, proc.stderr)
     lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
     if not lines:
         raise CLIError(args, proc.returncode, "no JSON result on stdout")
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "exit_code": proc.returncode}
 
 
 def work_dir() -> Path:
@@ -47,6 +52,11 @@ def work_dir() -> Path:
     path = Path(os.environ.get("VIOPS_WORK_DIR") or Path(tempfile.gettempdir()) / "viops")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def audit_log() -> Path:
+    """The local audit file for automated changes: ``$VIOPS_AUDIT_LOG``, else ``audit.jsonl`` in :func:`work_dir`."""
+    return Path(os.environ.get("VIOPS_AUDIT_LOG") or work_dir() / "audit.jsonl")
 
 
 def safe_key(text: str) -> str:

@@ -171,7 +171,32 @@ def train(
             exc.run_id = run_id
         raise
     client.set_terminated(run_id, status="FINISHED")
+    if result.model_version is not None and config.registry.promote_first:
+        result = _first_champion(client, config, result)
     return result
+
+
+def _first_champion(client, config: TrainConfig, result: TrainingResult) -> TrainingResult:
+    """A model without a champion: its first version becomes champion if it passes the gate's absolute thresholds."""
+    import dataclasses
+
+    from pipelines.audit import default_actor
+    from pipelines.gate import evaluate
+    from pipelines.registry import CHAMPION, alias_version, promote
+
+    if alias_version(client, config.model_name, CHAMPION) is not None:
+        return result
+    verdict = evaluate(client, config.model_name, tracking_uri=result.tracking_uri,
+                       candidate=str(result.model_version), gate=config.gate)
+    if not verdict.passed:
+        note = f"{result.registration}; not promoted: the gate rejected it ({'; '.join(verdict.reasons)})"
+        return dataclasses.replace(result, registration=note)
+    change = promote(client, config.model_name, str(result.model_version), actor=default_actor(),
+                     reason="first model: no champion; passed the gate's absolute thresholds",
+                     trigger={"run_id": result.run_id})
+    version = client.get_model_version(config.model_name, str(result.model_version))
+    return dataclasses.replace(result, aliases=tuple(sorted(version.aliases)),
+                               registration=f"{result.registration}; {change.message}")
 
 
 #: Set by rank 0 before a DDP fit, read by the processes Lightning launches for the other devices.

@@ -1,12 +1,15 @@
-"""The retrain DAG parses cleanly and runs end to end under ``dag.test()`` with real Airflow and MLflow."""
+"""The retrain DAG parses cleanly and runs both of its branches under ``dag.test()`` with real Airflow and MLflow."""
 
 from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.audit import read_log
 from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
 from tests.dags.conftest import REPO
+
+TRAIN = ["train.max_epochs=60", "train.batch_size=64"]
 
 
 def test_dagbag_has_no_import_errors(airflow_db):
@@ -16,30 +19,57 @@ def test_dagbag_has_no_import_errors(airflow_db):
     assert bag.import_errors == {}
     dag = bag.get_dag("svi_retrain")
     assert dag is not None and dag.max_active_runs == 1
-    assert [t.task_id for t in dag.topological_sort()] == ["prepare_data", "train", "register"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[:5] == ["prepare_data", "train", "register", "evaluate", "decide"]
+    assert set(order[5:7]) == {"promote", "reject"} and order[7] == "notify"
+    assert dag.get_task("decide").downstream_task_ids == {"promote", "reject"}
+    assert dag.get_task("notify").trigger_rule == "none_failed_min_one_success"
     assert set(dag.params) >= {"reason", "config", "overrides"}
 
 
+def _states(run) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
 @pytest.mark.slow
-def test_dag_test_prepares_trains_and_registers(airflow_db, tmp_path, monkeypatch):
+def test_dag_test_promotes_a_good_model_and_rejects_a_bad_one(airflow_db, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    audit = tmp_path / "audit.jsonl"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("VIOPS_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("VIOPS_AUDIT_LOG", str(audit))
     (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
-    make_regression_csv(tmp_path / "data.csv", n=500)
-
+    make_regression_csv(tmp_path / "data.csv", n=1200)
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("svi_retrain")
-    conf = {"reason": "pytest: new labels", "config": str(tmp_path / "blr_csv.yaml"), "overrides": ["train.max_epochs=3"]}
-    run = dag.test(run_conf=conf)
-    assert run.state == "success", [(ti.task_id, ti.state) for ti in run.get_task_instances()]
-
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    (found,) = client.search_model_versions("name='blr-example'")
-    version = client.get_model_version("blr-example", found.version)
-    assert set(version.aliases) == {"challenger", "champion"}
+
+    # 1. The first model: the gate checks absolute thresholds, the model passes and is promoted.
+    conf = {"reason": "pytest: new labels", "config": str(tmp_path / "blr_csv.yaml"), "overrides": TRAIN}
+    run = dag.test(run_conf=conf)
+    states = _states(run)
+    assert run.state == "success", states
+    assert states["promote"] == "success" and states["reject"] == "skipped" and states["notify"] == "success"
+    version = client.get_model_version_by_alias("blr-example", "champion")
+    assert str(version.version) == "1" and version.tags["viops.gate.passed"] == "true"
     mlflow_run = client.get_run(version.run_id)
-    assert mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.tags["viops.trigger_reason"] == "pytest: new labels"
     assert mlflow_run.info.run_name.startswith("svi_retrain/")
+    (record,) = read_log(audit)
+    assert record["action"] == "promote" and record["to_version"] == "1" and record["reason"] == "pytest: new labels"
+    assert record["trigger"]["dag_id"] == "svi_retrain" and record["trigger"]["run_id"] == run.run_id
+    assert record["actor"] == f"airflow:svi_retrain/{run.run_id}"
+
+    # 2. A bad model (noise scale fixed far too small): the gate rejects it, the champion stays.
+    conf = {"reason": "pytest: bad retrain", "config": str(tmp_path / "blr_csv.yaml"),
+            "overrides": [*TRAIN, "model.noise.fixed=0.02"]}
+    run = dag.test(run_conf=conf)
+    states = _states(run)
+    assert run.state == "success", states
+    assert states["reject"] == "success" and states["promote"] == "skipped" and states["notify"] == "success"
+    assert str(client.get_model_version_by_alias("blr-example", "champion").version) == "1"
+    rejected = client.get_model_version("blr-example", "2")
+    assert rejected.tags["viops.gate.passed"] == "false" and "nll_tolerance" in rejected.tags["viops.gate.reasons"]
+    assert set(rejected.aliases) == {"challenger"}
+    assert len(read_log(audit)) == 1  # a rejection moves no alias, so it writes no audit record

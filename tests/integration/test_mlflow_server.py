@@ -4,55 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import EXAMPLE_CONFIG, free_port, make_regression_csv, require
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    require(mlflow_bin.exists() or shutil.which("mlflow") is not None, "the mlflow CLI is not installed")
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'backend.db'}", "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        pytest.fail("mlflow server did not become healthy within 120 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 def test_train_against_server_and_read_everything_back(mlflow_server, tmp_path):

@@ -30,19 +30,21 @@ def run_cli(argv, capsys):
 def versions(uri):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     found = client.search_model_versions("name='blr-example'")
-    champion = client.get_model_version_by_alias("blr-example", "champion").version if found else None
+    champion = str(client.get_model_version_by_alias("blr-example", "champion").version) if found else None
     return sorted(int(v.version) for v in found), champion
 
 
 def test_train_prints_json_last_and_registers_champion(registry, capsys):
     root, uri = registry
-    code, out, err = run_cli(["train", "--config", str(root / "blr_csv.yaml"), "--tracking-uri", uri, "--json", *QUICK],
-                             capsys)
+    # Long enough to converge: the first version becomes champion only if it passes the gate's absolute thresholds.
+    converged = ["--set", "train.max_epochs=60", "--set", "train.batch_size=32"]
+    code, out, err = run_cli(["train", "--config", str(root / "blr_csv.yaml"), "--tracking-uri", uri, "--json",
+                              *converged], capsys)
     assert code == 0, err
     payload = json.loads(out.strip().splitlines()[-1])
     assert {"run_id", "model_name", "model_version", "tracking_uri", "metrics"} <= set(payload)
     assert payload["model_name"] == "blr-example" and payload["tracking_uri"] == uri
-    assert set(payload["aliases"]) == {"challenger", "champion"}
+    assert set(payload["aliases"]) == {"challenger", "champion"}, payload["registration"]
     assert versions(uri) == ([int(payload["model_version"])], payload["model_version"])
 
 

@@ -41,6 +41,8 @@ def test_zoo_config_trains_logs_diagnostics_and_registers_a_pyfunc(name, trackin
     result = train(config, tracking_uri=tracking_uri)
     assert str(result.model_version) == "1"
     client = MlflowClient(tracking_uri)
+    # The first version went through the gate's absolute thresholds (the verdict is tagged on it either way).
+    assert client.get_model_version(config.model_name, "1").tags["viops.gate.passed"] in ("true", "false")
     run = client.get_run(result.run_id)
     logged = run.data.metrics
     for metric in ("validation_predictive_nll", "test_elbo_per_datum", *metrics):
