@@ -6,7 +6,8 @@ A Bayesian linear regression with 20 features is trained and registered in a tem
   of 10,000 rows) on 100,000 rows with S = 100 posterior draws, against a baseline in the same run that computes the
   same predictive summaries with a Python loop over the S draws (one ``model.predictive`` call per draw);
 - **single-row requests**: p50/p95 latency of ``predict`` on one row, in-process through the pyfunc, and over HTTP
-  to a real ``mlflow models serve`` process (``--no-http`` skips it).
+  to a real ``mlflow models serve`` process (``--no-http`` skips it); and of the predictive computation alone,
+  vectorised over the S draws vs the loop over draws.
 
     python benchmarks/bench_scoring.py [--rows 100000] [--samples 100] [--requests 200] [--json]
 """
@@ -75,14 +76,14 @@ def _percentiles(ms: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3)}
 
 
-def _http_latency(uri: str, model: str, rows: pd.DataFrame, requests: int, root: Path) -> dict:
+def _http_latency(uri: str, model_uri: str, rows: pd.DataFrame, requests: int, root: Path) -> dict:
     sys.path.insert(0, str(REPO))
     from tests.conftest import free_port
 
     port = free_port()
     log = open(root / "serve.log", "w")
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{model}@champion",
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, cwd=root,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
@@ -132,9 +133,9 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="viops-bench-scoring-"))
     os.chdir(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    _train(root, uri)
+    version = _train(root, uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    loaded = load_version(client, "bench-scoring", tracking_uri=uri)
+    loaded = load_version(client, "bench-scoring", version, tracking_uri=uri)
     rng = np.random.default_rng(1)
     features = pd.DataFrame(rng.normal(size=(args.rows, FEATURES)), columns=[f"x{i}" for i in range(FEATURES)])
 
@@ -143,13 +144,24 @@ def main() -> int:
     predictions, batch_seconds = score_frame(loaded, features, batch_size=10_000, num_samples=args.samples)
     viops_seconds = time.perf_counter() - began
 
-    b = loaded.bundle
-    x = torch.from_numpy(((features.to_numpy(np.float32) - np.asarray(b.feature_mean, np.float32))
-                          / np.asarray(b.feature_scale, np.float32)).astype(np.float32))
+    x = torch.from_numpy(features.to_numpy(np.float32))  # the model was trained on unstandardised features
     began = time.perf_counter()
     for start in range(0, args.rows, 10_000):
         looped(loaded.predictor, x[start:start + 10_000], args.samples, torch.Generator().manual_seed(0))
     loop_seconds = time.perf_counter() - began
+
+    from models.predictive import posterior_predictive
+
+    core = {"vectorised": [], "loop_over_samples": []}
+    for i in range(args.requests + 5):
+        row = x[i:i + 1]
+        for name, fn in (("vectorised", lambda r: posterior_predictive(loaded.predictor.model, loaded.predictor.family,
+                                                                         r, num_samples=args.samples)),
+                         ("loop_over_samples", lambda r: looped(loaded.predictor, r, args.samples, torch.Generator()))):
+            t = time.perf_counter()
+            fn(row)
+            if i >= 5:
+                core[name].append((time.perf_counter() - t) * 1000)
 
     in_process = []
     for i in range(args.requests + 5):
@@ -167,11 +179,12 @@ def main() -> int:
             "batch_latency_ms": _percentiles([s * 1000 for s in batch_seconds]),
             "finite": bool(np.isfinite(predictions.to_numpy()).all()),
         },
+        "single_row_predictive_only": {name: _percentiles(ms) for name, ms in core.items()},
         "single_row_in_process": _percentiles(in_process),
         "threads": torch.get_num_threads(),
     }
     if not args.no_http:
-        report["single_row_http"] = _http_latency(uri, "bench-scoring", features, args.requests, root)
+        report["single_row_http"] = _http_latency(uri, f"models:/bench-scoring/{version}", features, args.requests, root)
     if args.json:
         print(json.dumps(report))
     else:
