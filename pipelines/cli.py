@@ -193,15 +193,20 @@ def _cmd_score(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_common_arguments(p: argparse.ArgumentParser, config: bool = True) -> None:
+    """``--config``/``--set`` (when the command reads a training config) and ``--json``."""
+    if config:
+        p.add_argument("--config", required=True, help="YAML config file")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+
+def build_parser(extend=None) -> argparse.ArgumentParser:
+    """The ``viops`` parser; ``extend(subparsers)`` adds the commands of a higher layer (``monitoring``)."""
     parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, config=True):
-        if config:
-            p.add_argument("--config", required=True, help="YAML config file")
-            p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
-        p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    common = add_common_arguments
 
     p = sub.add_parser("prepare", help="validate, split and fingerprint the training data")
     common(p)
@@ -283,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="posterior draws per row (default: the model's)")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_score)
+    if extend is not None:
+        extend(sub)
     return parser
 
 
@@ -295,8 +302,8 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, extend=None) -> int:
+    parser = build_parser(extend)
     args = parser.parse_args(argv)
     _quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

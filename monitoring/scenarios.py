@@ -1,0 +1,142 @@
+"""Simulated production traffic: windows drawn from a dataset's held-out rows under named scenarios.
+
+``viops simulate --config configs/scenarios/<name>.yaml --out DIR`` writes ``windows`` windows of ``rows_per_window``
+rows into a :class:`~monitoring.windows.WindowStore`. Rows are drawn with replacement from the rows the model never
+trained on (the validation and test splits of the training config's data, split the same way), so a ``stable``
+window looks like data the model has not seen, drawn from the same distribution as the training data. From window
+``start`` on (0-based), the scenario changes the data:
+
+- ``stable``: nothing changes.
+- ``covariate_shift``: the chosen ``features`` are shifted by ``shift`` training SDs and multiplied by ``scale``
+  around their training mean; the labels keep their relation to the original features, as when a sub-population
+  grows in production.
+- ``concept_shift``: the label relation changes. Regression: ``y += slope * SD(y) * z_f``, with ``z_f`` the first
+  chosen feature, standardised. Classification: a ``fraction`` of labels are reassigned to another class.
+- ``nan_burst``: for ``duration`` windows, a ``fraction`` of the values of the chosen features are NaN or ±inf.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import Field, PositiveInt, ValidationError, model_validator
+
+from pipelines.config import ConfigError, TrainConfig, load_config
+from pipelines.data import prepare
+from pipelines.model_config import _Strict
+
+__all__ = ["ScenarioConfig", "load_scenario", "simulate"]
+
+SCENARIOS = ("stable", "covariate_shift", "concept_shift", "nan_burst")
+
+
+class ScenarioConfig(_Strict):
+    """One simulated production stream (``configs/scenarios/*.yaml``)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+    training_config: str  # the model's training config: its data and split give the rows to draw from
+    scenario: Literal["stable", "covariate_shift", "concept_shift", "nan_burst"] = "stable"
+    windows: PositiveInt = 12
+    rows_per_window: PositiveInt = 500
+    start: Annotated[int, Field(ge=0)] = 6  # first affected window (0-based)
+    features: list[str] = Field(default_factory=list)  # affected features (default: the first two)
+    shift: float = 2.0  # covariate_shift: in training SDs
+    scale: Annotated[float, Field(gt=0.0)] = 1.0  # covariate_shift
+    slope: float = 1.0  # concept_shift (regression): SDs of y per SD of the feature
+    fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3  # concept_shift (classes) and nan_burst
+    duration: PositiveInt = 1  # nan_burst: affected windows
+    window_start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    window_every: timedelta = timedelta(hours=1)
+    with_labels: bool = True
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _start_inside(self):
+        if self.scenario != "stable" and self.start >= self.windows:
+            raise ValueError(f"start ({self.start}) must be a window index below windows ({self.windows})")
+        return self
+
+
+def load_scenario(path: str | Path) -> tuple[ScenarioConfig, TrainConfig]:
+    """Load a scenario config and the training config it names (relative paths are relative to the scenario file).
+
+    Raises:
+        ConfigError: unreadable file, invalid keys, or features the data does not have.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"scenario file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"scenario {path} is not valid YAML: {exc}") from None
+    try:
+        scenario = ScenarioConfig.model_validate(raw or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        raise ConfigError(f"invalid scenario {path}: {problems}") from None
+    training_path = Path(scenario.training_config)
+    if not training_path.is_absolute():
+        training_path = (path.parent / training_path).resolve()
+    return scenario, load_config(training_path)
+
+
+def _windows_times(s: ScenarioConfig) -> list[datetime]:
+    return [s.window_start + i * s.window_every for i in range(s.windows)]
+
+
+def simulate(scenario: ScenarioConfig, training: TrainConfig, out: str | Path):
+    """Write the scenario's windows to a window store at ``out``; returns the store."""
+    from monitoring.windows import WindowStore
+
+    data = prepare(training.data)
+    pool = pd.concat([data.validation, data.test], ignore_index=True)
+    if pool.empty:
+        pool = data.train
+    features, target = list(data.features), data.target
+    unknown = [f for f in scenario.features if f not in features]
+    if unknown:
+        raise ConfigError(f"scenario {scenario.name}: feature(s) {unknown} are not in the data; it has {features}")
+    chosen = scenario.features or features[:2]
+    train_x = data.train[features]
+    mean, sd = train_x.mean(), train_x.std(ddof=0).replace(0.0, 1.0)
+    classify = training.model.task == "classification"
+    classes = np.sort(data.train[target].unique()) if classify else None
+    y_sd = float(data.train[target].std(ddof=0)) or 1.0
+    # Rows and perturbations draw from separate streams, so scenarios with one seed share their rows: a window of
+    # `concept_shift` differs from the same window of `stable` only by the change itself.
+    rows_rng, rng = np.random.default_rng(scenario.seed), np.random.default_rng([scenario.seed, 1])
+    store = WindowStore(out)
+    for index, when in enumerate(_windows_times(scenario)):
+        frame = pool.iloc[rows_rng.integers(0, len(pool), scenario.rows_per_window)].reset_index(drop=True)
+        frame = frame[[*features, target]].astype({c: "float64" for c in features})
+        affected = scenario.scenario != "stable" and index >= scenario.start
+        if scenario.scenario == "nan_burst":
+            affected = scenario.start <= index < scenario.start + scenario.duration
+        if affected and scenario.scenario == "covariate_shift":
+            for f in chosen:
+                frame[f] = mean[f] + (frame[f] - mean[f]) * scenario.scale + scenario.shift * sd[f]
+        elif affected and scenario.scenario == "concept_shift":
+            if classify:
+                flip = rng.random(len(frame)) < scenario.fraction
+                offsets = rng.integers(1, len(classes), flip.sum())
+                positions = np.searchsorted(classes, frame.loc[flip, target].to_numpy())
+                frame.loc[flip, target] = classes[(positions + offsets) % len(classes)]
+            else:
+                z = (frame[chosen[0]] - mean[chosen[0]]) / sd[chosen[0]]
+                frame[target] = frame[target] + scenario.slope * y_sd * z
+        elif affected and scenario.scenario == "nan_burst":
+            for f in chosen:
+                hit = rng.random(len(frame)) < scenario.fraction
+                frame.loc[hit, f] = rng.choice([np.nan, np.inf, -np.inf], hit.sum())
+        if not scenario.with_labels:
+            frame = frame.drop(columns=[target])
+        store.write(when, frame, meta={"scenario": scenario.name, "kind": scenario.scenario, "index": index,
+                                       "affected": bool(affected), "target": target, "features": features})
+    return store
