@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
 from pipelines.audit import utc_now
@@ -141,20 +140,6 @@ def _check_counts(frame: pd.DataFrame, loaded: LoadedVersion, source: str) -> No
 # --- metrics ------------------------------------------------------------------------------------------------------
 
 
-def _tensors(loaded: LoadedVersion, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor | None]:
-    b = loaded.bundle
-    x = frame[b.features].to_numpy(dtype=np.float32)
-    if b.feature_mean:
-        x = (x - np.asarray(b.feature_mean, dtype=np.float32)) / np.asarray(b.feature_scale, dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(x))
-    if b.target not in frame.columns or b.model_config.get("kind") == "vae":
-        return x, None
-    if b.num_classes is not None:
-        return x, torch.from_numpy(frame[b.target].to_numpy(dtype=np.int64))
-    y = (frame[b.target].to_numpy(dtype=np.float32) - b.target_mean) / b.target_scale
-    return x, torch.from_numpy(np.ascontiguousarray(y.astype(np.float32)))
-
-
 def _latency_ms(loaded: LoadedVersion, features: pd.DataFrame, requests: int) -> np.ndarray:
     """Wall time of ``requests`` single-row ``predict`` calls through the pyfunc (schema enforcement included)."""
     rows = [features.iloc[[i % len(features)]] for i in range(requests + 1)]
@@ -169,27 +154,10 @@ def _latency_ms(loaded: LoadedVersion, features: pd.DataFrame, requests: int) ->
 
 def version_metrics(loaded: LoadedVersion, frame: pd.DataFrame, gate: GateConfig, psis_khat: float | None) -> dict:
     """Predictive NLL, calibration, NaN count and single-row latency of one version on ``frame`` (validated)."""
-    from models.amortized import iwae_bound
-    from models.calibration import classification_calibration, regression_calibration
-    from models.objectives import predictive_nll
+    from pipelines.evaluation import predictive_metrics
 
     b = loaded.bundle
-    model, family = loaded.predictor.model, loaded.predictor.family
-    x, y = _tensors(loaded, frame)
-    out: dict[str, float] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(gate.seed)
-        if family is None:
-            out["nll"] = float(-iwae_bound(model, x, gate.predictive_samples).mean())
-        elif b.num_classes is not None:
-            out["nll"] = float(predictive_nll(model, family, x, y, num_samples=gate.predictive_samples))
-            cal = classification_calibration(model, family, x, y, num_samples=gate.predictive_samples, seed=gate.seed)
-            out.update(ece=cal.ece, accuracy=cal.accuracy, brier=cal.brier)
-        else:  # standardised-scale NLL + log(scale) = NLL of y in its own units, comparable across versions
-            nll = float(predictive_nll(model, family, x, y, num_samples=gate.predictive_samples))
-            out["nll"] = nll + math.log(b.target_scale)
-            cal = regression_calibration(model, family, x, y, num_samples=gate.predictive_samples, seed=gate.seed)
-            out.update(coverage_50=cal.coverage[0.5], coverage_90=cal.coverage[0.9], pit_ks=cal.pit_ks)
+    out = predictive_metrics(loaded.predictor, frame, num_samples=gate.predictive_samples, seed=gate.seed)
     features = frame[b.features]
     predictions = loaded.pyfunc.predict(features)
     numeric = predictions.select_dtypes("number").to_numpy(dtype=float)

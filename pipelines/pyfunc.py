@@ -47,6 +47,7 @@ class PosteriorBundle:
     target_scale: float = 1.0
     predictive_samples: int = 500
     seed: int = 0
+    train_rows: int = 0  # N of the training split (the KL term of a per-datum ELBO); 0 in bundles that predate it
 
     def save(self, path: str | Path) -> Path:
         torch.save(asdict(self), path)
