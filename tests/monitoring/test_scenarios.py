@@ -99,3 +99,12 @@ def test_bad_scenarios_are_clear_errors(text, message, tmp_path):
     finally:
         path.unlink()
     assert not (tmp_path / "w").exists()
+
+
+def test_monitoring_config_is_the_documented_defaults_and_refuses_unknown_keys(tmp_path):
+    from monitoring.config import ChecksConfig, load_checks_config
+
+    assert load_checks_config(REPO / "configs" / "monitoring.yaml") == ChecksConfig()
+    (tmp_path / "m.yaml").write_text("checks:\n  drift:\n    treshold: 0.3\n")
+    with pytest.raises(ConfigError, match=r"checks\.drift\.treshold"):
+        load_checks_config(tmp_path / "m.yaml")

@@ -1,0 +1,79 @@
+"""What ``viops monitor`` checks on each window, and how (``configs/monitoring.yaml``; docs/monitoring.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
+
+from pipelines.config import ConfigError
+from pipelines.model_config import _Strict
+
+__all__ = ["DriftCheckConfig", "CalibrationCheckConfig", "VIHealthConfig", "ChecksConfig", "load_checks_config"]
+
+
+class DriftCheckConfig(_Strict):
+    """Evidently drift of the features (and of the champion's predictions) against the reference snapshot.
+
+    ``method``/``threshold`` are passed to Evidently's DataDriftPreset for every column; ``null`` leaves Evidently's
+    choice (K-S p-values up to 1,000 reference rows, Wasserstein distance above). The default distance does not grow
+    with the window size (docs/monitoring.md#drift).
+    """
+
+    enabled: bool = True
+    method: str | None = "wasserstein"
+    threshold: PositiveFloat | None = 0.3
+    drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # Evidently's dataset-drift flag
+    row_cap: PositiveInt = 100_000
+    predictions: bool = True  # also compare the champion's predictions on the window with those on the reference
+
+
+class CalibrationCheckConfig(_Strict):
+    """Calibration on labelled rows: ECE and Brier (classifiers), 90% coverage and PIT (regression), and the change
+    against the champion's own held-out split."""
+
+    enabled: bool = True
+    predictive_samples: Annotated[int, Field(ge=16)] = 256
+    min_rows: PositiveInt = 50  # fewer labelled finite rows: the check reports "not enough labels" instead
+
+
+class VIHealthConfig(_Strict):
+    """The champion's ELBO and NLL on the window vs its held-out baseline, NaN/inf inputs, label-free uncertainty
+    shift, the amortization gap (amortized models) and single-row scoring latency."""
+
+    enabled: bool = True
+    predictive_samples: Annotated[int, Field(ge=16)] = 256
+    latency_requests: Annotated[int, Field(ge=5)] = 20
+    amortization_subsample: PositiveInt = 32
+
+
+class ChecksConfig(_Strict):
+    drift: DriftCheckConfig = DriftCheckConfig()
+    calibration: CalibrationCheckConfig = CalibrationCheckConfig()
+    vi_health: VIHealthConfig = VIHealthConfig()
+    seed: int = 0
+
+
+def load_checks_config(path: str | Path | None) -> ChecksConfig:
+    """The ``checks:`` section of a monitoring config; defaults when ``path`` is None.
+
+    Raises:
+        ConfigError: unreadable file or an invalid key, naming the file and key.
+    """
+    if path is None:
+        return ChecksConfig()
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"monitoring config not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"monitoring config {path} is not valid YAML: {exc}") from None
+    try:
+        return ChecksConfig.model_validate(raw.get("checks") or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"checks.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        raise ConfigError(f"invalid monitoring config {path}: {problems}") from None
