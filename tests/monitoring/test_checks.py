@@ -114,3 +114,19 @@ def test_classifier_concept_shift_raises_ece_and_brier(tmp_path):
     assert after["calibration"]["accuracy"] < before["calibration"]["accuracy"] - 0.2
     uncertainty = after["vi_health"]["uncertainty"]
     assert set(uncertainty) == {"mean_entropy", "mean_mutual_information"}
+
+
+def test_slos_breach_on_exactly_the_scenario_they_watch(regression):
+    from monitoring.slo import evaluate_slos, load_slos
+
+    champion, windows = regression
+    slos = load_slos(REPO / "configs" / "slo.yaml")
+
+    def breaches(frame) -> set[str]:
+        return {s.name for s in evaluate_slos(slos, _report(frame, champion)) if s.status == "breach"}
+
+    assert [breaches(frame) for frame in windows["stable"]] == [set()] * 8
+    assert breaches(windows["covariate_shift"][6]) == {"feature_drift", "prediction_drift", "coverage_90",
+                                                       "coverage_regression", "elbo_regression"}
+    assert breaches(windows["concept_shift"][6]) == {"coverage_90", "coverage_regression", "elbo_regression"}
+    assert breaches(windows["nan_burst"][6]) == {"input_validity"}
