@@ -1,0 +1,118 @@
+"""Window results as Prometheus metrics (prometheus-client), pushed to a Pushgateway or written to a text file.
+
+Names follow Prometheus conventions: a ``viops_`` prefix, base units in the suffix (``_seconds``, ``_ratio``), and
+labels ``model``, ``alias``, ``version`` only. No window ids or column names go in labels, so cardinality stays at
+one series per model alias. Per SLO objective ``<name>`` (from ``configs/slo.yaml``) there are three series:
+``viops_slo_<name>_good`` (1 or 0, absent without data), ``viops_slo_<name>_burn_rate`` and
+``viops_slo_<name>_error_budget_remaining_ratio``. The alert rules compute multi-window burn rates from ``_good``.
+
+Each export builds its own ``CollectorRegistry`` (never the process-global one). A failed push is logged and retried
+with backoff. If it still fails, the metrics go to the text file instead and the result says so: the window's
+verdict is never lost because Prometheus was unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+
+__all__ = ["JOB", "GAUGES", "build_registry", "export_metrics", "ExportResult"]
+
+log = logging.getLogger(__name__)
+
+JOB = "viops_monitor"
+LABELS = ("model", "alias", "version")
+
+#: metric name -> (indicator path in the window report, help text)
+GAUGES = {
+    "viops_feature_drift_share_ratio": ("drift.share", "Share of feature columns that drifted from the reference."),
+    "viops_prediction_drift_share_ratio": ("drift.predictions.share",
+                                           "Share of prediction columns that drifted from the reference."),
+    "viops_calibration_coverage_90_ratio": ("calibration.coverage_90",
+                                            "Share of labelled rows inside the 90% predictive interval."),
+    "viops_calibration_coverage_90_delta_ratio": ("calibration.delta.coverage_90",
+                                                  "90% coverage minus the champion's held-out baseline."),
+    "viops_calibration_ece_ratio": ("calibration.ece", "Expected calibration error on labelled rows (classifiers)."),
+    "viops_calibration_brier": ("calibration.brier", "Brier score on labelled rows (classifiers)."),
+    "viops_elbo_per_datum_delta_nats": ("vi_health.elbo_per_datum_delta",
+                                        "ELBO per datum on the window minus the held-out baseline, in nats."),
+    "viops_predictive_nll_nats": ("vi_health.nll", "Predictive negative log-likelihood per datum, in nats."),
+    "viops_nonfinite_input_ratio": ("inputs.nonfinite_fraction", "Share of rows with a NaN or infinite feature."),
+    "viops_amortization_gap_nats": ("vi_health.amortization_gap", "Amortization gap on a window subsample, nats."),
+    "viops_window_rows": ("inputs.rows", "Rows in the window."),
+}
+
+
+def _value(report: dict, path: str):
+    from monitoring.slo import indicator_value
+
+    return indicator_value(report, path)
+
+
+def build_registry(report: dict, slo_statuses, *, model: str, alias: str, version: str,
+                   window_start: float | None = None) -> CollectorRegistry:
+    """A fresh registry holding this window's gauges (indicators absent from the report are not exported)."""
+    registry = CollectorRegistry()
+    labels = {"model": model, "alias": alias, "version": str(version)}
+
+    def gauge(name: str, help_text: str, value: float | None) -> None:
+        if value is None:
+            return
+        Gauge(name, help_text, LABELS, registry=registry).labels(**labels).set(value)
+
+    for name, (path, help_text) in GAUGES.items():
+        gauge(name, help_text, _value(report, path))
+    latency_ms = _value(report, "vi_health.latency_p95_ms")
+    gauge("viops_scoring_latency_p95_seconds", "p95 of single-row predict latency, seconds.",
+          None if latency_ms is None else latency_ms / 1000.0)
+    gauge("viops_window_start_timestamp_seconds", "Start of the window these values describe (Unix time).",
+          window_start)
+    for status in slo_statuses:
+        prefix = f"viops_slo_{status.name}"
+        gauge(f"{prefix}_good", f"1 when the last window met the {status.name} objective, 0 when not.",
+              None if status.good is None else float(status.good))
+        gauge(f"{prefix}_burn_rate", f"Error-budget burn rate of {status.name} over its SLO period.",
+              status.burn_rate)
+        gauge(f"{prefix}_error_budget_remaining_ratio", f"Error budget of {status.name} left in its SLO period.",
+              status.budget_remaining)
+    return registry
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    pushed: bool
+    textfile: str | None
+    attempts: int
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"pushed": self.pushed, "textfile": self.textfile, "attempts": self.attempts, "error": self.error}
+
+
+def export_metrics(registry: CollectorRegistry, *, grouping_key: dict[str, str], pushgateway: str | None = None,
+                   textfile: str | Path | None = None, retries: int = 3, backoff_seconds: float = 0.5,
+                   timeout: float = 5.0) -> ExportResult:
+    """Push to ``pushgateway`` (job ``viops_monitor``, grouped by model and alias) when given, retrying with
+    exponential backoff; write ``textfile`` when there is no gateway or every push failed."""
+    error = None
+    attempts = 0
+    if pushgateway:
+        for attempts in range(1, retries + 1):
+            try:
+                push_to_gateway(pushgateway, job=JOB, registry=registry, grouping_key=grouping_key, timeout=timeout)
+                return ExportResult(True, None, attempts)
+            except OSError as exc:  # URLError, connection refused, timeouts, HTTP errors
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("push to %s failed (attempt %d of %d): %s", pushgateway, attempts, retries, error)
+                if attempts < retries:
+                    time.sleep(backoff_seconds * 2 ** (attempts - 1))
+    if textfile is None:
+        return ExportResult(False, None, attempts, error or "no pushgateway and no textfile configured")
+    path = Path(textfile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)  # atomic: a temporary file renamed into place
+    return ExportResult(False, str(path), attempts, error)
