@@ -42,6 +42,7 @@ class Champion:
     reference_predictions: pd.DataFrame
     baseline: dict[str, float] = field(default_factory=dict)  # fit and calibration on its held-out split
     baseline_uncertainty: dict[str, float] = field(default_factory=dict)
+    promoted_at: float | None = None  # Unix time the version became champion (its `viops.promote.at` tag)
 
     @property
     def features(self) -> list[str]:
@@ -108,6 +109,11 @@ def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "c
     reference = reference[list(loaded.bundle.features)].astype("float64")
     reference_predictions = loaded.pyfunc.predict(reference)
     champion = Champion(loaded, reference, reference_predictions.reset_index(drop=True))
+    promoted = (client.get_model_version(model_name, loaded.version).tags or {}).get("viops.promote.at")
+    if promoted:
+        from datetime import datetime
+
+        champion.promoted_at = datetime.fromisoformat(promoted).timestamp()
     champion.baseline_uncertainty = uncertainty_summary(champion.kind, reference_predictions)
     holdout = artifact(f"{HOLDOUT_DIR}/{HOLDOUT_FILE}")
     if holdout is not None and len(holdout):
@@ -186,13 +192,17 @@ def check_vi_health(inputs: dict, labelled: pd.DataFrame | None, predictions: pd
     if champion.kind == "amortized" and features is not None and len(features):
         import torch
 
-        from models.amortized import amortization_gaps
+        from models.amortized import amortization_gaps, collapse_statistics
         from pipelines.evaluation import bundle_tensors
 
+        model = champion.loaded.predictor.model
         x, _ = bundle_tensors(champion.loaded.bundle, features.head(cfg.amortization_subsample))
         with torch.random.fork_rng(devices=[]):
-            gaps = amortization_gaps(champion.loaded.predictor.model, x, seed=seed)
+            gaps = amortization_gaps(model, x, seed=seed)
         out["amortization_gap"] = gaps.amortization_gap
+        collapse = collapse_statistics(model, bundle_tensors(champion.loaded.bundle, features)[0])
+        out["active_units"] = collapse.active_units
+        out["active_unit_ratio"] = collapse.active_units / model.latent_dim
     if features is not None and len(features):
         times = []
         rows = features.head(cfg.latency_requests + 1)

@@ -43,7 +43,11 @@ GAUGES = {
     "viops_predictive_nll_nats": ("vi_health.nll", "Predictive negative log-likelihood per datum, in nats."),
     "viops_nonfinite_input_ratio": ("inputs.nonfinite_fraction", "Share of rows with a NaN or infinite feature."),
     "viops_amortization_gap_nats": ("vi_health.amortization_gap", "Amortization gap on a window subsample, nats."),
+    "viops_active_units_ratio": ("vi_health.active_unit_ratio",
+                                 "Share of latent dimensions the encoder uses on the window (amortized models)."),
     "viops_window_rows": ("inputs.rows", "Rows in the window."),
+    "viops_champion_promoted_timestamp_seconds": ("champion.promoted_at_seconds",
+                                                  "When the scored version became champion (Unix time)."),
 }
 
 

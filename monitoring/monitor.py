@@ -29,12 +29,13 @@ class WindowReport:
     calibration: dict | None
     vi_health: dict | None
     scoring: dict
+    champion: dict | None = None
     drift_result: object = None  # the Evidently result of the feature drift (its HTML report)
 
     def to_json(self) -> dict:
         return {"window": self.window, "model": self.model, "version": self.version, "inputs": self.inputs,
                 "drift": self.drift, "calibration": self.calibration, "vi_health": self.vi_health,
-                "scoring": self.scoring}
+                "scoring": self.scoring, "champion": self.champion}
 
 
 def score_window(frame: pd.DataFrame, finite: np.ndarray, champion: Champion) -> tuple[pd.DataFrame, dict]:
@@ -86,5 +87,6 @@ def check_window(frame: pd.DataFrame, champion: Champion, checks: ChecksConfig, 
     if checks.vi_health.enabled:
         vi_health = check_vi_health(inputs, labelled, predictions, champion, checks.vi_health, checks.seed,
                                     features=features)
+    about = {"version": champion.loaded.version, "promoted_at_seconds": champion.promoted_at}
     return WindowReport(window, champion.loaded.name, champion.loaded.version, inputs, drift, calibration, vi_health,
-                        scoring, drift_result)
+                        scoring, about, drift_result)

@@ -1,0 +1,143 @@
+"""The Prometheus alert rules, rendered from ``configs/slo.yaml`` into ``monitoring/prometheus/alerts.yml``.
+
+Three kinds of alert:
+
+- **Threshold alerts**: the last window broke an objective (``viops_slo_<objective>_good == 0``).
+  ``ViopsCalibrationRegressionAfterDeploy`` fires only while the champion is less than 6 hours old.
+- **Multi-window, multi-burn-rate alerts** on every objective (Google SRE workbook, ch. 5):
+  - page at 14.4× over 1h and 5m, or at 6× over 6h and 30m;
+  - ticket at 1× over 3d and 6h.
+  
+  The error ratio over a range is ``1 - avg_over_time(viops_slo_<objective>_good[range])``; the burn rate divides
+  it by the objective's budget ``1 - target``.
+- **Staleness**: the monitor has not pushed for 2 hours (``push_time_seconds``, set by the Pushgateway).
+
+Every alert carries a ``runbook`` annotation naming ``runbooks/<AlertName>.md``; tests check that each alert has one
+and each runbook names an alert. After editing the SLOs, regenerate the file::
+
+    python -m monitoring.alerts --slo configs/slo.yaml --out monitoring/prometheus/alerts.yml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from monitoring.slo import SLOConfig, load_slos
+
+__all__ = ["THRESHOLD_ALERTS", "BURN_RATE_TIERS", "render_rules", "alert_names", "RUNBOOK_URL"]
+
+RUNBOOK_URL = "runbooks/{alert}.md"
+RECENT_DEPLOY_SECONDS = 6 * 3600
+
+#: alert -> (objectives whose last window breached it, severity, summary)
+THRESHOLD_ALERTS = {
+    "ViopsDataDrift": (["feature_drift"], "ticket", "Features of {{ $labels.model }} drifted from the reference"),
+    "ViopsCalibrationBreach": (["coverage_90", "ece"], "ticket",
+                               "{{ $labels.model }} is mis-calibrated on labelled production data"),
+    "ViopsCalibrationRegressionAfterDeploy": (["coverage_regression"], "page",
+                                              "Calibration of {{ $labels.model }} v{{ $labels.version }} fell below "
+                                              "its baseline within 6h of its promotion"),
+    "ViopsElboRegression": (["elbo_regression"], "ticket",
+                            "{{ $labels.model }} fits production data worse than its held-out data (ELBO)"),
+    "ViopsNanInputs": (["input_validity"], "page", "NaN/inf inputs reach {{ $labels.model }}"),
+    "ViopsPosteriorCollapse": (["active_units"], "ticket",
+                               "The encoder of {{ $labels.model }} uses too few latent dimensions"),
+    "ViopsAmortizationGapBudget": (["amortization_gap"], "ticket",
+                                   "The amortization gap of {{ $labels.model }} is over budget"),
+    "ViopsScoringLatency": (["scoring_latency"], "ticket", "Scoring {{ $labels.model }} is slow"),
+}
+
+#: alert -> severity, [(long range, short range, burn-rate factor), ...] (any pair firing fires the alert)
+BURN_RATE_TIERS = {
+    "ViopsSLOBurnRatePage": ("page", [("1h", "5m", 14.4), ("6h", "30m", 6.0)]),
+    "ViopsSLOBurnRateTicket": ("ticket", [("3d", "6h", 1.0)]),
+}
+
+STALE_ALERT = "ViopsMetricsStale"
+STALE_SECONDS = 2 * 3600
+
+
+def _annotations(alert: str, summary: str, description: str) -> dict:
+    return {"summary": summary, "description": description, "runbook": RUNBOOK_URL.format(alert=alert)}
+
+
+def _threshold_rule(alert: str, objectives: list[str], severity: str, summary: str) -> dict:
+    expr = " or ".join(f"viops_slo_{o}_good == 0" for o in objectives)
+    if alert == "ViopsCalibrationRegressionAfterDeploy":
+        expr = (f"({expr}) and on (model, alias, version) "
+                f"(time() - viops_champion_promoted_timestamp_seconds < {RECENT_DEPLOY_SECONDS})")
+    return {
+        "alert": alert, "expr": expr, "labels": {"severity": severity},
+        "annotations": _annotations(alert, summary, "The last monitored window breached "
+                                    + " / ".join(objectives) + " ({{ $value }}); see configs/slo.yaml."),
+    }
+
+
+def _burn_rule(alert: str, severity: str, tiers: list, objective: str, target: float) -> dict:
+    budget = round(1.0 - target, 10)
+
+    def ratio(window: str) -> str:
+        return f"(1 - avg_over_time(viops_slo_{objective}_good[{window}])) / {budget:g}"
+
+    expr = " or ".join(f"({ratio(long)} > {factor:g} and {ratio(short)} > {factor:g})"
+                       for long, short, factor in tiers)
+    return {
+        "alert": alert, "expr": expr, "labels": {"severity": severity, "objective": objective},
+        "annotations": _annotations(alert, f"{objective} of {{{{ $labels.model }}}} burns its error budget",
+                                    f"Burn rate above {' / '.join(f'{f:g}x' for *_, f in tiers)} of objective "
+                                    f"{objective} (target {target:g}) over "
+                                    + ", ".join(f"{long}/{short}" for long, short, _ in tiers) + "."),
+    }
+
+
+def render_rules(slos: SLOConfig) -> dict:
+    """The rule file as a mapping (what ``alerts.yml`` holds)."""
+    known = {o.name: o for o in slos.objectives}
+    thresholds = [_threshold_rule(alert, [o for o in objectives if o in known], severity, summary)
+                  for alert, (objectives, severity, summary) in THRESHOLD_ALERTS.items()
+                  if any(o in known for o in objectives)]
+    burn = [_burn_rule(alert, severity, tiers, o.name, o.target)
+            for alert, (severity, tiers) in BURN_RATE_TIERS.items() for o in slos.objectives]
+    stale = {
+        "alert": STALE_ALERT, "expr": f'time() - push_time_seconds{{job="viops_monitor"}} > {STALE_SECONDS}',
+        "labels": {"severity": "ticket"},
+        "annotations": _annotations(STALE_ALERT, "No monitoring results for {{ $labels.model }} for 2h",
+                                    "The monitor has not pushed metrics for this model and alias for over "
+                                    f"{STALE_SECONDS // 3600} hours; every other alert is blind meanwhile."),
+    }
+    return {"groups": [
+        {"name": "viops-thresholds", "rules": thresholds},
+        {"name": "viops-burn-rates", "rules": burn},
+        {"name": "viops-staleness", "rules": [stale]},
+    ]}
+
+
+def alert_names(rules: dict) -> set[str]:
+    return {rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+
+
+def dump(rules: dict) -> str:
+    header = ("# Generated from configs/slo.yaml by `python -m monitoring.alerts`; edit the SLOs or monitoring/alerts.py,\n"
+              "# not this file (a test checks they agree). One runbook per alert: runbooks/<alert>.md.\n")
+    return header + yaml.safe_dump(rules, sort_keys=False, width=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render the Prometheus alert rules from the SLO file.")
+    parser.add_argument("--slo", default="configs/slo.yaml")
+    parser.add_argument("--out", help="file to write (default: stdout)")
+    args = parser.parse_args(argv)
+    text = dump(render_rules(load_slos(args.slo)))
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Runbooks: ``runbooks/<AlertName>.md``, one per alert, with YAML front matter that automation reads.
+
+Front matter keys:
+
+- ``alert``: the alert this runbook answers; must exist in ``monitoring/prometheus/alerts.yml``.
+- ``severity``: ``page`` or ``ticket``, as on the alert.
+- ``action``: what automation may do, one of ``retrain``, ``rollback``, ``page`` (a person decides) or ``none``.
+- ``preconditions``: all must hold before the action runs. Otherwise the decision falls back to ``page``.
+  - ``min_labelled_rows``: the window must have this many labelled rows (retraining needs data to learn from);
+  - ``inputs_valid``: no NaN/inf inputs in the window, so nothing is trained on broken data;
+  - ``promoted_within_windows``: the champion was promoted at most this many windows ago;
+  - ``previous_champion``: a ``previous-champion`` exists to roll back to.
+- ``cooldown``: windows after an automated action during which this runbook triggers no other automated action.
+
+The body has the sections Meaning, Impact, Diagnosis and Mitigation, with the exact commands to run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, PositiveInt, ValidationError
+
+from pipelines.config import ConfigError
+from pipelines.model_config import _Strict
+
+__all__ = ["Preconditions", "Runbook", "load_runbook", "load_runbooks", "SECTIONS"]
+
+SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
+_FRONT = re.compile(r"\A---\n(.*?)\n---\n(.*)\Z", re.S)
+
+
+class Preconditions(_Strict):
+    min_labelled_rows: PositiveInt | None = None
+    inputs_valid: bool = False
+    promoted_within_windows: PositiveInt | None = None
+    previous_champion: bool = False
+
+
+class Runbook(_Strict):
+    alert: str = Field(pattern=r"^Viops[A-Za-z0-9]+$")
+    severity: Literal["page", "ticket"]
+    action: Literal["retrain", "rollback", "page", "none"]
+    preconditions: Preconditions = Preconditions()
+    cooldown: PositiveInt = 1
+    title: str
+    path: str = ""
+
+
+def load_runbook(path: str | Path) -> Runbook:
+    """Parse and check one runbook.
+
+    Raises:
+        ConfigError: no front matter, an invalid key, a file name that is not ``<alert>.md``, or a missing section.
+    """
+    path = Path(path)
+    text = path.read_text()
+    match = _FRONT.match(text)
+    if not match:
+        raise ConfigError(f"runbook {path}: no YAML front matter between '---' lines at the top")
+    try:
+        front = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"runbook {path}: front matter is not valid YAML: {exc}") from None
+    body = match.group(2)
+    title = next((line[2:].strip() for line in body.splitlines() if line.startswith("# ")), "")
+    try:
+        runbook = Runbook.model_validate({**front, "title": title, "path": str(path)})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"runbook {path}: {problems}") from None
+    if path.stem != runbook.alert:
+        raise ConfigError(f"runbook {path}: file name must be {runbook.alert}.md (its alert)")
+    missing = [s for s in SECTIONS if not re.search(rf"^## {s}\b", body, re.M)]
+    if missing:
+        raise ConfigError(f"runbook {path}: missing section(s) {missing}")
+    return runbook
+
+
+def load_runbooks(directory: str | Path) -> dict[str, Runbook]:
+    """Every runbook in ``directory`` (``*.md`` except README.md), by alert name."""
+    return {rb.alert: rb for rb in (load_runbook(p) for p in sorted(Path(directory).glob("*.md"))
+                                    if p.name != "README.md")}
