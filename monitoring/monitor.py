@@ -8,6 +8,7 @@ missing, non-finite or not a class the model knows are left out of calibration a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from monitoring.checks import Champion, check_calibration, check_drift, check_in
 from monitoring.config import ChecksConfig
 from pipelines.scoring import score_frame
 
-__all__ = ["WindowReport", "check_window", "score_window"]
+__all__ = ["WindowReport", "check_window", "score_window", "run_monitor", "window_key_of"]
 
 
 @dataclass
@@ -90,3 +91,95 @@ def check_window(frame: pd.DataFrame, champion: Champion, checks: ChecksConfig, 
     about = {"version": champion.loaded.version, "promoted_at_seconds": champion.promoted_at}
     return WindowReport(window, champion.loaded.name, champion.loaded.version, inputs, drift, calibration, vi_health,
                         scoring, about, drift_result)
+
+
+def window_key_of(path: Path, explicit: str | None = None) -> str:
+    """The window's id: ``explicit``, else the store partition (``window=...``) the file sits in, else its name."""
+    if explicit:
+        return explicit
+    for part in reversed(path.resolve().parts):
+        if part.startswith("window="):
+            return part.removeprefix("window=")
+    return path.stem
+
+
+def default_state_dir(window_path: Path) -> Path:
+    """``.viops-monitor`` at the root of the window store the file belongs to (Parquet readers skip dot-folders),
+    else beside the file."""
+    resolved = window_path.resolve()
+    for parent in resolved.parents:
+        if parent.name.startswith("window="):
+            return parent.parent / ".viops-monitor"
+    return resolved.parent / ".viops-monitor"
+
+
+def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: str, alias: str = "champion",
+                window_id: str | None = None, checks: ChecksConfig | None = None, slos=None, runbooks=None,
+                state_dir: str | Path | None = None, pushgateway: str | None = None,
+                textfile: str | Path | None = None, execute: bool = False, actor: str = "viops-monitor") -> dict:
+    """``viops monitor``: checks, SLOs, metrics, decision, incident record (and, with ``execute``, a rollback).
+
+    Raises:
+        DataError: unreadable window or missing feature columns (nothing is recorded or changed).
+        RegistryError: no such model or alias.
+    """
+    from monitoring.checks import load_champion
+    from monitoring.decision import MonitorState, decide, incident_id
+    from monitoring.incidents import write_incident
+    from monitoring.metrics import build_registry, export_metrics
+    from monitoring.slo import evaluate_slos
+    from pipelines.data import read_table
+    from pipelines.registry import PREVIOUS_CHAMPION, alias_version, rollback
+
+    checks = checks or ChecksConfig()
+    window_path = Path(window_path)
+    frame = read_table(window_path)
+    window = window_key_of(window_path, window_id)
+    champion = load_champion(client, model, tracking_uri=tracking_uri, alias=alias, checks=checks)
+    report = check_window(frame, champion, checks, window=window)
+    body = report.to_json()
+
+    state_dir = Path(state_dir) if state_dir else default_state_dir(window_path)
+    state = MonitorState.load(state_dir / f"{model}@{alias}.json")
+    history = state.before(window)
+    statuses = evaluate_slos(slos, body, [h.get("slo", {}) for h in history]) if slos is not None else []
+    body["slo"] = [{"name": s.name, "status": s.status, "value": s.value, "threshold": s.threshold,
+                    "burn_rate": s.burn_rate, "budget_remaining": s.budget_remaining, "reason": s.reason}
+                   for s in statuses]
+
+    since = None
+    if history:
+        since = 1
+        for entry in reversed(history):
+            if entry.get("version") != champion.loaded.version:
+                break
+            since += 1
+    facts = {"labelled_rows": body["inputs"]["labelled_rows"], "nonfinite_values": body["inputs"]["nonfinite_values"],
+             "windows_since_promotion": since,
+             "has_previous_champion": alias_version(client, model, PREVIOUS_CHAMPION) is not None}
+    decision = decide(statuses, runbooks or {}, history, facts)
+    body["decision"] = decision.to_json()
+    body["facts"] = facts
+
+    registry = build_registry(body, statuses, model=model, alias=alias, version=champion.loaded.version)
+    export = export_metrics(registry, grouping_key={"model": model, "alias": alias}, pushgateway=pushgateway,
+                            textfile=textfile or state_dir / f"{model}@{alias}.prom")
+    body["metrics"] = export.to_json()
+
+    body["incident_id"] = None
+    if decision.firing:
+        body["incident_id"] = incident_id(model, alias, window)
+        record = {"incident_id": body["incident_id"], "model": model, "alias": alias,
+                  "version": champion.loaded.version, "window": window, "decision": body["decision"],
+                  "slo": body["slo"], "report": report.to_json()}
+        body["incident_run_id"] = write_incident(client, record, state_dir, report.drift_result)
+
+    body["executed"] = None
+    if execute and decision.action == "rollback":
+        change = rollback(client, model, reason=f"{decision.alert} on window {window}: {decision.reason}",
+                          actor=actor, verdict={"decision": body["decision"], "incident_id": body["incident_id"]},
+                          trigger={"incident_id": body["incident_id"], "window": window})
+        body["executed"] = change.to_json()
+    state.record({"window": window, "version": champion.loaded.version,
+                  "slo": {s.name: s.good for s in statuses}, "action": decision.action, "runbook": decision.alert})
+    return body

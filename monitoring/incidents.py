@@ -1,0 +1,54 @@
+"""Incident records: one per monitored window that fired an alert, linking the evidence.
+
+Each record is a JSON line in ``incidents.jsonl`` (in the monitor's state directory) and a run of the
+``viops-incidents`` MLflow experiment. The run carries tags ``viops.incident.*``, the window report
+(``report.json``), the SLO statuses, the decision and, when drift was measured, Evidently's HTML report
+(``drift/report.html``). The incident id is stable per model, alias and window, so re-running the monitor on a
+window finds its incident instead of writing a second one.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from pipelines.audit import utc_now
+
+__all__ = ["INCIDENT_EXPERIMENT", "write_incident"]
+
+INCIDENT_EXPERIMENT = "viops-incidents"
+
+
+def write_incident(client, record: dict, directory: str | Path, drift_result=None) -> str:
+    """Write ``record`` (must hold ``incident_id``) to MLflow and the JSON-lines file, each once; returns the run id."""
+    directory = Path(directory)
+    experiment = client.get_experiment_by_name(INCIDENT_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(INCIDENT_EXPERIMENT)
+    found = client.search_runs([experiment_id], f"tags.`viops.incident.id` = '{record['incident_id']}'",
+                               max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        decision = record["decision"]
+        run = client.create_run(experiment_id, run_name=f"{record['model']} {record['window']}: {decision['action']}",
+                                tags={"viops.incident.id": record["incident_id"], "viops.incident.model": record["model"],
+                                      "viops.incident.version": str(record["version"]),
+                                      "viops.incident.window": record["window"],
+                                      "viops.incident.action": decision["action"],
+                                      "viops.incident.alert": decision.get("alert") or "",
+                                      "viops.incident.runbook": decision.get("runbook") or "",
+                                      "viops.incident.reason": decision["reason"][:5000]})
+        run_id = run.info.run_id
+        client.log_dict(run_id, record, "incident.json")
+        if drift_result is not None and getattr(drift_result, "report", None) is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                client.log_artifact(run_id, str(drift_result.save_html(Path(tmp) / "report.html")), "drift")
+        client.set_terminated(run_id, status="FINISHED")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "incidents.jsonl"
+    existing = path.read_text().splitlines() if path.exists() else []
+    if not any(json.loads(line).get("incident_id") == record["incident_id"] for line in existing if line.strip()):
+        with open(path, "a") as handle:
+            handle.write(json.dumps({**record, "mlflow_run_id": run_id, "written_at": utc_now()}, default=str) + "\n")
+    return run_id

@@ -1,0 +1,84 @@
+"""The decision engine on the shipped runbooks: one action per window, preconditions, cooldowns, bad data."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitoring.decision import MonitorState, decide, incident_id
+from monitoring.runbooks import load_runbooks
+from monitoring.slo import SLOStatus
+from tests.conftest import REPO
+
+RUNBOOKS = load_runbooks(REPO / "runbooks")
+FACTS = {"labelled_rows": 500, "nonfinite_values": 0, "windows_since_promotion": 10, "has_previous_champion": True}
+
+
+def _statuses(*breached: str) -> list[SLOStatus]:
+    names = ("feature_drift", "prediction_drift", "coverage_90", "coverage_regression", "ece", "elbo_regression",
+             "input_validity", "amortization_gap", "scoring_latency", "active_units")
+    return [SLOStatus(n, n, "breach" if n in breached else "ok", 0.0, "", n not in breached, 0, 1, 0.0, 1.0, "")
+            for n in names]
+
+
+def _decide(*breached, history=(), **facts):
+    return decide(_statuses(*breached), RUNBOOKS, list(history), {**FACTS, **facts})
+
+
+def test_nothing_breached_is_none():
+    assert _decide().action == "none"
+
+
+def test_drift_retrains_when_there_are_labels_and_valid_inputs():
+    d = _decide("feature_drift", "prediction_drift")
+    assert (d.action, d.alert, d.runbook) == ("retrain", "ViopsDataDrift", "runbooks/ViopsDataDrift.md")
+    short = _decide("feature_drift", labelled_rows=20)
+    assert short.action == "page" and "20 labelled rows < min_labelled_rows 200" in short.reason
+
+
+def test_nan_inputs_always_page_and_never_retrain():
+    d = _decide("input_validity", "feature_drift", "elbo_regression", nonfinite_values=300)
+    assert d.action == "page" and d.alert == "ViopsNanInputs" and "no automated change on bad data" in d.reason
+
+
+def test_a_fresh_bad_deploy_rolls_back_before_anything_else():
+    d = _decide("coverage_regression", "coverage_90", "elbo_regression", windows_since_promotion=1)
+    assert d.action == "rollback" and d.alert == "ViopsCalibrationRegressionAfterDeploy"
+    # An old champion: the after-deploy alert does not apply, and calibration loss means retraining.
+    old = _decide("coverage_regression", "coverage_90", windows_since_promotion=10)
+    assert old.action == "retrain" and old.alert == "ViopsCalibrationBreach"
+    assert "ViopsCalibrationRegressionAfterDeploy" not in old.firing
+    # Nothing to roll back to: a person decides.
+    alone = _decide("coverage_regression", windows_since_promotion=1, has_previous_champion=False)
+    assert alone.action == "page" and "no previous-champion" in alone.reason
+
+
+def test_cooldown_allows_one_retrain_then_waits_without_paging():
+    history = [{"window": "w1", "action": "retrain", "runbook": "ViopsDataDrift"}]
+    d = _decide("feature_drift", "elbo_regression", history=history)
+    assert d.action == "none" and "cooldown" in d.reason  # no second retrain via another runbook either
+    long_ago = history + [{"window": f"w{i}", "action": "none", "runbook": None} for i in range(2, 8)]
+    assert _decide("feature_drift", history=long_ago).action == "retrain"
+    # A rollback is not held back by a recent retrain.
+    assert _decide("coverage_regression", history=history, windows_since_promotion=1).action == "rollback"
+
+
+def test_people_are_paged_for_what_automation_cannot_fix():
+    assert _decide("scoring_latency").action == "page"
+    assert _decide("active_units").action == "page"
+
+
+def test_state_replaces_a_rerun_window_and_history_excludes_it(tmp_path):
+    state = MonitorState.load(tmp_path / "s.json")
+    state.record({"window": "2026-01-01T01", "action": "none"})
+    state.record({"window": "2026-01-01T02", "action": "retrain"})
+    state.record({"window": "2026-01-01T02", "action": "retrain"})  # a re-run of the same window
+    again = MonitorState.load(tmp_path / "s.json")
+    assert [w["window"] for w in again.windows] == ["2026-01-01T01", "2026-01-01T02"]
+    assert [w["window"] for w in again.before("2026-01-01T02")] == ["2026-01-01T01"]
+    assert incident_id("m", "champion", "w") == incident_id("m", "champion", "w") != incident_id("m", "champion", "v")
+
+
+@pytest.mark.parametrize("breached", [("feature_drift",), ("elbo_regression",), ("coverage_90",),
+                                      ("amortization_gap",)])
+def test_every_retrain_runbook_refuses_bad_data(breached):
+    assert _decide(*breached, nonfinite_values=5).action != "retrain"
