@@ -38,9 +38,9 @@ THRESHOLD_ALERTS = {
     "ViopsDataDrift": (["feature_drift"], "ticket", "Features of {{ $labels.model }} drifted from the reference"),
     "ViopsCalibrationBreach": (["coverage_90", "ece"], "ticket",
                                "{{ $labels.model }} is mis-calibrated on labelled production data"),
-    "ViopsCalibrationRegressionAfterDeploy": (["coverage_regression"], "page",
-                                              "Calibration of {{ $labels.model }} v{{ $labels.version }} fell below "
-                                              "its baseline within 6h of its promotion"),
+    "ViopsCalibrationRegressionAfterDeploy": (["coverage_90", "ece", "coverage_regression"], "page",
+                                              "Calibration of {{ $labels.model }} v{{ $labels.version }} broke "
+                                              "within 6h of its promotion"),
     "ViopsElboRegression": (["elbo_regression"], "ticket",
                             "{{ $labels.model }} fits production data worse than its held-out data (ELBO)"),
     "ViopsNanInputs": (["input_validity"], "page", "NaN/inf inputs reach {{ $labels.model }}"),
