@@ -53,6 +53,9 @@ class ChecksConfig(_Strict):
     drift: DriftCheckConfig = DriftCheckConfig()
     calibration: CalibrationCheckConfig = CalibrationCheckConfig()
     vi_health: VIHealthConfig = VIHealthConfig()
+    # Calibration and VI-health statistics use at most this many rows of a window (sampled, seeded); every row is
+    # still scored and counted for NaN/inf.
+    row_cap: PositiveInt = 100_000
     seed: int = 0
 
 

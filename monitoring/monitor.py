@@ -78,6 +78,9 @@ def check_window(frame: pd.DataFrame, champion: Champion, checks: ChecksConfig, 
     labelled, invalid = _labelled(frame, finite, champion)
     inputs["labelled_rows"] = 0 if labelled is None else int(len(labelled))
     inputs["invalid_labels"] = invalid
+    if labelled is not None and len(labelled) > checks.row_cap:
+        labelled = labelled.sample(n=checks.row_cap, random_state=checks.seed)
+    sampled = features.sample(n=checks.row_cap, random_state=checks.seed) if len(features) > checks.row_cap else features
     drift, drift_result = (None, None)
     if checks.drift.enabled and len(features):
         drift, drift_result = check_drift(features, predictions, champion, checks.drift, checks.seed)
@@ -87,7 +90,7 @@ def check_window(frame: pd.DataFrame, champion: Champion, checks: ChecksConfig, 
     vi_health = None
     if checks.vi_health.enabled:
         vi_health = check_vi_health(inputs, labelled, predictions, champion, checks.vi_health, checks.seed,
-                                    features=features)
+                                    features=sampled)
     about = {"version": champion.loaded.version, "promoted_at_seconds": champion.promoted_at}
     return WindowReport(window, champion.loaded.name, champion.loaded.version, inputs, drift, calibration, vi_health,
                         scoring, about, drift_result)

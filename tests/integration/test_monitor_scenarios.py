@@ -132,3 +132,25 @@ def test_metrics_reach_a_real_pushgateway(server_model, capsys, monkeypatch, tmp
         proc.wait(timeout=10)
     assert 'viops_slo_feature_drift_good{alias="champion",instance="",job="viops_monitor",model="blr-diabetes"' in scraped
     assert 'viops_feature_drift_share_ratio{alias="champion"' in scraped
+
+
+def test_classifier_stable_is_quiet_and_concept_shift_retrains(mlflow_server, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("VIOPS_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    result = train(load_config(REPO / "configs" / "zoo" / "logistic_breast_cancer.yaml"), tracking_uri=mlflow_server)
+    assert "champion" in result.aliases, result.registration
+    model = ["--model", result.model_name]
+
+    def monitor(window, state):
+        code = main(["monitor", *model, "--window", str(window), "--json", "--state-dir", str(state)])
+        out, err = capsys.readouterr()
+        assert code == 0, err[-3000:]
+        return json.loads(out.strip().splitlines()[-1])
+
+    stable = [monitor(w, tmp_path / "s1") for w in _simulate("breast_cancer_stable", tmp_path / "stable", capsys)]
+    assert sum(r["decision"]["action"] == "none" for r in stable) / len(stable) >= 0.95
+    assert all(r["calibration"]["ece"] < 0.1 for r in stable)
+    shifted = [monitor(w, tmp_path / "s2") for w in _simulate("breast_cancer_concept_shift", tmp_path / "cs", capsys)]
+    actions = [r["decision"]["action"] for r in shifted]
+    assert actions[:6] == ["none"] * 6 and "retrain" in actions[6:8], actions
+    assert shifted[6]["drift"]["share"] == 0.0  # concept shift: the features did not move, the labels did
