@@ -154,3 +154,28 @@ def test_classifier_stable_is_quiet_and_concept_shift_retrains(mlflow_server, ca
     actions = [r["decision"]["action"] for r in shifted]
     assert actions[:6] == ["none"] * 6 and "retrain" in actions[6:8], actions
     assert shifted[6]["drift"]["share"] == 0.0  # concept shift: the features did not move, the labels did
+
+    covariate = [monitor(w, tmp_path / "s3")
+                 for w in _simulate("breast_cancer_covariate_shift", tmp_path / "cov", capsys)]
+    actions = [r["decision"]["action"] for r in covariate]
+    assert actions[:6] == ["none"] * 6 and "retrain" in actions[6:8] and "page" not in actions, actions
+    assert covariate[6]["drift"]["share"] > 0.1
+
+    burst = [monitor(w, tmp_path / "s4") for w in _simulate("breast_cancer_nan_burst", tmp_path / "nan", capsys)]
+    actions = [r["decision"]["action"] for r in burst]
+    assert actions[6:8] == ["page", "page"] and "retrain" not in actions, actions
+
+    # A bad version slips into production: rolled back within one window.
+    client = MlflowClient(mlflow_server, mlflow_server)
+    good = str(result.model_version)
+    bad = train(load_config(REPO / "configs" / "zoo" / "logistic_breast_cancer.yaml",
+                            parse_overrides(["train.max_epochs=2", "train.seed=5"])), tracking_uri=mlflow_server)
+    windows = _simulate("breast_cancer_stable", tmp_path / "deploy", capsys)
+    assert [monitor(w, tmp_path / "s5")["decision"]["action"] for w in windows[:2]] == ["none", "none"]
+    promote(client, result.model_name, str(bad.model_version), reason="pytest: a bad deploy", actor="pytest",
+            force=True)
+    code = main(["monitor", *model, "--window", str(windows[2]), "--json", "--state-dir", str(tmp_path / "s5"),
+                 "--execute"])
+    rolled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and rolled["decision"]["action"] == "rollback", rolled["decision"]
+    assert str(client.get_model_version_by_alias(result.model_name, "champion").version) == good
