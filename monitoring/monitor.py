@@ -31,7 +31,8 @@ class WindowReport:
     vi_health: dict | None
     scoring: dict
     champion: dict | None = None
-    drift_result: object = None  # the Evidently result of the feature drift (its HTML report)
+    drift_result: object = None
+    predictions: pd.DataFrame | None = None  # the champion's predictions, indexed like the window's finite rows  # the Evidently result of the feature drift (its HTML report)
 
     def to_json(self) -> dict:
         return {"window": self.window, "model": self.model, "version": self.version, "inputs": self.inputs,
@@ -93,7 +94,7 @@ def check_window(frame: pd.DataFrame, champion: Champion, checks: ChecksConfig, 
                                     features=sampled)
     about = {"version": champion.loaded.version, "promoted_at_seconds": champion.promoted_at}
     return WindowReport(window, champion.loaded.name, champion.loaded.version, inputs, drift, calibration, vi_health,
-                        scoring, about, drift_result)
+                        scoring, about, drift_result, predictions)
 
 
 def window_key_of(path: Path, explicit: str | None = None) -> str:
@@ -104,6 +105,23 @@ def window_key_of(path: Path, explicit: str | None = None) -> str:
         if part.startswith("window="):
             return part.removeprefix("window=")
     return path.stem
+
+
+def _write_back(window_path: Path, frame: pd.DataFrame, report: WindowReport) -> bool:
+    """Store the predictions just made in the window's partition (rows with NaN/inf features get none), so the store
+    holds scored windows and a re-run does not score again. Files outside a window store are left alone."""
+    from monitoring.windows import WindowStore, parse_window_key
+
+    partition = window_path.resolve().parent
+    if not report.scoring.get("scored_now") or report.predictions is None or not partition.name.startswith("window="):
+        return False
+    scored = frame.copy()
+    for column in report.predictions.columns:
+        scored[column] = report.predictions[column].astype("float64").reindex(scored.index)
+    store = WindowStore(partition.parent)
+    when = parse_window_key(partition.name)
+    store.write(when, scored, meta={**store.meta(when), "scored_by": f"{report.model}/{report.version}"})
+    return True
 
 
 def default_state_dir(window_path: Path) -> Path:
@@ -141,6 +159,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     champion = load_champion(client, model, tracking_uri=tracking_uri, alias=alias, checks=checks)
     report = check_window(frame, champion, checks, window=window)
     body = report.to_json()
+    body["scoring"]["written_back"] = _write_back(window_path, frame, report)
 
     state_dir = Path(state_dir) if state_dir else default_state_dir(window_path)
     state = MonitorState.load(state_dir / f"{model}@{alias}.json")

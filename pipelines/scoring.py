@@ -57,10 +57,11 @@ def load_version(client, model_name: str, selector: str | None = None, *, tracki
     import mlflow
 
     version = resolve_version(client, model_name, selector or f"@{CHAMPION}")
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{model_name}/{version.version}", tracking_uri=tracking_uri, registry_uri=tracking_uri,
-        dst_path=tempfile.mkdtemp(prefix="viops-model-"),
-    )
+    # Resolve the version's storage location with this client: MLflow's own models:/ resolution consults the
+    # process-global registry URI, which may point at another store.
+    source = client.get_model_version_download_uri(model_name, str(version.version))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri,
+                                                dst_path=tempfile.mkdtemp(prefix="viops-model-"))
     pyfunc = mlflow.pyfunc.load_model(local)
     return LoadedVersion(model_name, str(version.version), version.run_id, tuple(version.aliases), pyfunc,
                          pyfunc.unwrap_python_model())

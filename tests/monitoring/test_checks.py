@@ -19,6 +19,10 @@ from tests.conftest import REPO
 SCENARIOS = REPO / "configs" / "scenarios"
 
 
+def champion_tracking_uri(champion) -> str:
+    return champion.tracking_uri
+
+
 @pytest.fixture(scope="module")
 def regression(tmp_path_factory):
     root = tmp_path_factory.mktemp("checks")
@@ -27,6 +31,7 @@ def regression(tmp_path_factory):
         mp.chdir(root)
         train(load_config(REPO / "configs" / "demo" / "blr_diabetes.yaml"), tracking_uri=uri)
     champion = load_champion(MlflowClient(uri, uri), "blr-diabetes", tracking_uri=uri)
+    champion.tracking_uri = uri
     windows = {}
     for name in ("stable", "covariate_shift", "concept_shift", "nan_burst"):
         scenario, training = load_scenario(SCENARIOS / f"diabetes_{name}.yaml")
@@ -130,3 +135,29 @@ def test_slos_breach_on_exactly_the_scenario_they_watch(regression):
                                                        "coverage_regression", "elbo_regression"}
     assert breaches(windows["concept_shift"][6]) == {"coverage_90", "coverage_regression", "elbo_regression"}
     assert breaches(windows["nan_burst"][6]) == {"input_validity"}
+
+
+def test_monitor_writes_predictions_back_into_the_window_store(regression, tmp_path, capsys):
+    import json
+
+    from monitoring.cli import main
+    from monitoring.windows import WindowStore
+
+    champion, _ = regression
+    scenario, training = load_scenario(SCENARIOS / "diabetes_nan_burst.yaml")
+    store = simulate(scenario.model_copy(update={"windows": 7}), training, tmp_path / "w")
+    window = store.windows()[6]
+    tracking = champion_tracking_uri(champion)
+    args = ["monitor", "--model", "blr-diabetes", "--window", str(store.path(window)), "--json", "--tracking-uri",
+            tracking]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["scoring"]["scored_now"] == first["inputs"]["finite_rows"] and first["scoring"]["written_back"]
+    stored = WindowStore(tmp_path / "w").read(window)
+    assert {"mean", "sd", "q05", "q95"} <= set(stored.columns)
+    assert stored["mean"].notna().sum() == first["inputs"]["finite_rows"]  # NaN-feature rows have no prediction
+    assert WindowStore(tmp_path / "w").meta(window)["scored_by"] == "blr-diabetes/1"
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["scoring"]["scored_now"] == 0 and not again["scoring"]["written_back"]
+    assert again["decision"] == first["decision"] and again["incident_id"] == first["incident_id"]
