@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, PositiveFloat, PositiveInt
 
-from pipelines.config import ConfigError
+from pipelines.config import read_yaml, validate_section
 from pipelines.model_config import _Strict
 
 __all__ = ["DriftCheckConfig", "CalibrationCheckConfig", "VIHealthConfig", "ChecksConfig", "load_checks_config"]
@@ -67,16 +66,5 @@ def load_checks_config(path: str | Path | None) -> ChecksConfig:
     """
     if path is None:
         return ChecksConfig()
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"monitoring config not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"monitoring config {path} is not valid YAML: {exc}") from None
-    try:
-        return ChecksConfig.model_validate(raw.get("checks") or {})
-    except ValidationError as exc:
-        problems = "; ".join(f"checks.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
-        raise ConfigError(f"invalid monitoring config {path}: {problems}") from None
+    raw = read_yaml(path, "monitoring config") or {}
+    return validate_section(ChecksConfig, raw.get("checks") or {}, path, ("checks",), "monitoring config")

@@ -23,10 +23,9 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
-from pipelines.config import ConfigError, TrainConfig, load_config
+from pipelines.config import ConfigError, TrainConfig, load_config, read_yaml, validate_section
 from pipelines.data import prepare
 from pipelines.model_config import _Strict
 
@@ -69,18 +68,7 @@ def load_scenario(path: str | Path) -> tuple[ScenarioConfig, TrainConfig]:
         ConfigError: unreadable file, invalid keys, or features the data does not have.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"scenario file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"scenario {path} is not valid YAML: {exc}") from None
-    try:
-        scenario = ScenarioConfig.model_validate(raw or {})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise ConfigError(f"invalid scenario {path}: {problems}") from None
+    scenario = validate_section(ScenarioConfig, read_yaml(path, "scenario") or {}, path, what="scenario")
     training_path = Path(scenario.training_config)
     if not training_path.is_absolute():
         training_path = (path.parent / training_path).resolve()

@@ -26,10 +26,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
-from pipelines.config import ConfigError
+from pipelines.config import read_yaml, validate_section
 from pipelines.model_config import _Strict
 
 __all__ = ["Objective", "SLOConfig", "SLOStatus", "load_slos", "indicator_value", "evaluate_slos"]
@@ -82,19 +81,7 @@ def load_slos(path: str | Path) -> SLOConfig:
     Raises:
         ConfigError: naming the file and the objective/key that is wrong.
     """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"SLO file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"SLO file {path} is not valid YAML: {exc}") from None
-    try:
-        return SLOConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
-                             for e in exc.errors())
-        raise ConfigError(f"invalid SLO file {path}: {problems}") from None
+    return validate_section(SLOConfig, read_yaml(path, "SLO") or {}, path, what="SLO file")
 
 
 def indicator_value(report: dict, path: str) -> float | None:

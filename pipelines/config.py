@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
@@ -18,7 +18,11 @@ from pipelines.model_config import MODEL_KINDS, LinearRegressionConfig, ModelCon
 
 __all__ = [
     "ConfigError", "GateConfig", "TrainConfig", "load_config", "load_gate_config", "parse_overrides", "config_hash",
+    "read_yaml", "validate_section",
 ]
+
+
+M = TypeVar("M")
 
 
 class ConfigError(ValueError):
@@ -325,7 +329,8 @@ def _apply_override(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _format_validation_error(source: str, exc: ValidationError, prefix: tuple[str, ...] = ()) -> str:
+def _format_validation_error(source: str, exc: ValidationError, prefix: tuple[str, ...] = (),
+                             what: str = "config") -> str:
     problems = []
     for err in exc.errors():
         loc = [*prefix, *err["loc"]]
@@ -338,16 +343,35 @@ def _format_validation_error(source: str, exc: ValidationError, prefix: tuple[st
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
         problems.append(f"{where}: {msg}")
-    return f"invalid config {source}: " + "; ".join(problems)
+    return f"invalid {what} {source}: " + "; ".join(problems)
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The parsed YAML of ``path``.
+
+    Raises:
+        ConfigError: the file is missing or is not valid YAML (``what`` names the kind of file in the message).
+    """
+    path = Path(path)
     try:
         return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
+def validate_section(model: type[M], raw: Any, source: str | Path, prefix: tuple[str, ...] = (),
+                     what: str = "config") -> M:
+    """``model`` validated from ``raw``; errors name the file and the dotted key (``prefix`` + the model's own).
+
+    Raises:
+        ConfigError: ``invalid <what> <source>: <key>: <problem>; ...``.
+    """
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(str(source), exc, prefix, what)) from None
 
 
 def load_gate_config(path: str | Path) -> GateConfig:
@@ -356,14 +380,10 @@ def load_gate_config(path: str | Path) -> GateConfig:
     Raises:
         ConfigError: unreadable file, no ``gate:`` section, or an invalid threshold.
     """
-    path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict) or not isinstance(raw.get("gate"), dict):
         raise ConfigError(f"config {path} has no 'gate:' section")
-    try:
-        return GateConfig.model_validate(raw["gate"])
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(str(path), exc, prefix=("gate",))) from None
+    return validate_section(GateConfig, raw["gate"], path, prefix=("gate",))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -373,7 +393,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         ConfigError: the file is missing or unreadable, or any key is unknown or out of range.
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
