@@ -126,7 +126,7 @@ def decide(statuses, runbooks: dict[str, Runbook], history: list[dict], facts: d
         return Decision("none", None, None, "no objective breached in this window", firing)
     if "ViopsNanInputs" in firing:
         others = [a for a in firing if a != "ViopsNanInputs"]
-        return Decision("page", f"runbooks/ViopsNanInputs.md", "ViopsNanInputs",
+        return Decision("page", "runbooks/ViopsNanInputs.md", "ViopsNanInputs",
                         "NaN/inf inputs: no automated change on bad data; a person fixes the feed"
                         + (f" (also firing: {', '.join(others)})" if others else ""), firing)
     considered, eligible, blocked, wants_person, cooling_down = [], [], [], [], []

@@ -6,7 +6,6 @@ q(z | x) onto the prior from the first steps. With the KL weight warmed up from 
 before the penalty bites. Both runs go through `train()` from the zoo's VAE config and are read back from MLflow.
 """
 
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
