@@ -80,7 +80,8 @@ def add_monitoring_commands(sub) -> None:
     p.add_argument("--pushgateway", default=os.environ.get("VIOPS_PUSHGATEWAY"),
                    help="Pushgateway URL (default $VIOPS_PUSHGATEWAY; else metrics go to a text file)")
     p.add_argument("--textfile", help="metrics text file (default: <state dir>/<model>@<alias>.prom)")
-    p.add_argument("--execute", action="store_true", help="carry out a rollback decision now (retrain: the DAG)")
+    p.add_argument("--execute", action="store_true",
+                   help="carry out the decision now: roll back, or retrain on the data plus this window and gate")
     p.add_argument("--actor", help="who acts (default $VIOPS_ACTOR, else the OS user)")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_monitor)

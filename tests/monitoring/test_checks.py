@@ -161,3 +161,34 @@ def test_monitor_writes_predictions_back_into_the_window_store(regression, tmp_p
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["scoring"]["scored_now"] == 0 and not again["scoring"]["written_back"]
     assert again["decision"] == first["decision"] and again["incident_id"] == first["incident_id"]
+
+
+def test_execute_retrain_trains_on_the_data_plus_the_window_and_gates_it(regression, tmp_path, capsys, monkeypatch):
+    import json
+
+    from mlflow import MlflowClient
+
+    from monitoring.cli import main
+
+    champion, _ = regression
+    uri = champion_tracking_uri(champion)
+    monkeypatch.setenv("VIOPS_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    scenario, training = load_scenario(SCENARIOS / "diabetes_concept_shift.yaml")
+    store = simulate(scenario.model_copy(update={"windows": 7}), training, tmp_path / "w")
+    state = ["--state-dir", str(tmp_path / "state"), "--tracking-uri", uri]
+    for window in store.windows()[:6]:
+        assert main(["monitor", "--model", "blr-diabetes", "--window", str(store.path(window)), *state]) == 0
+    capsys.readouterr()
+    last = store.path(store.windows()[6])
+    assert main(["monitor", "--model", "blr-diabetes", "--window", str(last), "--json", "--execute", *state]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["decision"]["action"] == "retrain", result["decision"]
+    executed = result["executed"]
+    assert executed["added_rows"] == 500 and executed["rows"] == 442 + 500
+    client = MlflowClient(uri, uri)
+    run = client.get_run(executed["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["viops.trigger_reason"].startswith("ViopsCalibrationBreach")
+    version = client.get_model_version("blr-diabetes", executed["version"])
+    assert version.tags["viops.gate.passed"] == ("true" if executed["verdict"]["passed"] else "false")
+    champion_now = str(client.get_model_version_by_alias("blr-diabetes", "champion").version)
+    assert champion_now == (executed["version"] if executed["promoted"] else "1")
