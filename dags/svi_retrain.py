@@ -16,11 +16,19 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
+from airflow.timetables.assets import AssetOrTimeSchedule
+from airflow.timetables.trigger import CronTriggerTimetable
 
 DEFAULT_CONFIG = os.environ.get(
     "VIOPS_RETRAIN_CONFIG", str(Path(__file__).resolve().parent.parent / "configs" / "demo" / "blr_diabetes.yaml")
 )
+#: Producers of new labelled training data emit this asset (an `outlets=[TRAINING_DATA]` task, or the REST API's
+#: asset events); each event schedules a retrain, on top of the weekly one.
+TRAINING_DATA = Asset(os.environ.get("VIOPS_TRAINING_DATA_ASSET", "viops://training-data/blr-diabetes"))
+#: Where training runs: a Celery queue served by GPU workers (e.g. `gpu`) and a pool bounding concurrent fits.
+TRAIN_QUEUE = os.environ.get("VIOPS_TRAIN_QUEUE", "default")
+TRAIN_POOL = os.environ.get("VIOPS_TRAIN_POOL", "default_pool")
 
 
 def _overrides(params) -> list[str]:
@@ -29,7 +37,7 @@ def _overrides(params) -> list[str]:
 
 @dag(
     dag_id="svi_retrain",
-    schedule="@weekly",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@weekly", timezone="UTC"), assets=[TRAINING_DATA]),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -50,7 +58,7 @@ def svi_retrain():
         out = work_dir() / "svi_retrain" / safe_key(run_id) / "prepared"
         return run_viops(["prepare", "--config", params["config"], "--out", str(out), *_overrides(params)])
 
-    @task
+    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL)
     def train(prepared: dict, params=None, run_id=None) -> dict:
         from pipelines.invoke import run_viops
 

@@ -27,6 +27,22 @@ def test_dagbag_has_no_import_errors(airflow_db):
     assert set(dag.params) >= {"reason", "config", "overrides"}
 
 
+def test_retrain_runs_on_new_training_data_or_weekly_on_a_configurable_queue_and_pool(airflow_db, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("VIOPS_TRAIN_QUEUE", "gpu")
+    monkeypatch.setenv("VIOPS_TRAIN_POOL", "gpu_pool")
+    monkeypatch.setenv("VIOPS_TRAINING_DATA_ASSET", "viops://training-data/pytest")
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("svi_retrain")
+    timetable = dag.timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    assert "viops://training-data/pytest" in repr(timetable.asset_condition)
+    assert timetable.timetable.summary == "0 0 * * 0"  # @weekly
+    train_task = dag.get_task("train")
+    assert (train_task.queue, train_task.pool) == ("gpu", "gpu_pool")
+    assert dag.get_task("evaluate").queue != "gpu"  # only training needs the GPU queue
+
+
 def _states(run) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in run.get_task_instances()}
 
