@@ -161,6 +161,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     champion = load_champion(client, model, tracking_uri=tracking_uri, alias=alias, checks=checks)
     report = check_window(frame, champion, checks, window=window)
     body = report.to_json()
+    body["window_path"] = str(window_path.resolve())
     body["scoring"]["written_back"] = _write_back(window_path, frame, report)
 
     state_dir = Path(state_dir) if state_dir else default_state_dir(window_path)

@@ -27,13 +27,14 @@ class CLIError(RuntimeError):
 
 
 def run_viops(args: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
-              ok_codes: tuple[int, ...] = (0,)) -> dict:
+              ok_codes: tuple[int, ...] = (0,), module: str = "pipelines.cli") -> dict:
     """Run ``viops <args> --json`` with this interpreter and return the JSON object on its last stdout line.
 
     Exit codes outside ``ok_codes`` raise :class:`CLIError` (``viops evaluate`` exits 1 on a rejection, which a
-    caller that branches on the verdict accepts); the result carries the code as ``exit_code``.
+    caller that branches on the verdict accepts); the result carries the code as ``exit_code``. ``module`` is the
+    CLI to run: ``monitoring.cli`` for the monitoring commands (it has every command).
     """
-    command = [sys.executable, "-m", "pipelines.cli", *args, "--json"]
+    command = [sys.executable, "-m", module, *args, "--json"]
     proc = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, check=False
     )

@@ -1,0 +1,126 @@
+"""vi_monitoring: one production window -> `viops monitor` -> branch(none | retrain | rollback | page) -> done.
+
+Hourly, it monitors the newest window of the window store (`$VIOPS_WINDOW_STORE`). Triggered with
+`{"window": "<path to a window file>"}`, it monitors that window instead. `viops monitor` runs in a child process:
+it scores the window with the champion, runs the checks, evaluates the SLOs, pushes metrics and decides. The
+branch then carries out the decision:
+
+- `retrain` triggers `svi_retrain` with a `conf` carrying the reason, the incident id and the window. The run id is
+  derived from the incident id, so a retried task finds the run it already created.
+- `rollback` runs `viops rollback`, which is idempotent: a retry reports the rollback already done.
+- `page` records the page with its runbook link, and changes nothing.
+
+A re-run of `monitor` on the same window takes the same decision and keeps the same incident id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, dag, task
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = os.environ.get("VIOPS_MONITOR_MODEL", "blr-diabetes")
+DEFAULT_STORE = os.environ.get("VIOPS_WINDOW_STORE", "")
+ACTIONS = {"none": "no_action", "retrain": "trigger_retrain", "rollback": "rollback", "page": "page"}
+
+
+@dag(
+    dag_id="vi_monitoring",
+    schedule="@hourly",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params={
+        "model": Param(DEFAULT_MODEL, type="string", description="registered model to watch"),
+        "alias": Param("champion", type="string"),
+        "window": Param("", type="string", description="window file; empty: the newest window of the store"),
+        "store": Param(DEFAULT_STORE, type="string", description="window store (default $VIOPS_WINDOW_STORE)"),
+    },
+    tags=["viops", "monitoring"],
+    doc_md=__doc__,
+)
+def vi_monitoring():
+    @task
+    def monitor(params=None) -> dict:
+        from pipelines.invoke import run_viops
+
+        window = params["window"]
+        if not window:
+            from monitoring.windows import WindowStore
+
+            store = WindowStore(params["store"])
+            newest = store.windows()
+            if not newest:
+                raise ValueError(f"no window to monitor: give conf.window, or windows in store {store.root!r}")
+            window = str(store.path(newest[-1]))
+        return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window],
+                         module="monitoring.cli")
+
+    @task.branch
+    def decide(result: dict) -> str:
+        return ACTIONS[result["decision"]["action"]]
+
+    @task
+    def no_action(result: dict) -> str:
+        return result["decision"]["reason"]
+
+    @task
+    def rollback(result: dict, dag_run=None) -> dict:
+        from pipelines.invoke import audit_log, run_viops
+
+        trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "incident_id": result["incident_id"],
+                   "window": result["window"]}
+        return run_viops([
+            "rollback", "--model", result["model"], "--reason",
+            f"{result['decision']['alert']} on window {result['window']}: {result['decision']['reason']}",
+            "--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}", "--trigger", json.dumps(trigger),
+            "--audit-log", str(audit_log()), "--tracking-uri", result["tracking_uri"],
+        ])
+
+    @task
+    def page(result: dict) -> dict:
+        import logging
+
+        from pipelines.audit import utc_now
+        from pipelines.invoke import work_dir
+
+        record = {"time": utc_now(), "model": result["model"], "window": result["window"],
+                  "incident_id": result["incident_id"], "alert": result["decision"]["alert"],
+                  "runbook": result["decision"]["runbook"], "reason": result["decision"]["reason"]}
+        with open(work_dir() / "pages.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        logging.getLogger("viops.page").error("PAGE %s: %s (runbook %s)", record["alert"], record["reason"],
+                                              record["runbook"])
+        return record
+
+    result = monitor()
+    trigger_retrain = TriggerDagRunOperator(
+        task_id="trigger_retrain",
+        trigger_dag_id="svi_retrain",
+        trigger_run_id="monitor__{{ ti.xcom_pull(task_ids='monitor')['incident_id'] }}",
+        conf={
+            "reason": "{{ ti.xcom_pull(task_ids='monitor')['decision']['alert'] }} on window "
+                      "{{ ti.xcom_pull(task_ids='monitor')['window'] }}",
+            "incident_id": "{{ ti.xcom_pull(task_ids='monitor')['incident_id'] }}",
+            "window": "{{ ti.xcom_pull(task_ids='monitor')['window_path'] }}",
+            "window_id": "{{ ti.xcom_pull(task_ids='monitor')['window'] }}",
+        },
+        skip_when_already_exists=True,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def done(ti=None) -> str:
+        return ti.xcom_pull(task_ids="monitor")["decision"]["action"]
+
+    branches = [no_action(result), trigger_retrain, rollback(result), page(result)]
+    decide(result) >> branches
+    branches >> done()
+
+
+vi_monitoring()
