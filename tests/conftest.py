@@ -43,6 +43,17 @@ def make_regression_csv(path: Path, n: int = 4000, seed: int = 0, weights=(0.5, 
 
 
 @pytest.fixture(autouse=True)
+def _restore_mlflow_environment():
+    """mlflow.set_tracking_uri/set_registry_uri write MLFLOW_* into os.environ, where child processes of later tests
+    would find them: put the environment back after each test."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in saved]:
+        del os.environ[key]
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
 def _run_in_tmp_path(tmp_path: Path, monkeypatch) -> None:
     """Every test runs in its own folder: MLflow's default artifact root for a SQLite store is ./mlruns of the cwd."""
     monkeypatch.chdir(tmp_path)

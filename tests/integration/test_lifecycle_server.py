@@ -34,7 +34,9 @@ def env(mlflow_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("lifecycle-server")
     (root / "blr.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(root / "data.csv", n=1200)
-    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "VIOPS_AUDIT_LOG": str(root / "audit.jsonl"),
+    # Both URIs: an in-process mlflow.set_*_uri elsewhere in the session writes them into os.environ.
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_REGISTRY_URI": mlflow_server,
+            "VIOPS_AUDIT_LOG": str(root / "audit.jsonl"),
             "VIOPS_ACTOR": "pytest-oncall"}, root
 
 

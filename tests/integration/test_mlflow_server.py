@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_train_against_server_and_read_everything_back(mlflow_server, tmp_path):
     (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(tmp_path / "data.csv", n=1200)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_REGISTRY_URI": mlflow_server}
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "train", "--config", str(tmp_path / "blr_csv.yaml"), "--json",
          "--set", "train.max_epochs=60", "--set", "train.batch_size=64", "--set", "train.log_every_n_steps=200"],
