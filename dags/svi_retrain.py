@@ -1,7 +1,9 @@
 """svi_retrain: prepare -> train -> register -> evaluate -> branch(promote | reject) -> notify.
 
-Runs weekly, or on demand with a ``conf`` such as ``{"reason": "drift on window 2026-11-23T10"}``; the reason is
-tagged on the MLflow run and carried into the audit record of a promotion. Training runs the viops CLI in a
+Runs weekly, when the training-data Asset gets an event, or on demand with a ``conf`` such as
+``{"reason": "drift on window 2026-11-23T10"}``; the reason is tagged on the MLflow run and carried into the audit
+record of a promotion. ``vi_monitoring`` triggers it with ``{"reason", "incident_id", "window"}``: the window's
+labelled rows (finite features and target) are added to the configured training data before the split. Training runs the viops CLI in a
 subprocess; the new version is registered as ``challenger``, the gate scores it against the champion on its
 held-out split, and only a version that passes becomes ``champion`` (docs/lifecycle.md).
 
@@ -26,9 +28,24 @@ DEFAULT_CONFIG = os.environ.get(
 #: Producers of new labelled training data emit this asset (an `outlets=[TRAINING_DATA]` task, or the REST API's
 #: asset events); each event schedules a retrain, on top of the weekly one.
 TRAINING_DATA = Asset(os.environ.get("VIOPS_TRAINING_DATA_ASSET", "viops://training-data/blr-diabetes"))
+#: The time-based schedule besides the Asset (cron or preset); "none": only when data lands or on demand.
+RETRAIN_SCHEDULE = os.environ.get("VIOPS_RETRAIN_SCHEDULE", "@weekly").strip()
 #: Where training runs: a Celery queue served by GPU workers (e.g. `gpu`) and a pool bounding concurrent fits.
 TRAIN_QUEUE = os.environ.get("VIOPS_TRAIN_QUEUE", "default")
 TRAIN_POOL = os.environ.get("VIOPS_TRAIN_POOL", "default_pool")
+#: KubernetesExecutor: a pod override for the train task, e.g. configs/airflow/gpu_pod_override.yaml (one GPU).
+TRAIN_POD_OVERRIDE = os.environ.get("VIOPS_TRAIN_POD_OVERRIDE", "")
+
+
+def _train_executor_config() -> dict:
+    if not TRAIN_POD_OVERRIDE:
+        return {}
+    if not Path(TRAIN_POD_OVERRIDE).is_file():
+        raise FileNotFoundError(f"VIOPS_TRAIN_POD_OVERRIDE={TRAIN_POD_OVERRIDE}: no such pod override file")
+    # The provider's own reader, as for pod_template_file: a V1Pod the executor merges into the worker pod.
+    from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+
+    return {"pod_override": PodGenerator.deserialize_model_file(TRAIN_POD_OVERRIDE)}
 
 
 def _overrides(params) -> list[str]:
@@ -37,7 +54,8 @@ def _overrides(params) -> list[str]:
 
 @dag(
     dag_id="svi_retrain",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@weekly", timezone="UTC"), assets=[TRAINING_DATA]),
+    schedule=[TRAINING_DATA] if RETRAIN_SCHEDULE.lower() in ("", "none") else AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(RETRAIN_SCHEDULE, timezone="UTC"), assets=[TRAINING_DATA]),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -46,6 +64,9 @@ def _overrides(params) -> list[str]:
         "reason": Param("scheduled weekly retrain", type="string", description="why this retrain runs"),
         "config": Param(DEFAULT_CONFIG, type="string", description="viops training config (YAML)"),
         "overrides": Param([], type="array", description="dotted.key=value config overrides"),
+        "window": Param("", type="string",
+                        description="a production window file whose labelled rows join the training data"),
+        "incident_id": Param("", type="string", description="the viops incident that asked for this retrain"),
     },
     tags=["viops", "training"],
     doc_md=__doc__,
@@ -56,9 +77,10 @@ def svi_retrain():
         from pipelines.invoke import run_viops, safe_key, work_dir
 
         out = work_dir() / "svi_retrain" / safe_key(run_id) / "prepared"
-        return run_viops(["prepare", "--config", params["config"], "--out", str(out), *_overrides(params)])
+        extra = ["--extra-data", params["window"]] if params.get("window") else []
+        return run_viops(["prepare", "--config", params["config"], "--out", str(out), *extra, *_overrides(params)])
 
-    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL)
+    @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, executor_config=_train_executor_config())
     def train(prepared: dict, params=None, run_id=None) -> dict:
         from pipelines.invoke import run_viops
 
@@ -95,7 +117,8 @@ def svi_retrain():
         from pipelines.invoke import audit_log, run_viops
 
         trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "reason": params["reason"],
-                   "evaluation_run_id": verdict["evaluation_run_id"]}
+                   "evaluation_run_id": verdict["evaluation_run_id"], "incident_id": params.get("incident_id") or None,
+                   "window": params.get("window") or None}
         return run_viops([
             "promote", "--model", verdict["model"], "--version", verdict["candidate_version"],
             "--reason", params["reason"], "--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}",

@@ -1,9 +1,9 @@
 """vi_monitoring: one production window -> `viops monitor` -> branch(none | retrain | rollback | page) -> done.
 
-Hourly, it monitors the newest window of the window store (`$VIOPS_WINDOW_STORE`). Triggered with
-`{"window": "<path to a window file>"}`, it monitors that window instead. `viops monitor` runs in a child process:
-it scores the window with the champion, runs the checks, evaluates the SLOs, pushes metrics and decides. The
-branch then carries out the decision:
+Hourly (or on `$VIOPS_MONITOR_SCHEDULE`), it monitors the newest window of the window store
+(`$VIOPS_WINDOW_STORE`). Triggered with `{"window": "<path to a window file>"}`, it monitors that window instead.
+`viops monitor` runs in a child process: it scores the window with the champion, runs the checks, evaluates the
+SLOs, pushes metrics and decides. The branch then carries out the decision:
 
 - `retrain` triggers `svi_retrain` with a `conf` carrying the reason, the incident id and the window. The run id is
   derived from the incident id, so a retried task finds the run it already created.
@@ -26,12 +26,14 @@ from airflow.sdk import Param, dag, task
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = os.environ.get("VIOPS_MONITOR_MODEL", "blr-diabetes")
 DEFAULT_STORE = os.environ.get("VIOPS_WINDOW_STORE", "")
+#: How often a window is monitored (cron or preset); "none": only when triggered with a window.
+SCHEDULE = os.environ.get("VIOPS_MONITOR_SCHEDULE", "@hourly").strip()
 ACTIONS = {"none": "no_action", "retrain": "trigger_retrain", "rollback": "rollback", "page": "page"}
 
 
 @dag(
     dag_id="vi_monitoring",
-    schedule="@hourly",
+    schedule=None if SCHEDULE.lower() in ("", "none") else SCHEDULE,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

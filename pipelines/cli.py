@@ -33,7 +33,7 @@ def _cmd_prepare(args) -> int:
     from pipelines.data import prepare
 
     config = load_config(args.config, parse_overrides(args.set))
-    data = prepare(config.data)
+    data = prepare(config.data, extra=args.extra_data or ())
     out = data.save(args.out)
     manifest = {**data.manifest(), "directory": str(out)}
     _emit(manifest, args.json, f"prepared {data.num_rows} rows from {data.source} into {out} "
@@ -211,6 +211,9 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="validate, split and fingerprint the training data")
     common(p)
     p.add_argument("--out", required=True, help="directory for the splits, reference snapshot and manifest")
+    p.add_argument("--extra-data", action="append", metavar="FILE",
+                   help="CSV/Parquet of new labelled rows to add, e.g. a production window (repeatable); only rows "
+                        "with finite features and target are used")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="train by minibatch SVI, log to MLflow, register the model")

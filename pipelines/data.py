@@ -18,7 +18,7 @@ from pipelines.config import DataConfig
 
 __all__ = [
     "DataError", "PreparedData", "load_frame", "validate_frame", "prepare", "load_prepared", "fingerprint",
-    "count_classes", "check_counts", "read_table", "check_columns",
+    "count_classes", "check_counts", "read_table", "check_columns", "labelled_rows",
 ]
 
 MANIFEST = "manifest.json"
@@ -181,11 +181,47 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def prepare(cfg: DataConfig) -> PreparedData:
-    """Load, validate and split the configured data (deterministic in ``cfg.split.seed``)."""
+def labelled_rows(path: str | Path, features: list[str], target: str) -> tuple[pd.DataFrame, int]:
+    """The rows of ``path`` whose features and target are all present and finite; returns ``(rows, dropped)``.
+
+    A production window holds rows whose label has not arrived yet, or whose inputs were bad; those are dropped, not
+    trained on. Extra columns (predictions, ids) are ignored.
+
+    Raises:
+        DataError: the file cannot be read, lacks a feature or the target, has a non-numeric one, or has no usable row.
+    """
+    frame = read_table(path)
+    columns = [*features, target]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"extra data {path}: column(s) {missing} not found; columns are: "
+                        f"{', '.join(map(str, frame.columns))} (expected the training features and target)")
+    for column in columns:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            raise DataError(f"extra data {path}: column {column!r} is not numeric (dtype {values.dtype})")
+    values = frame[columns].to_numpy(dtype=float)
+    usable = np.isfinite(values).all(axis=1)
+    if not usable.any():
+        raise DataError(f"extra data {path} has no labelled row with finite features and target "
+                        f"({len(frame)} rows, none usable)")
+    return frame.loc[usable, columns].astype("float64"), int((~usable).sum())
+
+
+def prepare(cfg: DataConfig, extra: list[str | Path] | tuple = ()) -> PreparedData:
+    """Load, validate and split the configured data (deterministic in ``cfg.split.seed``).
+
+    ``extra``: files of new labelled rows (e.g. a production window) appended before the split, so that they reach
+    training, validation and the held-out test set alike. Only their rows with finite features and target count.
+    """
     frame, source = load_frame(cfg)
     features, target = validate_frame(frame, cfg, source)
-    table = frame[[*features, target]].astype("float64").reset_index(drop=True)
+    table = frame[[*features, target]].astype("float64")
+    if extra:
+        added = [labelled_rows(path, features, target)[0] for path in extra]
+        table = pd.concat([table, *added])
+        source = " + ".join([source, *map(str, extra)])
+    table = table.reset_index(drop=True)
     n = len(table)
     order = np.random.default_rng(cfg.split.seed).permutation(n)
     n_test, n_val = int(round(cfg.split.test * n)), int(round(cfg.split.validation * n))

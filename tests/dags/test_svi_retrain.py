@@ -43,6 +43,31 @@ def test_retrain_runs_on_new_training_data_or_weekly_on_a_configurable_queue_and
     assert dag.get_task("evaluate").queue != "gpu"  # only training needs the GPU queue
 
 
+def test_kubernetes_pod_override_asks_for_one_gpu_for_training_only(airflow_db, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.cncf.kubernetes.pod_generator import PodGenerator
+    from kubernetes.client import models as k8s
+
+    example = REPO / "configs" / "airflow" / "gpu_pod_override.yaml"
+    monkeypatch.setenv("VIOPS_TRAIN_POD_OVERRIDE", str(example))
+    dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("svi_retrain")
+    override = dag.get_task("train").executor_config["pod_override"]
+    assert isinstance(override, k8s.V1Pod)
+    assert not dag.get_task("evaluate").executor_config
+    # What the KubernetesExecutor does with it: merge into the worker pod, keeping the image and command.
+    base = k8s.V1Pod(spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="base", image="viops:1", args=["run"])]))
+    pod = PodGenerator.reconcile_pods(base, override)
+    (container,) = pod.spec.containers
+    assert container.image == "viops:1" and container.args == ["run"]
+    assert container.resources.limits["nvidia.com/gpu"] == "1" == container.resources.requests["nvidia.com/gpu"]
+    assert pod.spec.tolerations[0].key == "nvidia.com/gpu"
+
+    monkeypatch.setenv("VIOPS_TRAIN_POD_OVERRIDE", str(REPO / "configs" / "airflow" / "missing.yaml"))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    (error,) = [e for f, e in bag.import_errors.items() if f.endswith("svi_retrain.py")]
+    assert "VIOPS_TRAIN_POD_OVERRIDE" in error and "missing.yaml" in error
+
+
 def _states(run) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in run.get_task_instances()}
 

@@ -7,11 +7,17 @@ import json
 
 import pytest
 
-from pipelines.config import load_config
+from mlflow import MlflowClient
+
+from monitoring.cli import main as monitor_main
+from pipelines.audit import read_log
+from pipelines.config import load_config, parse_overrides
+from pipelines.registry import promote
 from pipelines.training import train
 from tests.dags.conftest import REPO
 
 SCENARIOS = REPO / "configs" / "scenarios"
+MODEL = "blr-diabetes"
 
 
 def _states(run) -> dict[str, str]:
@@ -56,6 +62,36 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
     (triggered,) = [r for r in DagRun.find(dag_id="svi_retrain") if r.run_id.startswith("monitor__")]
     assert triggered.run_type == "operator_triggered" and triggered.conf["window"].endswith("data.parquet")
     assert triggered.conf["reason"].startswith("ViopsDataDrift on window")
+
+    # The triggered retrain (run here as a scheduler would) trains on the data plus the window's labelled rows.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    retrain = DagBag(dag_folder=str(REPO / "dags")).get_dag("svi_retrain")
+    run = retrain.test(logical_date=triggered.logical_date, run_conf=triggered.conf)
+    assert run.state == "success", _states(run)
+    new = client.get_model_version(MODEL, "2")
+    trained = client.get_run(new.run_id)
+    assert trained.data.tags["viops.trigger_reason"] == triggered.conf["reason"]
+    assert trained.data.tags["viops.data_source"] == f"sklearn:diabetes + {triggered.conf['window']}"
+    (dataset,) = trained.inputs.dataset_inputs
+    assert json.loads(dataset.dataset.profile)["num_rows"] > 442  # training rows: more than all of diabetes
+
+    # A bad version promoted by hand past the gate is rolled back by the next monitored window.
+    good = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    stable = simulate(load_scenario(SCENARIOS / "diabetes_stable.yaml")[0].model_copy(update={"windows": 4}),
+                      load_scenario(SCENARIOS / "diabetes_stable.yaml")[1], tmp_path / "deploy")
+    for when in stable.windows()[:3]:  # the history that makes the next promotion a fresh deploy
+        assert monitor_main(["monitor", "--model", MODEL, "--window", str(stable.path(when))]) == 0
+    bad = train(load_config(REPO / "configs" / "demo" / "blr_diabetes.yaml",
+                            parse_overrides(["model.noise={fixed: 0.1}", "train.seed=3"])), tracking_uri=uri)
+    promote(client, MODEL, str(bad.model_version), reason="pytest: a bad deploy", actor="pytest", force=True)
+    run = dag.test(run_conf={"window": str(stable.path(stable.windows()[3]))})
+    states = _states(run)
+    assert run.state == "success" and states["rollback"] == "success", states
+    assert {states[t] for t in ("no_action", "trigger_retrain", "page")} == {"skipped"}
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == good
+    (record,) = [r for r in read_log(tmp_path / "audit.jsonl") if r["action"] == "rollback"]
+    assert record["from_version"] == str(bad.model_version) and record["to_version"] == good
+    assert record["actor"] == f"airflow:vi_monitoring/{run.run_id}" and record["trigger"]["incident_id"]
 
 
 def test_vi_monitoring_shape(airflow_db):

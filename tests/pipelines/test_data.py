@@ -58,3 +58,31 @@ def test_bad_data_is_named(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="data file not found"):
         prepare(_cfg(tmp_path / "missing.csv"))
+
+
+def test_extra_labelled_rows_join_before_the_split(tmp_path):
+    pd.DataFrame({"a": np.arange(100.0), "y": np.arange(100.0)}).to_csv(tmp_path / "d.csv", index=False)
+    window = pd.DataFrame({"a": [1000.0, 1001.0, np.nan, 1003.0], "y": [1.0, np.nan, 2.0, 3.0],
+                           "prediction_mean": [0.0, 0.0, 0.0, 0.0]})
+    window.to_parquet(tmp_path / "w.parquet")
+    data = prepare(_cfg(tmp_path / "d.csv"), extra=[tmp_path / "w.parquet"])
+    rows = pd.concat([data.train, data.validation, data.test])
+    # Only the rows with finite features and a label; the window's own columns are not features.
+    assert data.num_rows == 102 and sorted(rows.a[rows.a >= 1000]) == [1000.0, 1003.0]
+    assert data.features == ("a",) and "w.parquet" in data.source
+    assert data.fingerprint != prepare(_cfg(tmp_path / "d.csv")).fingerprint
+
+
+@pytest.mark.parametrize(
+    "window, message",
+    [
+        ({"a": [1.0]}, r"extra data .*w.parquet: column\(s\) \['y'\] not found"),
+        ({"a": ["x"], "y": [1.0]}, r"column 'a' is not numeric"),
+        ({"a": [np.nan, 1.0], "y": [1.0, np.nan]}, r"no labelled row with finite features and target \(2 rows"),
+    ],
+)
+def test_bad_extra_data_is_named(tmp_path, window, message):
+    pd.DataFrame({"a": np.arange(10.0), "y": np.arange(10.0)}).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame(window).to_parquet(tmp_path / "w.parquet")
+    with pytest.raises(DataError, match=message):
+        prepare(_cfg(tmp_path / "d.csv"), extra=[tmp_path / "w.parquet"])
