@@ -31,9 +31,8 @@ class WindowReport:
     vi_health: dict | None
     scoring: dict
     champion: dict | None = None
-    drift_result: object = None
+    drift_result: object = None  # the Evidently result of the feature drift (its HTML report)
     predictions: pd.DataFrame | None = None  # the champion's predictions, indexed like the window's finite rows
-    labelled: pd.DataFrame | None = None  # every labelled finite row (features and target): what a retrain adds  # the Evidently result of the feature drift (its HTML report)
 
     def to_json(self) -> dict:
         return {"window": self.window, "model": self.model, "version": self.version, "inputs": self.inputs,
@@ -80,7 +79,6 @@ def check_window(frame: pd.DataFrame, champion: Champion, checks: ChecksConfig, 
     labelled, invalid = _labelled(frame, finite, champion)
     inputs["labelled_rows"] = 0 if labelled is None else int(len(labelled))
     inputs["invalid_labels"] = invalid
-    all_labelled = labelled
     if labelled is not None and len(labelled) > checks.row_cap:
         labelled = labelled.sample(n=checks.row_cap, random_state=checks.seed)
     sampled = features.sample(n=checks.row_cap, random_state=checks.seed) if len(features) > checks.row_cap else features
@@ -96,7 +94,7 @@ def check_window(frame: pd.DataFrame, champion: Champion, checks: ChecksConfig, 
                                     features=sampled)
     about = {"version": champion.loaded.version, "promoted_at_seconds": champion.promoted_at}
     return WindowReport(window, champion.loaded.name, champion.loaded.version, inputs, drift, calibration, vi_health,
-                        scoring, about, drift_result, predictions, all_labelled)
+                        scoring, about, drift_result, predictions)
 
 
 def window_key_of(path: Path, explicit: str | None = None) -> str:
@@ -204,7 +202,8 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
         from monitoring.retrain import retrain_with_window
 
         body["executed"] = retrain_with_window(
-            client, model=model, champion_run_id=champion.loaded.run_id, labelled=report.labelled, window=window,
+            client, model=model, champion_run_id=champion.loaded.run_id, window_path=window_path,
+            added_rows=body["inputs"]["labelled_rows"], window=window,
             reason=f"{decision.alert} on window {window}: {decision.reason}", actor=actor, tracking_uri=tracking_uri,
             workdir=state_dir / "retrain" / window.replace(":", "-"),
             trigger={"incident_id": body["incident_id"], "window": window},
