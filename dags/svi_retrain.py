@@ -3,9 +3,11 @@
 Runs weekly, when the training-data Asset gets an event, or on demand with a ``conf`` such as
 ``{"reason": "drift on window 2026-11-23T10"}``; the reason is tagged on the MLflow run and carried into the audit
 record of a promotion. ``vi_monitoring`` triggers it with ``{"reason", "incident_id", "window"}``: the window's
-labelled rows (finite features and target) are added to the configured training data before the split. Training runs the viops CLI in a
-subprocess; the new version is registered as ``challenger``, the gate scores it against the champion on its
-held-out split, and only a version that passes becomes ``champion`` (docs/lifecycle.md).
+labelled rows (finite features and target) are added to the configured training data before the split.
+
+Training runs the viops CLI in a subprocess; the new version is registered as ``challenger``, the gate scores it
+against the champion on its held-out split, and only a version that passes becomes ``champion``
+(docs/lifecycle.md).
 
 Each task is a few lines of wiring over ``pipelines/``. Retries are safe: prepared data is keyed by the Airflow run
 id, registration is idempotent per MLflow run, and promoting the current champion again changes nothing.
@@ -61,7 +63,8 @@ def _overrides(params) -> list[str]:
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
     params={
-        "reason": Param("scheduled weekly retrain", type="string", description="why this retrain runs"),
+        "reason": Param("scheduled retrain (weekly, or new training data)", type="string",
+                        description="why this retrain runs"),
         "config": Param(DEFAULT_CONFIG, type="string", description="viops training config (YAML)"),
         "overrides": Param([], type="array", description="dotted.key=value config overrides"),
         "window": Param("", type="string",

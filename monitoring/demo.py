@@ -205,7 +205,8 @@ def run_demo(out: Path) -> dict:
             (queued,) = [r for r in DagRun.find(dag_id="svi_retrain") if r.run_id == f"monitor__{row['incident_id']}"]
             row["airflow"]["triggered"] = queued.run_id
             retrain, retrain_states, retrain_seconds = _run_dag(
-                retrain_dag, f"triggered by window {index}", log, logical_date=queued.logical_date, run_conf=queued.conf)
+                retrain_dag, f"triggered by window {index}", log, logical_date=queued.logical_date,
+                run_conf=queued.conf)
             row["airflow"]["svi_retrain"] = retrain.run_id
             row["retrain"] = {"outcome": "promoted" if retrain_states.get("promote") == "success" else "rejected",
                               "seconds": round(retrain_seconds, 1), **(_xcom(retrain, "register") or {})}
@@ -223,7 +224,8 @@ def run_demo(out: Path) -> dict:
 
     mlflow_ui = f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri} --port 5000"
     airflow_ui = " ".join([
-        *(f"{k}={env[k]}" for k in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")),
+        *(f"{k}={env[k]}"
+          for k in ("AIRFLOW_HOME", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")),
         "AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True",
         f"{Path(sys.executable).parent / 'airflow'} api-server --port 8080"])
     summary = write_report(out, client, model=model, rows=rows, scenario=scenario, first_version=first.model_version,

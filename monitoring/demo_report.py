@@ -67,7 +67,8 @@ def _plot_elbo(client, versions: list[dict], path: Path) -> Path:
         rows = float(version["train_rows"] or 1)
         if history:
             steps, values = zip(*history)
-            ax.plot(steps, [v / rows for v in values], lw=1, label=f"v{version['version']}: {version['trigger_reason']}")
+            ax.plot(steps, [v / rows for v in values], lw=1,
+                    label=f"v{version['version']}: {version['trigger_reason']}")
     ax.set(xlabel="step", ylabel="minibatch ELBO per training row", title="ELBO of each version")
     ax.set_yscale("symlog", linthresh=1.0)
     ax.legend(fontsize=7)
@@ -160,7 +161,8 @@ def _markdown(summary: dict) -> str:
     lines += ["", "## Versions", "", "| version | aliases | gate | test NLL | why trained |", "|---|---|---|---|---|"]
     for v in summary["versions"]:
         nll = v["test_predictive_nll"]
-        lines.append(f"| {v['version']} | {', '.join(v['aliases']) or '-'}{' (rolled back)' if v['rolled_back'] else ''}"
+        rolled = " (rolled back)" if v["rolled_back"] else ""
+        lines.append(f"| {v['version']} | {', '.join(v['aliases']) or '-'}{rolled}"
                      f" | {v['gate']} | {'-' if nll is None else f'{nll:.3f}'} | {v['trigger_reason']} |")
     lines += ["", "## Audit trail", ""]
     lines += [f"- {a['time']} **{a['action']}** v{a['from_version'] or '-'} → v{a['to_version']} by {a['actor']}: "
