@@ -114,12 +114,6 @@ def _run_dag(dag, what: str, log: Path, **kwargs):
     return run, states, time.perf_counter() - started
 
 
-def _champion(client, model: str) -> str | None:
-    from pipelines.registry import alias_version
-
-    return alias_version(client, model, "champion")
-
-
 def run_demo(out: Path) -> dict:
     started = time.perf_counter()
     out = _prepare_out(out)
@@ -132,7 +126,7 @@ def run_demo(out: Path) -> dict:
 
     from monitoring.scenarios import load_scenario, simulate
     from pipelines.config import load_config, parse_overrides
-    from pipelines.registry import promote
+    from pipelines.registry import alias_version, promote
     from pipelines.training import train
 
     uri = env["MLFLOW_TRACKING_URI"]
@@ -202,7 +196,7 @@ def run_demo(out: Path) -> dict:
             "airflow": {"vi_monitoring": run.run_id}, "seconds": round(seconds, 1),
         }
         if states.get("trigger_retrain") == "success":
-            (queued,) = [r for r in DagRun.find(dag_id="svi_retrain") if r.run_id == f"monitor__{row['incident_id']}"]
+            (queued,) = DagRun.find(dag_id="svi_retrain", run_id=[f"monitor__{row['incident_id']}"])
             row["airflow"]["triggered"] = queued.run_id
             retrain, retrain_states, retrain_seconds = _run_dag(
                 retrain_dag, f"triggered by window {index}", log, logical_date=queued.logical_date,
@@ -212,7 +206,7 @@ def run_demo(out: Path) -> dict:
                               "seconds": round(retrain_seconds, 1), **(_xcom(retrain, "register") or {})}
         if states.get("rollback") == "success":
             row["rollback"] = _xcom(run, "rollback")
-        row["champion_after"] = _champion(client, model)
+        row["champion_after"] = alias_version(client, model, "champion")
         rows.append(row)
         print(f"   window {index:>2} {row['window']} {row['phase']:<7} drift share {row['drift_share'] or 0:.2f}  "
               f"coverage90 {_fmt(row['calibration']['coverage_90'])}  -> {row['action']:<8}"

@@ -23,7 +23,7 @@ def retrain_with_window(client, *, model: str, champion_run_id: str, window_path
                         trigger: dict | None = None) -> dict:
     """Retrain ``model`` on its data plus the labelled rows of ``window_path`` and gate the result.
 
-    ``added_rows``: how many labelled finite rows the window has (reported, and checked against what was prepared).
+    ``added_rows``: how many labelled finite rows the window has, as the monitor counted them (reported as is).
     Returns ``{"run_id", "version", "rows", "added_rows", "verdict": {...}, "promoted": bool, "promotion": ...}``.
     """
     import mlflow

@@ -181,8 +181,8 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def labelled_rows(path: str | Path, features: list[str], target: str) -> tuple[pd.DataFrame, int]:
-    """The rows of ``path`` whose features and target are all present and finite; returns ``(rows, dropped)``.
+def labelled_rows(path: str | Path, features: list[str], target: str) -> pd.DataFrame:
+    """The rows of ``path`` whose features and target are all present and finite (those columns only).
 
     A production window holds rows whose label has not arrived yet, or whose inputs were bad; those are dropped, not
     trained on. Extra columns (predictions, ids) are ignored.
@@ -205,7 +205,7 @@ def labelled_rows(path: str | Path, features: list[str], target: str) -> tuple[p
     if not usable.any():
         raise DataError(f"extra data {path} has no labelled row with finite features and target "
                         f"({len(frame)} rows, none usable)")
-    return frame.loc[usable, columns].astype("float64"), int((~usable).sum())
+    return frame.loc[usable, columns].astype("float64")
 
 
 def prepare(cfg: DataConfig, extra: list[str | Path] | tuple = ()) -> PreparedData:
@@ -218,7 +218,7 @@ def prepare(cfg: DataConfig, extra: list[str | Path] | tuple = ()) -> PreparedDa
     features, target = validate_frame(frame, cfg, source)
     table = frame[[*features, target]].astype("float64")
     if extra:
-        added = [labelled_rows(path, features, target)[0] for path in extra]
+        added = [labelled_rows(path, features, target) for path in extra]
         table = pd.concat([table, *added])
         source = " + ".join([source, *map(str, extra)])
     table = table.reset_index(drop=True)
