@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m monitoring.demo --out demo_out
+	$(PY) -m viops.demo --out demo_out
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_blr_training.py

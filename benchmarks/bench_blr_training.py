@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.objectives import elbo  # noqa: E402
 from pipelines.build import build_family, build_model  # noqa: E402
-from pipelines.config import load_config  # noqa: E402
-from pipelines.data import prepare  # noqa: E402
-from pipelines.training import train  # noqa: E402
+from pipelines.config.loading import load_config  # noqa: E402
+from pipelines.lifecycle.train import train  # noqa: E402
+from pipelines.training.data import prepare  # noqa: E402
 
 CONFIG = """\
 name: bench-blr

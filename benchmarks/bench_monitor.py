@@ -35,8 +35,8 @@ FEATURES = 20
 
 
 def _setup(root: Path, rows: int) -> tuple[str, Path, pd.DataFrame]:
-    from pipelines.config import load_config, parse_overrides
-    from pipelines.training import train
+    from pipelines.config.loading import load_config, parse_overrides
+    from pipelines.lifecycle.train import train
 
     rng = np.random.default_rng(0)
     weights = rng.normal(size=FEATURES)
@@ -70,14 +70,14 @@ def main() -> int:
     from evidently.presets import DataDriftPreset
     from mlflow import MlflowClient
 
-    from monitoring.checks import load_champion
+    from monitoring.champion import load_champion
     from monitoring.config import load_checks_config
     from monitoring.monitor import run_monitor
     from monitoring.runbooks import load_runbooks
     from monitoring.slo import load_slos
-    from pipelines.cli import _quiet_libraries
+    from viops.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     root = Path(tempfile.mkdtemp(prefix="viops-bench-monitor-"))
     os.chdir(root)
     uri, window_path, window = _setup(root, args.rows)

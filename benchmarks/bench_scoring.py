@@ -31,9 +31,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipelines.config import load_config, parse_overrides  # noqa: E402
-from pipelines.scoring import load_version, score_frame  # noqa: E402
-from pipelines.training import train  # noqa: E402
+from pipelines.config.loading import load_config, parse_overrides  # noqa: E402
+from pipelines.lifecycle.train import train  # noqa: E402
+from pipelines.serving.loading import load_version  # noqa: E402
+from pipelines.serving.scoring import score_frame  # noqa: E402
 
 FEATURES = 20
 
@@ -127,9 +128,9 @@ def main() -> int:
     args = parser.parse_args()
     from mlflow import MlflowClient
 
-    from pipelines.cli import _quiet_libraries
+    from viops.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     root = Path(tempfile.mkdtemp(prefix="viops-bench-scoring-"))
     os.chdir(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"

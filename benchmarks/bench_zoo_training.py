@@ -29,10 +29,10 @@ sys.path.insert(0, str(REPO))
 from models.amortized import amortized_bound  # noqa: E402
 from models.objectives import elbo  # noqa: E402
 from pipelines.build import build_family, build_model  # noqa: E402
-from pipelines.config import load_config, parse_overrides  # noqa: E402
-from pipelines.data import prepare  # noqa: E402
-from pipelines.evaluation import split_tensors, standardization  # noqa: E402
-from pipelines.training import train  # noqa: E402
+from pipelines.config.loading import load_config, parse_overrides  # noqa: E402
+from pipelines.lifecycle.train import train  # noqa: E402
+from pipelines.training.data import prepare  # noqa: E402
+from pipelines.training.evaluation import split_tensors, standardization  # noqa: E402
 
 CASES = {"bnn": "bnn_diabetes.yaml", "vae": "vae_digits.yaml"}
 

@@ -9,13 +9,13 @@ Training runs the viops CLI in a subprocess; the new version is registered as ``
 against the champion on its held-out split, and only a version that passes becomes ``champion``
 (docs/lifecycle.md).
 
-Each task is a few lines of wiring over ``pipelines/``. Retries are safe: prepared data is keyed by the Airflow run
-id, registration is idempotent per MLflow run, and promoting the current champion again changes nothing.
+Each task is one step of :mod:`pipelines.lifecycle.retrain`, the same steps ``viops monitor --execute`` runs.
+Retries are safe: prepared data is keyed by the Airflow run id, registration is idempotent per MLflow run, and
+promoting the current champion again changes nothing.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,8 +50,17 @@ def _train_executor_config() -> dict:
     return {"pod_override": PodGenerator.deserialize_model_file(TRAIN_POD_OVERRIDE)}
 
 
-def _overrides(params) -> list[str]:
-    return [arg for item in params.get("overrides") or [] for arg in ("--set", item)]
+def _request(params, run_id: str, trigger: dict | None = None, actor: str | None = None):
+    """The run's retrain, as :mod:`pipelines.lifecycle.retrain` takes it (the same one ``viops monitor --execute``
+    builds)."""
+    from pipelines.lifecycle.retrain import RetrainRequest
+    from pipelines.workspace import audit_log, safe_key, work_dir
+
+    return RetrainRequest(
+        config=params["config"], reason=params["reason"], workdir=str(work_dir() / "svi_retrain" / safe_key(run_id)),
+        overrides=tuple(params.get("overrides") or ()), window=params.get("window") or None,
+        run_name=f"svi_retrain/{run_id}", actor=actor, audit_log=str(audit_log()), trigger=trigger or {},
+    )
 
 
 @dag(
@@ -77,39 +86,27 @@ def _overrides(params) -> list[str]:
 def svi_retrain():
     @task
     def prepare_data(params=None, run_id=None) -> dict:
-        from pipelines.invoke import run_viops, safe_key, work_dir
+        from pipelines.lifecycle.retrain import prepare_data
 
-        out = work_dir() / "svi_retrain" / safe_key(run_id) / "prepared"
-        extra = ["--extra-data", params["window"]] if params.get("window") else []
-        return run_viops(["prepare", "--config", params["config"], "--out", str(out), *extra, *_overrides(params)])
+        return prepare_data(_request(params, run_id))
 
     @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, executor_config=_train_executor_config())
     def train(prepared: dict, params=None, run_id=None) -> dict:
-        from pipelines.invoke import run_viops
+        from pipelines.lifecycle.retrain import train_candidate
 
-        return run_viops([
-            "train", "--config", params["config"], "--prepared", prepared["directory"], "--no-register",
-            "--reason", params["reason"], "--run-name", f"svi_retrain/{run_id}", *_overrides(params),
-        ])
+        return train_candidate(_request(params, run_id), prepared)
 
     @task
     def register(trained: dict) -> dict:
-        from pipelines.invoke import run_viops
+        from pipelines.lifecycle.retrain import register_candidate
 
-        return run_viops([
-            "register", "--run-id", trained["run_id"], "--model", trained["model_name"],
-            "--tracking-uri", trained["tracking_uri"],
-        ])
+        return register_candidate(trained)
 
     @task
     def evaluate(registered: dict) -> dict:
-        from pipelines.invoke import run_viops
+        from pipelines.lifecycle.retrain import evaluate_candidate
 
-        # Exit code 1 is a rejection: a verdict to branch on, not a task failure.
-        return run_viops([
-            "evaluate", "--model", registered["model_name"], "--candidate", str(registered["model_version"]),
-            "--tracking-uri", registered["tracking_uri"],
-        ], ok_codes=(0, 1))
+        return evaluate_candidate(registered)
 
     @task.branch
     def decide(verdict: dict) -> str:
@@ -117,17 +114,12 @@ def svi_retrain():
 
     @task
     def promote(verdict: dict, params=None, dag_run=None) -> dict:
-        from pipelines.invoke import audit_log, run_viops
+        from pipelines.lifecycle.retrain import promote_candidate
 
         trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "reason": params["reason"],
-                   "evaluation_run_id": verdict["evaluation_run_id"], "incident_id": params.get("incident_id") or None,
-                   "window": params.get("window") or None}
-        return run_viops([
-            "promote", "--model", verdict["model"], "--version", verdict["candidate_version"],
-            "--reason", params["reason"], "--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}",
-            "--trigger", json.dumps(trigger), "--audit-log", str(audit_log()),
-            "--tracking-uri", verdict["tracking_uri"],
-        ])
+                   "incident_id": params.get("incident_id") or None, "window": params.get("window") or None}
+        request = _request(params, dag_run.run_id, trigger, actor=f"airflow:{dag_run.dag_id}/{dag_run.run_id}")
+        return promote_candidate(request, verdict)
 
     @task
     def reject(verdict: dict) -> dict:

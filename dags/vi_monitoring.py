@@ -48,7 +48,7 @@ ACTIONS = {"none": "no_action", "retrain": "trigger_retrain", "rollback": "rollb
 def vi_monitoring():
     @task
     def monitor(params=None) -> dict:
-        from pipelines.invoke import run_viops
+        from pipelines.child_process import run_viops
 
         window = params["window"]
         if not window:
@@ -59,8 +59,7 @@ def vi_monitoring():
             if not newest:
                 raise ValueError(f"no window to monitor: give conf.window, or windows in store {store.root!r}")
             window = str(store.path(newest[-1]))
-        return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window],
-                         module="monitoring.cli")
+        return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window])
 
     @task.branch
     def decide(result: dict) -> str:
@@ -72,7 +71,8 @@ def vi_monitoring():
 
     @task
     def rollback(result: dict, dag_run=None) -> dict:
-        from pipelines.invoke import audit_log, run_viops
+        from pipelines.child_process import run_viops
+        from pipelines.workspace import audit_log
 
         trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "incident_id": result["incident_id"],
                    "window": result["window"]}
@@ -87,8 +87,8 @@ def vi_monitoring():
     def page(result: dict) -> dict:
         import logging
 
-        from pipelines.audit import utc_now
-        from pipelines.invoke import work_dir
+        from pipelines.registry.audit import utc_now
+        from pipelines.workspace import work_dir
 
         record = {"time": utc_now(), "model": result["model"], "window": result["window"],
                   "incident_id": result["incident_id"], "alert": result["decision"]["alert"],

@@ -45,7 +45,7 @@ class AmortizedTerms:
 
 
 def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: int = 1, kl_weight: float = 1.0,
-                    free_bits: float = 0.0) -> AmortizedTerms:
+                    free_bits: float = 0.0, generator: torch.Generator | None = None) -> AmortizedTerms:
     """The training bound of an amortized model on minibatch ``x``, averaged over its rows.
 
     Args:
@@ -54,13 +54,14 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
         num_samples: draws of z per row (K); the IWAE bound tightens as K grows.
         kl_weight: weight of the KL term (ELBO) or of ``log p(z) - log q(z | x)`` (IWAE); 1 is the true bound.
         free_bits: per-dimension floor (nats) under which the minibatch-average KL is not penalised (ELBO only).
+        generator: draws z from it (default: the global generator, as in training).
     """
     if kind not in ("elbo", "iwae"):
         raise ValueError(f"kind must be 'elbo' or 'iwae', got {kind!r}")
     if kind == "iwae" and free_bits:
         raise ValueError("free bits apply to the KL term of the ELBO; the IWAE bound has none")
     q = model.encode(x)
-    z = q.rsample((num_samples,))  # (K, B, d)
+    z = _rsample(q, num_samples, generator)  # (K, B, d)
     log_lik = model.log_likelihood(z, x)  # (K, B)
     kl_rows = kl_divergence(q, model.prior(q.loc))  # (B, d)
     kl_per_dim = kl_rows.mean(0)
@@ -76,7 +77,8 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
     return AmortizedTerms(objective, elbo, expected_log_likelihood, kl, kl_per_dim)
 
 
-def iwae_bound(model, x: torch.Tensor, num_samples: int, q: Normal | None = None, chunk: int = 64) -> torch.Tensor:
+def iwae_bound(model, x: torch.Tensor, num_samples: int, q: Normal | None = None, chunk: int = 64,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-row importance-weighted bound ``log (1/K) sum_k p(x, z_k) / q(z_k | x)``, shape ``(B,)``.
 
     With ``K = 1`` it is the ELBO; it never decreases in expectation as ``K`` grows and tends to ``log p(x)``.
@@ -86,9 +88,15 @@ def iwae_bound(model, x: torch.Tensor, num_samples: int, q: Normal | None = None
         q = model.encode(x) if q is None else q
         parts = []
         for start in range(0, num_samples, chunk):
-            z = q.sample((min(chunk, num_samples - start),))
+            z = _rsample(q, min(chunk, num_samples - start), generator)
             parts.append(model.log_joint_minus_q(z, x, q))
         return torch.logsumexp(torch.cat(parts), 0) - math.log(num_samples)
+
+
+def _rsample(q: Normal, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``num_samples`` reparameterised draws from a per-row diagonal Gaussian ``q``, shape ``(K, *q.batch_shape)``."""
+    noise = torch.randn((num_samples, *q.loc.shape), generator=generator, device=q.loc.device, dtype=q.loc.dtype)
+    return q.loc + q.scale * noise
 
 
 @dataclass(frozen=True)

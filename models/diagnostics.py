@@ -35,9 +35,9 @@ KHAT_DEGENERATE = 10.0
 def importance_log_ratios(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
                           chunk_rows: int = 65_536, seed: int = 0) -> torch.Tensor:
     """``log p(y | x, z_s) + log p(z_s) - log q(z_s)`` for ``num_samples`` draws from q, in float64."""
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        z = family.distribution().sample((num_samples,))
+    with torch.no_grad():
+        generator = torch.Generator(device=family.precond_shift.device).manual_seed(seed)
+        z = family.rsample(num_samples, generator=generator)
         log_q = family.log_prob(z).double()
         log_lik = torch.zeros(num_samples, dtype=torch.float64, device=z.device)
         for start in range(0, x.shape[0], chunk_rows):

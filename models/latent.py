@@ -69,9 +69,8 @@ class GlobalLatentModel:
                     mean, std = loc[block.start : block.stop], sd[block.start : block.stop]
                 else:
                     if draws is None:
-                        with torch.random.fork_rng(devices=[]):
-                            torch.manual_seed(seed)
-                            draws = family.rsample(num_samples).detach().cpu()
+                        generator = torch.Generator(device=family.precond_shift.device).manual_seed(seed)
+                        draws = family.rsample(num_samples, generator=generator).detach().cpu()
                     values = to_positive(draws[:, block.start : block.stop])
                     mean, std = values.mean(0), values.std(0)
                 summary[block.name] = {"mean": mean.tolist(), "sd": std.tolist()}

@@ -81,10 +81,11 @@ def _kl(model, family: VariationalFamily, z: torch.Tensor) -> tuple[torch.Tensor
     return (family.log_prob(z) - model.log_prior(z)).mean(), False
 
 
-def predictive_nll(model, family: VariationalFamily, x: torch.Tensor, y: torch.Tensor, num_samples: int = 64):
+def predictive_nll(model, family: VariationalFamily, x: torch.Tensor, y: torch.Tensor, num_samples: int = 64,
+                   generator: torch.Generator | None = None):
     """Mean negative log posterior-predictive density per row, ``-log (1/S) sum_s p(y | x, z_s)``."""
     with torch.no_grad():
-        z = family.rsample(num_samples)
+        z = family.rsample(num_samples, generator=generator)
         return _predictive_nll(model.log_likelihood(z, x, y))
 
 
@@ -107,10 +108,12 @@ class HeldOutFit:
 
 
 def held_out_fit(model, family: VariationalFamily, x: torch.Tensor, y: torch.Tensor, *, train_size: int,
-                 num_samples: int = 64, antithetic: bool = False) -> HeldOutFit:
-    """Validation ELBO per datum and predictive NLL from one shared set of ``num_samples`` draws of z."""
+                 num_samples: int = 64, antithetic: bool = False,
+                 generator: torch.Generator | None = None) -> HeldOutFit:
+    """Validation ELBO per datum and predictive NLL from one shared set of ``num_samples`` draws of z
+    (from ``generator`` when given)."""
     with torch.no_grad():
-        z = family.rsample(num_samples, antithetic=antithetic)
+        z = family.rsample(num_samples, antithetic=antithetic, generator=generator)
         log_lik = model.log_likelihood(z, x, y)
         kl, _ = _kl(model, family, z)
         elbo_per_datum = log_lik.mean() - kl / train_size

@@ -15,18 +15,14 @@ Three kinds of alert:
 Every alert carries a ``runbook`` annotation naming ``runbooks/<AlertName>.md``; tests check that each alert has one
 and each runbook names an alert. After editing the SLOs, regenerate the file::
 
-    python -m monitoring.alerts --slo configs/slo.yaml --out monitoring/prometheus/alerts.yml
+    viops alerts --slo configs/slo.yaml --out monitoring/prometheus/alerts.yml
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import yaml
 
-from monitoring.slo import SLOConfig, load_slos
+from monitoring.slo import SLOConfig
 
 __all__ = ["THRESHOLD_ALERTS", "BURN_RATE_TIERS", "render_rules", "alert_names", "RUNBOOK_URL"]
 
@@ -121,23 +117,7 @@ def alert_names(rules: dict) -> set[str]:
 
 
 def dump(rules: dict) -> str:
-    header = ("# Generated from configs/slo.yaml by `python -m monitoring.alerts`; edit the SLOs or monitoring/alerts.py,\n"
+    header = ("# Generated from configs/slo.yaml by `viops alerts`; edit the SLOs or monitoring/alerts.py,\n"
               "# not this file (a test checks they agree). One runbook per alert: runbooks/<alert>.md.\n")
     return header + yaml.safe_dump(rules, sort_keys=False, width=120)
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Render the Prometheus alert rules from the SLO file.")
-    parser.add_argument("--slo", default="configs/slo.yaml")
-    parser.add_argument("--out", help="file to write (default: stdout)")
-    args = parser.parse_args(argv)
-    text = dump(render_rules(load_slos(args.slo)))
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

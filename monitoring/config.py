@@ -7,13 +7,13 @@ from typing import Annotated
 
 from pydantic import Field, PositiveFloat, PositiveInt
 
-from pipelines.config import read_yaml, validate_section
-from pipelines.model_config import _Strict
+from pipelines.config.base import StrictModel
+from pipelines.config.loading import read_yaml, validate_section
 
 __all__ = ["DriftCheckConfig", "CalibrationCheckConfig", "VIHealthConfig", "ChecksConfig", "load_checks_config"]
 
 
-class DriftCheckConfig(_Strict):
+class DriftCheckConfig(StrictModel):
     """Evidently drift of the features (and of the champion's predictions) against the reference snapshot.
 
     ``method``/``threshold`` are passed to Evidently's DataDriftPreset for every column; ``null`` leaves Evidently's
@@ -29,7 +29,7 @@ class DriftCheckConfig(_Strict):
     predictions: bool = True  # also compare the champion's predictions on the window with those on the reference
 
 
-class CalibrationCheckConfig(_Strict):
+class CalibrationCheckConfig(StrictModel):
     """Calibration on labelled rows: ECE and Brier (classifiers), 90% coverage and PIT (regression), and the change
     against the champion's own held-out split."""
 
@@ -38,7 +38,7 @@ class CalibrationCheckConfig(_Strict):
     min_rows: PositiveInt = 50  # fewer labelled finite rows: the check reports "not enough labels" instead
 
 
-class VIHealthConfig(_Strict):
+class VIHealthConfig(StrictModel):
     """The champion's ELBO and NLL on the window vs its held-out baseline, NaN/inf inputs, label-free uncertainty
     shift, the amortization gap (amortized models) and single-row scoring latency."""
 
@@ -48,7 +48,7 @@ class VIHealthConfig(_Strict):
     amortization_subsample: PositiveInt = 32
 
 
-class ChecksConfig(_Strict):
+class ChecksConfig(StrictModel):
     drift: DriftCheckConfig = DriftCheckConfig()
     calibration: CalibrationCheckConfig = CalibrationCheckConfig()
     vi_health: VIHealthConfig = VIHealthConfig()

@@ -13,7 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from pipelines.audit import utc_now
+from pipelines.registry.audit import utc_now
 
 __all__ = ["INCIDENT_EXPERIMENT", "write_incident"]
 

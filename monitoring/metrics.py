@@ -20,6 +20,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
+from monitoring.results import WindowReport, indicator_value
+
 __all__ = ["JOB", "GAUGES", "build_registry", "export_metrics", "ExportResult"]
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 JOB = "viops_monitor"
 LABELS = ("model", "alias", "version")
 
-#: metric name -> (indicator path in the window report, help text)
+#: metric name -> (indicator path in the window report's typed results, help text); a test resolves every path.
 GAUGES = {
     "viops_feature_drift_share_ratio": ("drift.share", "Share of feature columns that drifted from the reference."),
     "viops_prediction_drift_share_ratio": ("drift.predictions.share",
@@ -51,13 +53,7 @@ GAUGES = {
 }
 
 
-def _value(report: dict, path: str):
-    from monitoring.slo import indicator_value
-
-    return indicator_value(report, path)
-
-
-def build_registry(report: dict, slo_statuses, *, model: str, alias: str, version: str,
+def build_registry(report: WindowReport, slo_statuses, *, model: str, alias: str, version: str,
                    window_start: float | None = None) -> CollectorRegistry:
     """A fresh registry holding this window's gauges (indicators absent from the report are not exported)."""
     registry = CollectorRegistry()
@@ -69,8 +65,8 @@ def build_registry(report: dict, slo_statuses, *, model: str, alias: str, versio
         Gauge(name, help_text, LABELS, registry=registry).labels(**labels).set(value)
 
     for name, (path, help_text) in GAUGES.items():
-        gauge(name, help_text, _value(report, path))
-    latency_ms = _value(report, "vi_health.latency_p95_ms")
+        gauge(name, help_text, indicator_value(report, path))
+    latency_ms = indicator_value(report, "vi_health.latency_p95_ms")
     gauge("viops_scoring_latency_p95_seconds", "p95 of single-row predict latency, seconds.",
           None if latency_ms is None else latency_ms / 1000.0)
     gauge("viops_window_start_timestamp_seconds", "Start of the window these values describe (Unix time).",

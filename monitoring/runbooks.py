@@ -24,8 +24,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, PositiveInt, ValidationError
 
-from pipelines.config import ConfigError
-from pipelines.model_config import _Strict
+from pipelines.config.base import ConfigError, StrictModel
 
 __all__ = ["Preconditions", "Runbook", "load_runbook", "load_runbooks", "SECTIONS"]
 
@@ -33,14 +32,14 @@ SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 _FRONT = re.compile(r"\A---\n(.*?)\n---\n(.*)\Z", re.S)
 
 
-class Preconditions(_Strict):
+class Preconditions(StrictModel):
     min_labelled_rows: PositiveInt | None = None
     inputs_valid: bool = False
     promoted_within_windows: PositiveInt | None = None
     previous_champion: bool = False
 
 
-class Runbook(_Strict):
+class Runbook(StrictModel):
     alert: str = Field(pattern=r"^Viops[A-Za-z0-9]+$")
     severity: Literal["page", "ticket"]
     action: Literal["retrain", "rollback", "page", "none"]

@@ -25,16 +25,17 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveInt, model_validator
 
-from pipelines.config import ConfigError, TrainConfig, load_config, read_yaml, validate_section
-from pipelines.data import prepare
-from pipelines.model_config import _Strict
+from pipelines.config.base import ConfigError, StrictModel
+from pipelines.config.loading import load_config, read_yaml, validate_section
+from pipelines.config.schema import TrainConfig
+from pipelines.training.data import prepare
 
 __all__ = ["ScenarioConfig", "load_scenario", "simulate"]
 
 SCENARIOS = ("stable", "covariate_shift", "concept_shift", "nan_burst")
 
 
-class ScenarioConfig(_Strict):
+class ScenarioConfig(StrictModel):
     """One simulated production stream (``configs/scenarios/*.yaml``)."""
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]

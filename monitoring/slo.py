@@ -1,7 +1,8 @@
 """Service-level objectives over production windows (``configs/slo.yaml``; docs/monitoring.md#slos).
 
-Each objective turns one indicator of the window report (a dotted path such as ``drift.share`` or
-``calibration.coverage_90``) into a good/bad event per window: good when the value satisfies ``max``/``min``
+Each objective turns one indicator of the window report (a dotted path into its typed results, such as
+``drift.share`` or ``calibration.coverage_90``; checked against the result types when the file is loaded, see
+:mod:`monitoring.results`) into a good/bad event per window: good when the value satisfies ``max``/``min``
 (either or both). The objective asks that at least ``target`` of the windows in its period (the last ``window``
 windows) be good, so its error budget is ``1 - target`` of them.
 
@@ -28,21 +29,30 @@ from typing import Annotated
 
 from pydantic import Field, PositiveInt, model_validator
 
-from pipelines.config import read_yaml, validate_section
-from pipelines.model_config import _Strict
+from monitoring.results import IndicatorError, WindowReport, check_indicator, indicator_value
+from pipelines.config.base import StrictModel
+from pipelines.config.loading import read_yaml, validate_section
 
-__all__ = ["Objective", "SLOConfig", "SLOStatus", "load_slos", "indicator_value", "evaluate_slos"]
+__all__ = ["Objective", "SLOConfig", "SLOStatus", "load_slos", "evaluate_slos"]
 
 
-class Objective(_Strict):
+class Objective(StrictModel):
     name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-    indicator: str  # dotted path into the window report
+    indicator: str  # dotted path into the window report's typed results (monitoring.results)
     description: str = ""
     max: float | None = None  # good when value <= max
     min: float | None = None  # good when value >= min
     target: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     window: PositiveInt = 24  # windows in the SLO period
     unit: str = ""
+
+    @model_validator(mode="after")
+    def _indicator_exists(self):
+        try:
+            check_indicator(self.indicator)
+        except IndicatorError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _has_a_bound(self):
@@ -63,7 +73,7 @@ class Objective(_Strict):
         return f"<= {self.max:g}" if self.max is not None else f">= {self.min:g}"
 
 
-class SLOConfig(_Strict):
+class SLOConfig(StrictModel):
     objectives: list[Objective] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -84,18 +94,6 @@ def load_slos(path: str | Path) -> SLOConfig:
     return validate_section(SLOConfig, read_yaml(path, "SLO") or {}, path, what="SLO file")
 
 
-def indicator_value(report: dict, path: str) -> float | None:
-    """The number at dotted ``path`` in a window report, or None when any part is missing or not a number."""
-    node = report
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, (int, float)):
-        return None
-    return float(node)
-
-
 @dataclass(frozen=True)
 class SLOStatus:
     name: str
@@ -114,7 +112,7 @@ class SLOStatus:
         return asdict(self)
 
 
-def evaluate_slos(slos: SLOConfig, report: dict, history: list[dict] | None = None) -> list[SLOStatus]:
+def evaluate_slos(slos: SLOConfig, report: WindowReport, history: list[dict] | None = None) -> list[SLOStatus]:
     """Evaluate every objective on ``report`` (this window), given earlier windows' ``{objective: good}`` records
     (``history``, oldest first; ``None`` where a window had no data)."""
     history = history or []

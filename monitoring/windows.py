@@ -8,18 +8,28 @@ column)::
 
 Files whose names start with ``_`` or ``.`` (the metadata, a partial write) are skipped by Parquet readers.
 A window is written whole: to a temporary file first, then renamed, so a reader never sees half a window.
+
+:class:`Window` is one window read for monitoring: its key, start time, file, rows and labelled rows are worked out
+once, here, and everything downstream takes the ``Window``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["WindowStore", "window_key", "parse_window_key"]
+from pipelines.tables import LabelledRows, read_table, usable_labelled_rows
+
+__all__ = ["Window", "WindowStore", "window_key", "parse_window_key", "STATE_DIR_NAME"]
+
+#: The monitor's state (SLO history, incidents, metrics file) lives in this folder at the root of a window store;
+#: Parquet readers skip dot-folders.
+STATE_DIR_NAME = ".viops-monitor"
 
 _PREFIX = "window="
 _FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -33,6 +43,7 @@ def window_key(when: datetime) -> str:
 
 
 def parse_window_key(key: str) -> datetime:
+    """The start time of ``2026-01-01T00:00:00Z`` (or of its partition name ``window=2026-01-01T00:00:00Z``)."""
     return datetime.strptime(key.removeprefix(_PREFIX), _FORMAT).replace(tzinfo=timezone.utc)
 
 
@@ -74,3 +85,63 @@ class WindowStore:
     def meta(self, when: datetime) -> dict:
         path = self.directory(when) / "_meta.json"
         return json.loads(path.read_text()) if path.exists() else {"window": window_key(when)}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One production window, read once.
+
+    Attributes:
+        key: its id: the explicit one, else its store partition's time (``2026-01-01T00:00:00Z``), else the file name.
+        path: the data file (absolute).
+        frame: its rows as read.
+        start: the window's start time when the file sits in a store partition, else None.
+    """
+
+    key: str
+    path: Path
+    frame: pd.DataFrame
+    start: datetime | None = None
+
+    @classmethod
+    def read(cls, path: str | Path, key: str | None = None) -> Window:
+        """Read a window file (CSV/Parquet), inside a window store or not.
+
+        Raises:
+            DataError: the file is missing or unreadable.
+        """
+        path = Path(path).resolve()
+        frame = read_table(path)
+        partition = next((part for part in reversed(path.parent.parts) if part.startswith(_PREFIX)), None)
+        start = parse_window_key(partition) if partition is not None else None
+        return cls(key or (window_key(start) if start is not None else path.stem), path, frame, start)
+
+    @property
+    def store(self) -> WindowStore | None:
+        """The window store holding this file in its own partition, or None for a file outside one."""
+        if self.start is None or not self.path.parent.name.startswith(_PREFIX):
+            return None
+        return WindowStore(self.path.parent.parent)
+
+    def default_state_dir(self) -> Path:
+        """``.viops-monitor`` at the root of the window store the file belongs to, else beside the file."""
+        for parent in self.path.parents:
+            if parent.name.startswith(_PREFIX):
+                return parent.parent / STATE_DIR_NAME
+        return self.path.parent / STATE_DIR_NAME
+
+    def labelled(self, features: list[str], target: str, *, num_classes: int | None = None) -> LabelledRows:
+        """Rows with finite features and a usable label (the rule ``viops prepare --extra-data`` applies too)."""
+        return usable_labelled_rows(self.frame, features, target, num_classes=num_classes)
+
+    def write_scored(self, predictions: pd.DataFrame, scored_by: str) -> bool:
+        """Store ``predictions`` (indexed like the frame's rows; rows without one get NaN) in this window's partition,
+        so the store holds scored windows. Returns False, writing nothing, for a file outside a store."""
+        store = self.store
+        if store is None:
+            return False
+        scored = self.frame.copy()
+        for column in predictions.columns:
+            scored[column] = predictions[column].astype("float64").reindex(scored.index)
+        store.write(self.start, scored, meta={**store.meta(self.start), "scored_by": scored_by})
+        return True

@@ -7,14 +7,14 @@ from models.bnn import BayesianNeuralNetwork
 from models.families import VariationalFamily, make_family
 from models.logistic import BayesianLogisticRegression
 from models.priors import make_prior
-from pipelines.config import GuideConfig
-from pipelines.model_config import (
+from pipelines.config.model import (
     LinearRegressionConfig,
     LogisticRegressionConfig,
     NeuralNetworkConfig,
     NoiseConfig,
     VAEConfig,
 )
+from pipelines.config.schema import GuideConfig
 
 __all__ = ["build_model", "build_family"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.audit import read_log
+from pipelines.registry.audit import read_log
 from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
 from tests.dags.conftest import REPO
 

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mlflow import MlflowClient
 
-from monitoring.cli import main as monitor_main
-from pipelines.audit import read_log
-from pipelines.config import load_config, parse_overrides
-from pipelines.registry import promote
-from pipelines.training import train
+from pipelines.config.loading import load_config, parse_overrides
+from pipelines.lifecycle.train import train
+from pipelines.registry.audit import read_log
+from pipelines.registry.promotion import promote
 from tests.dags.conftest import REPO
+from viops.cli import main as monitor_main
 
 SCENARIOS = REPO / "configs" / "scenarios"
 MODEL = "blr-diabetes"

@@ -19,8 +19,8 @@ import pytest
 from mlflow import MlflowClient
 
 from monitoring.scenarios import load_scenario, simulate
-from pipelines.config import load_config
-from pipelines.training import train
+from pipelines.config.loading import load_config
+from pipelines.lifecycle.train import train
 from tests.conftest import REPO, free_port, require
 from tests.integration.conftest import stop, wait_healthy
 
@@ -147,4 +147,9 @@ def test_scheduler_runs_the_monitoring_dag_and_the_retrain_it_triggers(airflow_s
     new = client.get_run(versions["2"].run_id)
     assert new.data.tags["viops.trigger_reason"] == triggered["conf"]["reason"]
     assert new.data.tags["viops.data_source"].endswith(str(window.resolve()))
-    assert client.get_model_version(MODEL, "2").tags.get("viops.gate.passed") in ("true", "false")
+    # Trained on the data plus the shifted window, it passes the gate against v1 and the run promotes it.
+    assert client.get_model_version(MODEL, "2").tags.get("viops.gate.passed") == "true"
+    retrain_tasks = {t["task_id"]: t["state"] for t in api(
+        "GET", f"/dags/svi_retrain/dagRuns/{triggered['dag_run_id']}/taskInstances")["task_instances"]}
+    assert retrain_tasks["promote"] == "success" and retrain_tasks["reject"] == "skipped", retrain_tasks
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"

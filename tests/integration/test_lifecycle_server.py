@@ -23,7 +23,7 @@ TRAIN = ["--set", "train.max_epochs=60", "--set", "train.batch_size=64"]
 
 
 def viops(env, cwd, *args) -> tuple[int, dict | None, str]:
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args, "--json"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "viops", *args, "--json"], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=600)
     lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
     return proc.returncode, (json.loads(lines[-1]) if lines else None), proc.stderr

@@ -22,7 +22,7 @@ def test_train_against_server_and_read_everything_back(mlflow_server, tmp_path):
     make_regression_csv(tmp_path / "data.csv", n=1200)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_REGISTRY_URI": mlflow_server}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "train", "--config", str(tmp_path / "blr_csv.yaml"), "--json",
+        [sys.executable, "-m", "viops", "train", "--config", str(tmp_path / "blr_csv.yaml"), "--json",
          "--set", "train.max_epochs=60", "--set", "train.batch_size=64", "--set", "train.log_every_n_steps=200"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )

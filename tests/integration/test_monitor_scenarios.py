@@ -12,11 +12,11 @@ import urllib.request
 import pytest
 from mlflow import MlflowClient
 
-from monitoring.cli import main
-from pipelines.config import load_config, parse_overrides
-from pipelines.registry import promote
-from pipelines.training import train
+from pipelines.config.loading import load_config, parse_overrides
+from pipelines.lifecycle.train import train
+from pipelines.registry.promotion import promote
 from tests.conftest import REPO, free_port, require
+from viops.cli import main
 
 pytestmark = pytest.mark.integration
 SCENARIOS = REPO / "configs" / "scenarios"

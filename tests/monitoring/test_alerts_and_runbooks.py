@@ -11,7 +11,7 @@ import yaml
 from monitoring.alerts import dump, render_rules
 from monitoring.runbooks import load_runbook, load_runbooks
 from monitoring.slo import load_slos
-from pipelines.config import ConfigError
+from pipelines.config.base import ConfigError
 from tests.conftest import REPO, require
 
 ALERTS = REPO / "monitoring" / "prometheus" / "alerts.yml"
@@ -24,7 +24,7 @@ def _rules() -> list[dict]:
 def test_alerts_file_is_rendered_from_the_slo_file():
     assert ALERTS.read_text() == dump(render_rules(load_slos(REPO / "configs" / "slo.yaml"))), (
         "monitoring/prometheus/alerts.yml is out of date: "
-        "python -m monitoring.alerts --slo configs/slo.yaml --out monitoring/prometheus/alerts.yml")
+        "viops alerts --slo configs/slo.yaml --out monitoring/prometheus/alerts.yml")
 
 
 def test_burn_rate_alerts_follow_the_sre_workbook_for_every_objective():

@@ -78,7 +78,12 @@ def test_state_replaces_a_rerun_window_and_history_excludes_it(tmp_path):
     assert incident_id("m", "champion", "w") == incident_id("m", "champion", "w") != incident_id("m", "champion", "v")
 
 
-@pytest.mark.parametrize("breached", [("feature_drift",), ("elbo_regression",), ("coverage_90",),
-                                      ("amortization_gap",)])
-def test_every_retrain_runbook_refuses_bad_data(breached):
-    assert _decide(*breached, nonfinite_values=5).action != "retrain"
+@pytest.mark.parametrize("breached, alert", [("feature_drift", "ViopsDataDrift"),
+                                             ("elbo_regression", "ViopsElboRegression"),
+                                             ("coverage_90", "ViopsCalibrationBreach"),
+                                             ("amortization_gap", "ViopsAmortizationGapBudget")])
+def test_every_retrain_runbook_refuses_bad_data(breached, alert):
+    """A retrain precondition that fails on bad data pages a person instead, naming the alert and the bad values."""
+    d = _decide(breached, nonfinite_values=5)
+    assert (d.action, d.alert) == ("page", alert)
+    assert d.reason == f"{alert} would retrain, but inputs are not valid (5 NaN/inf values)"

@@ -10,21 +10,27 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.metrics import JOB, build_registry, export_metrics
+from monitoring.metrics import GAUGES, JOB, build_registry, export_metrics
+from monitoring.results import check_indicator
 from monitoring.slo import SLOConfig, evaluate_slos
 from tests.conftest import free_port, require
+from tests.monitoring.reports import make_report
 
-REPORT = {
-    "inputs": {"rows": 500, "nonfinite_fraction": 0.0},
-    "drift": {"share": 0.2, "predictions": {"share": 1.0}},
-    "calibration": {"coverage_90": 0.41, "delta": {"coverage_90": -0.49}},
-    "vi_health": {"elbo_per_datum_delta": -2.0, "nll": 7.4, "latency_p95_ms": 3.5},
-}
+REPORT = make_report(
+    drift={"share": 0.2, "predictions": {"share": 1.0}},
+    calibration={"coverage_90": 0.41, "delta": {"coverage_90": -0.49}},
+    vi_health={"elbo_per_datum_delta": -2.0, "nll": 7.4, "latency_p95_ms": 3.5},
+)
 SLOS = SLOConfig.model_validate({"objectives": [
     {"name": "feature_drift", "indicator": "drift.share", "max": 0.1, "target": 0.95},
     {"name": "ece", "indicator": "calibration.ece", "max": 0.1, "target": 0.95},
 ]})
 LABELS = {"model": "blr-diabetes", "alias": "champion", "version": "3"}
+
+
+@pytest.mark.parametrize("name", sorted(GAUGES))
+def test_every_gauge_reads_a_field_of_the_typed_report(name):
+    check_indicator(GAUGES[name][0])  # raises, naming the path, when a result field was renamed
 
 
 def _registry():

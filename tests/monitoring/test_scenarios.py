@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.cli import main
 from monitoring.scenarios import load_scenario, simulate
 from monitoring.windows import WindowStore
-from pipelines.config import ConfigError
-from pipelines.data import prepare
+from pipelines.config.base import ConfigError
+from pipelines.training.data import prepare
 from tests.conftest import REPO
+from viops.cli import main
 
 SCENARIOS = REPO / "configs" / "scenarios"
 

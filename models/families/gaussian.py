@@ -1,0 +1,134 @@
+"""Gaussian families: mean-field, full-rank (Cholesky factor) and low-rank-plus-diagonal."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
+from torch.nn import functional as F
+
+from models.families.base import VariationalFamily, initial_loc, inverse_softplus, positive_scale
+
+__all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian"]
+
+
+class MeanFieldGaussian(VariationalFamily):
+    """Fully factorised Gaussian ``q(z) = prod_i N(z_i | loc_i, scale_i)``, scale via softplus."""
+
+    symmetric = True
+
+    def __init__(self, dim: int, init_scale: float = 0.1, init_loc: torch.Tensor | None = None):
+        super().__init__(dim)
+        self.loc = nn.Parameter(initial_loc(dim, init_loc))
+        self.scale_unconstrained = nn.Parameter(torch.full((dim,), inverse_softplus(positive_scale(init_scale))))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.precond_scale * F.softplus(self.scale_unconstrained)
+
+    def distribution(self) -> Distribution:
+        return Independent(Normal(self._loc(), self.scale, validate_args=False), 1, validate_args=False)
+
+    def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Map standard-normal noise ``(..., dim)`` to draws from q (the reparameterisation itself)."""
+        return self._loc() + self.scale * noise
+
+    def _unit_scale(self) -> None:
+        self.scale_unconstrained.fill_(inverse_softplus(1.0))
+
+
+class FullRankGaussian(VariationalFamily):
+    """Gaussian with a full covariance ``L L^T``: ``L`` lower-triangular, its diagonal positive through softplus.
+
+    Captures every linear correlation of the posterior (the mean-field family cannot), at ``D (D + 1) / 2`` scale
+    parameters: the right choice up to a few hundred latent dimensions.
+    """
+
+    symmetric = True
+
+    def __init__(self, dim: int, init_scale: float = 0.1, init_loc: torch.Tensor | None = None):
+        super().__init__(dim)
+        # A dense preconditioner z = shift + T u (T lower-triangular; identity unless set by ``precondition``).
+        self.register_buffer("precond_tril", torch.eye(dim))
+        self.loc = nn.Parameter(initial_loc(dim, init_loc))
+        self.scale_diag_unconstrained = nn.Parameter(torch.full((dim,), inverse_softplus(positive_scale(init_scale))))
+        rows, cols = torch.tril_indices(dim, dim, offset=-1)
+        self.register_buffer("_rows", rows, persistent=False)
+        self.register_buffer("_cols", cols, persistent=False)
+        self.scale_offdiag = nn.Parameter(torch.zeros(rows.numel()))
+
+    def precondition(self, shift, scale, scale_tril=None) -> FullRankGaussian:
+        """As the base class; with ``scale_tril`` the map is dense (``z = shift + scale_tril @ u``), which whitens a
+        correlated posterior: the full-rank family is closed under any affine map, so nothing is lost."""
+        super().precondition(shift, scale)
+        if scale_tril is None:
+            tril = torch.diag(self.precond_scale)
+        else:
+            tril = torch.as_tensor(scale_tril, dtype=torch.float32)
+        if tril.shape != (self.dim, self.dim) or not bool(torch.isfinite(tril).all()):
+            raise ValueError(f"scale_tril must be a finite ({self.dim}, {self.dim}) matrix")
+        with torch.no_grad():
+            self.precond_tril.copy_(torch.tril(tril))
+            self.precond_scale.fill_(1.0)  # the dense map carries the scales
+        return self
+
+    def _loc(self) -> torch.Tensor:
+        return self.precond_shift + self.precond_tril @ (self.precond_scale * self.loc)
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        tril = torch.diag_embed(F.softplus(self.scale_diag_unconstrained))
+        tril = self.precond_scale.unsqueeze(-1) * tril.index_put((self._rows, self._cols), self.scale_offdiag)
+        return self.precond_tril @ tril
+
+    def distribution(self) -> Distribution:
+        return MultivariateNormal(self._loc(), scale_tril=self.scale_tril, validate_args=False)
+
+    def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        return self._loc() + noise @ self.scale_tril.T
+
+    def _unit_scale(self) -> None:
+        self.scale_diag_unconstrained.fill_(inverse_softplus(1.0))
+        self.scale_offdiag.zero_()
+
+
+class LowRankGaussian(VariationalFamily):
+    """Gaussian with covariance ``W W^T + diag(d^2)``, ``W`` of shape ``(D, rank)``: the correlations along a few
+    directions at ``D (rank + 2)`` parameters, for models too large for the full-rank family.
+
+    ``W`` starts at small random values: at ``W = 0`` its gradient is zero and it would never move.
+    """
+
+    symmetric = True
+
+    def __init__(self, dim: int, init_scale: float = 0.1, rank: int = 2, init_loc: torch.Tensor | None = None,
+                 seed: int = 0):
+        super().__init__(dim)
+        if not 1 <= rank <= dim:
+            raise ValueError(f"rank must be between 1 and the latent dimension {dim}, got {rank}")
+        self.rank = int(rank)
+        self.loc = nn.Parameter(initial_loc(dim, init_loc))
+        self.diag_unconstrained = nn.Parameter(torch.full((dim,), inverse_softplus(positive_scale(init_scale))))
+        generator = torch.Generator().manual_seed(seed)
+        self.cov_factor = nn.Parameter(0.1 * init_scale * torch.randn(dim, rank, generator=generator) / math.sqrt(rank))
+
+    def distribution(self) -> Distribution:
+        diag = self.precond_scale * F.softplus(self.diag_unconstrained)
+        factor = self.precond_scale.unsqueeze(-1) * self.cov_factor
+        return LowRankMultivariateNormal(self._loc(), factor, diag * diag, validate_args=False)
+
+    @property
+    def noise_dim(self) -> int:
+        return self.dim + self.rank
+
+    def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard-normal noise of shape ``(..., dim + rank)``: the first ``rank`` columns drive ``W``."""
+        eps_w, eps_d = noise[..., : self.rank], noise[..., self.rank :]
+        s = self.precond_scale
+        return self._loc() + s * (eps_w @ self.cov_factor.T + F.softplus(self.diag_unconstrained) * eps_d)
+
+    def _unit_scale(self) -> None:
+        self.diag_unconstrained.fill_(inverse_softplus(1.0))
+        self.cov_factor.mul_(10.0)  # still small next to the unit diagonal, large enough to move

@@ -1,0 +1,97 @@
+"""The deployed version as the window checks see it: loaded once per ``viops monitor`` run.
+
+:func:`load_champion` loads the version's pyfunc, the reference snapshot of its training features, its predictions
+on that snapshot, and baselines measured on its own held-out split **with the same code** the checks then run on
+windows, so a window and its baseline always share units and estimators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from monitoring.config import ChecksConfig
+from pipelines.run_artifacts import REFERENCE_FEATURES, RunArtifacts
+from pipelines.serving.loading import LoadedVersion, load_version
+from pipelines.serving.predictive_metrics import predictive_metrics
+from pipelines.tables import DataError
+
+__all__ = ["Champion", "load_champion", "prediction_columns", "uncertainty_summary"]
+
+
+@dataclass
+class Champion:
+    """The deployed version and what windows are compared with."""
+
+    loaded: LoadedVersion
+    reference: pd.DataFrame  # training features (the run's reference snapshot)
+    reference_predictions: pd.DataFrame
+    baseline: dict[str, float] = field(default_factory=dict)  # fit and calibration on its held-out split
+    baseline_uncertainty: dict[str, float] = field(default_factory=dict)
+    promoted_at: float | None = None  # Unix time the version became champion (its `viops.promote.at` tag)
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.loaded.bundle.features)
+
+    @property
+    def target(self) -> str:
+        return self.loaded.bundle.target
+
+    @property
+    def kind(self) -> str:
+        """``regression``, ``classification`` or ``amortized``: the version's typed task."""
+        return self.loaded.bundle.task.kind
+
+
+def prediction_columns(kind: str, predictions: pd.DataFrame) -> list[str]:
+    """The prediction columns whose drift is watched: the predictive mean and SD, class probabilities and entropy,
+    or an amortized model's ``log_marginal``."""
+    if kind == "regression":
+        return ["mean", "sd"]
+    if kind == "classification":
+        return [c for c in predictions.columns if c.startswith("p_")] + ["entropy"]
+    return ["log_marginal"]
+
+
+def uncertainty_summary(kind: str, predictions: pd.DataFrame) -> dict[str, float]:
+    """Label-free uncertainty of a set of predictions (means over rows)."""
+    if kind == "regression":
+        return {"mean_predictive_sd": float(predictions["sd"].mean())}
+    if kind == "classification":
+        return {"mean_entropy": float(predictions["entropy"].mean()),
+                "mean_mutual_information": float(predictions["mutual_information"].mean())}
+    sds = predictions[[c for c in predictions.columns if c.startswith("z_sd_")]]
+    return {"mean_log_marginal": float(predictions["log_marginal"].mean()), "mean_posterior_sd": float(sds.mean().mean())}
+
+
+def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "champion",
+                  checks: ChecksConfig | None = None) -> Champion:
+    """Load the version behind ``alias`` with its reference snapshot, reference predictions and baselines.
+
+    Raises:
+        RegistryError: no such model or alias.
+        DataError: the version's run logged no reference snapshot.
+    """
+    checks = checks or ChecksConfig()
+    loaded = load_version(client, model_name, f"@{alias}", tracking_uri=tracking_uri)
+    artifacts = RunArtifacts(tracking_uri, loaded.run_id)
+    reference = artifacts.reference_features()
+    if reference is None:
+        raise DataError(f"run {loaded.run_id} of {model_name} v{loaded.version} logged no reference snapshot "
+                        f"({REFERENCE_FEATURES}); drift cannot be measured")
+    reference = reference[list(loaded.bundle.features)].astype("float64")
+    reference_predictions = loaded.pyfunc.predict(reference)
+    champion = Champion(loaded, reference, reference_predictions.reset_index(drop=True))
+    promoted = (client.get_model_version(model_name, loaded.version).tags or {}).get("viops.promote.at")
+    if promoted:
+        from datetime import datetime
+
+        champion.promoted_at = datetime.fromisoformat(promoted).timestamp()
+    champion.baseline_uncertainty = uncertainty_summary(champion.kind, reference_predictions)
+    holdout = artifacts.holdout()
+    if holdout is not None and len(holdout):
+        champion.baseline = predictive_metrics(loaded.predictor, holdout, seed=checks.seed,
+                                               num_samples=checks.calibration.predictive_samples)
+    return champion

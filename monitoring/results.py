@@ -1,0 +1,257 @@
+"""What the window checks return: frozen dataclasses with documented fields, and the one way to read an indicator.
+
+An SLO objective and a Prometheus gauge name an indicator by its dotted path (``drift.share``,
+``calibration.delta.coverage_90``). :func:`check_indicator` resolves such a path against the result *types*, when
+the SLO file or the gauge table is loaded, so a renamed field is an error naming the path and what exists instead,
+never a silent "no data". :func:`indicator_value` then reads it from one :class:`WindowReport`.
+
+``to_json()`` of each result leaves out fields that were not measured, so the ``--json`` output of
+``viops monitor`` keeps exactly the keys it always had.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from monitoring.drift import ColumnDrift
+
+__all__ = [
+    "InputsResult", "DriftSummary", "CalibrationDelta", "CalibrationResult", "UncertaintyShift", "VIHealthResult",
+    "ChampionInfo", "WindowReport", "indicator_value", "check_indicator", "IndicatorError",
+]
+
+
+def _json(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value.to_json() if hasattr(value, "to_json") else {
+            f.name: _json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _json(v) for k, v in value.items()}
+    return value
+
+
+class _Result:
+    """``to_json``: every field that holds a value (None means "not measured on this window")."""
+
+    def to_json(self) -> dict:
+        return {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None and f.metadata.get("json", True)}
+
+
+@dataclass(frozen=True)
+class InputsResult(_Result):
+    """Rows of the window and their validity.
+
+    Attributes:
+        rows: rows in the window; finite_rows: those whose features are all finite (only these are scored).
+        nonfinite_values: NaN/inf feature values; nonfinite_fraction: share of rows with at least one.
+        nonfinite_by_column: NaN/inf count per feature that has any.
+        labelled_rows: finite rows with a usable label; invalid_labels: finite labels that are not a known class.
+    """
+
+    rows: int
+    finite_rows: int
+    nonfinite_values: int
+    nonfinite_fraction: float
+    nonfinite_by_column: dict[str, int]
+    labelled_rows: int = 0
+    invalid_labels: int = 0
+
+
+@dataclass(frozen=True)
+class DriftSummary(_Result):
+    """Evidently drift of the window's features (and, in ``predictions``, of the champion's predictions).
+
+    Attributes:
+        share: share of compared columns that drifted; drifted_count: how many.
+        dataset_drift: ``share`` reached ``drift_share`` (Evidently's flag).
+        rows: rows compared ``{"reference": n, "current": m}`` after sampling.
+        columns: per-column method, statistic kind (p-value or distance), value, threshold and verdict.
+        seconds: time in Evidently (features and predictions together, on the feature summary).
+        predictions: the same summary for the prediction columns, or None when not compared.
+    """
+
+    share: float
+    drifted_count: int
+    dataset_drift: bool
+    drift_share: float
+    rows: dict[str, int]
+    columns: dict[str, ColumnDrift]
+    seconds: float | None = None
+    predictions: DriftSummary | None = None
+    #: The Evidently snapshot of the feature drift (its HTML report goes with the incident); not in the JSON.
+    evidently: object = field(default=None, repr=False, compare=False, metadata={"json": False})
+
+    @classmethod
+    def of(cls, result, *, seconds: float | None = None, predictions: DriftSummary | None = None) -> DriftSummary:
+        """From a :class:`monitoring.drift.DriftResult`."""
+        return cls(result.share, result.drifted_count, result.dataset_drift, result.drift_share, dict(result.rows),
+                   dict(result.columns), seconds, predictions, result)
+
+
+@dataclass(frozen=True)
+class CalibrationDelta(_Result):
+    """A calibration measure on the window minus the same measure on the champion's held-out split."""
+
+    coverage_90: float | None = None
+    coverage_50: float | None = None
+    pit_ks: float | None = None
+    ece: float | None = None
+    brier: float | None = None
+    accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationResult(_Result):
+    """Calibration of the champion on the window's labelled rows.
+
+    Attributes:
+        status: ``measured``, ``not enough labels: ...`` or ``not applicable: ...``.
+        labelled_rows: rows it was measured on (None when not applicable).
+        coverage_90, coverage_50, pit_ks: regression; ece, brier, accuracy: classifiers.
+        delta: each measure minus the champion's held-out baseline.
+    """
+
+    status: str
+    labelled_rows: int | None = None
+    coverage_90: float | None = None
+    coverage_50: float | None = None
+    pit_ks: float | None = None
+    ece: float | None = None
+    brier: float | None = None
+    accuracy: float | None = None
+    delta: CalibrationDelta | None = None
+
+
+@dataclass(frozen=True)
+class UncertaintyShift(_Result):
+    """A label-free uncertainty summary on the window against the same summary on the reference snapshot."""
+
+    window: float
+    baseline: float
+    ratio: float | None
+
+
+@dataclass(frozen=True)
+class VIHealthResult(_Result):
+    """The champion's variational fit on the window.
+
+    Attributes:
+        nonfinite_values, nonfinite_fraction: NaN/inf inputs (as in :class:`InputsResult`).
+        elbo_per_datum, nll: on labelled rows (the VAE: on its features), with their held-out ``*_baseline`` and
+            ``*_delta`` (window minus baseline).
+        uncertainty: mean predictive SD (regression), mean entropy and mutual information (classifiers), or mean
+            log-marginal and posterior SD (VAE), each against the reference snapshot.
+        amortization_gap, active_units, active_unit_ratio: amortized models, on a subsample.
+        latency_p95_ms: p95 of single-row predict calls.
+    """
+
+    nonfinite_values: int
+    nonfinite_fraction: float
+    elbo_per_datum: float | None = None
+    elbo_per_datum_baseline: float | None = None
+    elbo_per_datum_delta: float | None = None
+    nll: float | None = None
+    nll_baseline: float | None = None
+    nll_delta: float | None = None
+    uncertainty: dict[str, UncertaintyShift] | None = None
+    amortization_gap: float | None = None
+    active_units: int | None = None
+    active_unit_ratio: float | None = None
+    latency_p95_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class ChampionInfo(_Result):
+    """The version the window was checked against, and when it became champion (Unix time, from its tag)."""
+
+    version: str
+    promoted_at_seconds: float | None = None
+
+    def to_json(self) -> dict:
+        return {"version": self.version, "promoted_at_seconds": self.promoted_at_seconds}
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """Every check's result on one window.
+
+    ``drift``, ``calibration`` and ``vi_health`` are None when the check is disabled (or, for drift, when no row
+    is finite). ``predictions`` (the champion's, indexed like the window's finite rows) stay out of the JSON.
+    """
+
+    window: str
+    model: str
+    version: str
+    inputs: InputsResult
+    drift: DriftSummary | None
+    calibration: CalibrationResult | None
+    vi_health: VIHealthResult | None
+    scoring: dict
+    champion: ChampionInfo | None = None
+    predictions: object = field(default=None, repr=False, metadata={"json": False})
+
+    @property
+    def drift_result(self):
+        """The Evidently result of the feature drift (for its HTML report), or None."""
+        return None if self.drift is None else self.drift.evidently
+
+    def to_json(self) -> dict:
+        return {"window": self.window, "model": self.model, "version": self.version, "inputs": _json(self.inputs),
+                "drift": _json(self.drift), "calibration": _json(self.calibration),
+                "vi_health": _json(self.vi_health), "scoring": self.scoring, "champion": _json(self.champion)}
+
+
+class IndicatorError(ValueError):
+    """An indicator path names no field of the window report; the message says which part and what exists."""
+
+
+def _unwrap(hint):
+    """``X | None`` -> ``X``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def check_indicator(path: str) -> None:
+    """Resolve a dotted indicator path against the :class:`WindowReport` types.
+
+    Raises:
+        IndicatorError: a part of the path is not a field (naming the fields there are), or the path ends at
+            something that is not a number.
+    """
+    hint, walked = WindowReport, []
+    for part in path.split("."):
+        hint = _unwrap(hint)
+        if typing.get_origin(hint) is dict:  # a mapping keyed by name (uncertainty measures): any key
+            hint = typing.get_args(hint)[1]
+        elif dataclasses.is_dataclass(hint):
+            hints = typing.get_type_hints(hint)
+            fields = sorted(f.name for f in dataclasses.fields(hint) if f.metadata.get("json", True))
+            if part not in fields:
+                where = ".".join(walked) or "the window report"
+                raise IndicatorError(f"indicator {path!r}: {where} has no field {part!r}; it has {fields}")
+            hint = hints[part]
+        else:
+            raise IndicatorError(f"indicator {path!r}: {'.'.join(walked)} is a number, not a group of fields")
+        walked.append(part)
+    hint = _unwrap(hint)
+    if hint not in (int, float):
+        raise IndicatorError(f"indicator {path!r} is not a number (it is {getattr(hint, '__name__', hint)})")
+
+
+def indicator_value(report: WindowReport, path: str) -> float | None:
+    """The number at dotted ``path`` in ``report``, or None when this window did not measure it."""
+    node = report
+    for part in path.split("."):
+        if node is None:
+            return None
+        node = node.get(part) if isinstance(node, Mapping) else getattr(node, part)
+    if node is None or isinstance(node, bool):
+        return None
+    return float(node)

@@ -1,0 +1,120 @@
+"""The one retrain path: prepare (with a window's labelled rows) -> train -> register -> evaluate -> promote | reject.
+
+``viops monitor --execute`` runs :func:`retrain`; the ``svi_retrain`` DAG runs the same steps one task each. Every
+step is the ``viops`` command of the same name in a child process (Lightning's DDP launcher re-executes its entry
+script, and a crash or a GPU allocation stays in the child), built from one :class:`RetrainRequest`, so both callers
+pass the same overrides, tags, reason, actor and audit log:
+
+1. ``viops prepare --extra-data <window>``: the config's data plus the window's labelled rows with finite features
+   and target, split together;
+2. ``viops train --prepared --no-register``, the reason tagged on the run (``viops.trigger_reason``);
+3. ``viops register``: the new version becomes ``challenger`` (idempotent per run);
+4. ``viops evaluate``: the gate against the champion on the new run's held-out split (exit 1 is a rejection);
+5. ``viops promote`` when the gate passed, with the reason, actor and trigger in the audit record. A rejected version
+   stays a challenger and the champion is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.child_process import run_viops
+
+__all__ = ["RetrainRequest", "prepare_data", "train_candidate", "register_candidate", "evaluate_candidate",
+           "promote_candidate", "retrain"]
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """One retrain, as both callers describe it.
+
+    Attributes:
+        config: the training config file (the champion's resolved config, or the DAG's ``config`` param).
+        reason: why; tagged on the run and recorded with the promotion.
+        workdir: where the prepared data goes (keyed by the Airflow run or the window, so a retry reuses it).
+        tracking_uri: the MLflow server; None lets the children use ``$MLFLOW_TRACKING_URI``.
+        overrides: ``dotted.key=value`` config overrides.
+        window: a window file whose labelled rows join the training data.
+        run_name: the MLflow run name of the training run.
+        actor: who promotes (default: the children's ``$VIOPS_ACTOR``, else the OS user).
+        audit_log: the local audit file (default: the children's ``$VIOPS_AUDIT_LOG``).
+        trigger: recorded with the promotion's audit record (the incident, the window, the Airflow run ...).
+    """
+
+    config: str
+    reason: str
+    workdir: str
+    tracking_uri: str | None = None
+    overrides: tuple[str, ...] = ()
+    window: str | None = None
+    run_name: str | None = None
+    actor: str | None = None
+    audit_log: str | None = None
+    trigger: dict = field(default_factory=dict)
+
+    def _sets(self) -> list[str]:
+        return [arg for item in self.overrides for arg in ("--set", item)]
+
+    def _tracking(self, uri: str | None = None) -> list[str]:
+        uri = uri or self.tracking_uri
+        return ["--tracking-uri", uri] if uri else []
+
+
+def prepare_data(request: RetrainRequest) -> dict:
+    """Step 1: ``viops prepare`` (with the window's rows); its manifest plus ``directory``."""
+    extra = ["--extra-data", request.window] if request.window else []
+    out = Path(request.workdir) / "prepared"
+    return run_viops(["prepare", "--config", request.config, "--out", str(out), *extra, *request._sets()])
+
+
+def train_candidate(request: RetrainRequest, prepared: dict) -> dict:
+    """Step 2: ``viops train --prepared --no-register``; the training result (run id, model name, metrics)."""
+    name = ["--run-name", request.run_name] if request.run_name else []
+    return run_viops(["train", "--config", request.config, "--prepared", prepared["directory"], "--no-register",
+                      "--reason", request.reason, *name, *request._tracking(), *request._sets()])
+
+
+def register_candidate(trained: dict) -> dict:
+    """Step 3: ``viops register``: the run's model becomes a version with alias ``challenger``."""
+    return run_viops(["register", "--run-id", trained["run_id"], "--model", trained["model_name"],
+                      "--tracking-uri", trained["tracking_uri"]])
+
+
+def evaluate_candidate(registered: dict) -> dict:
+    """Step 4: ``viops evaluate`` against the champion; the verdict (a rejection is a verdict, not a failure)."""
+    return run_viops(["evaluate", "--model", registered["model_name"], "--candidate",
+                      str(registered["model_version"]), "--tracking-uri", registered["tracking_uri"]],
+                     ok_codes=(0, 1))
+
+
+def promote_candidate(request: RetrainRequest, verdict: dict) -> dict:
+    """Step 5: ``viops promote`` of a version that passed the gate, with the request's reason, actor and trigger."""
+    if not verdict["passed"]:
+        raise ValueError(f"version {verdict['candidate_version']} of {verdict['model']} failed the gate; "
+                         f"only a passed verdict is promoted")
+    actor = ["--actor", request.actor] if request.actor else []
+    audit = ["--audit-log", request.audit_log] if request.audit_log else []
+    trigger = {**request.trigger, "evaluation_run_id": verdict["evaluation_run_id"]}
+    return run_viops(["promote", "--model", verdict["model"], "--version", str(verdict["candidate_version"]),
+                      "--reason", request.reason, "--trigger", json.dumps(trigger), *actor, *audit,
+                      "--tracking-uri", verdict["tracking_uri"]])
+
+
+def retrain(request: RetrainRequest) -> dict:
+    """All five steps in order. Returns ``{"run_id", "version", "rows", "verdict": {passed, reasons,
+    evaluation_run_id}, "promoted", "promotion"}``.
+
+    Raises:
+        CLIError: a step's command failed (the message carries its exit code and error line).
+    """
+    prepared = prepare_data(request)
+    trained = train_candidate(request, prepared)
+    registered = register_candidate(trained)
+    verdict = evaluate_candidate(registered)
+    promotion = promote_candidate(request, verdict) if verdict["passed"] else None
+    return {"run_id": trained["run_id"], "version": str(registered["model_version"]),
+            "rows": sum(prepared["rows"].values()),
+            "verdict": {k: verdict[k] for k in ("passed", "reasons", "evaluation_run_id")},
+            "promoted": bool(promotion and promotion["changed"]), "promotion": promotion}

@@ -1,0 +1,175 @@
+"""MLflow model registry versions: register a training run as ``challenger``; find versions by number or alias.
+
+Registration is idempotent per run: registering the same run twice (an Airflow retry, say) returns the version that
+already exists instead of creating a second one. Only runs that FINISHED and logged a model are registered, and the
+version carries the run's data fingerprint and config hash. Moving ``champion`` is :mod:`pipelines.registry.promotion`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pipelines.run_artifacts import MODEL_ID_TAG
+
+__all__ = [
+    "Registration",
+    "RegistryError",
+    "register_run",
+    "parse_model_ref",
+    "alias_version",
+    "resolve_version",
+    "gate_verdict",
+    "CHAMPION",
+    "CHALLENGER",
+    "PREVIOUS_CHAMPION",
+    "VERSION_TAGS_FROM_RUN",
+]
+
+CHAMPION = "champion"
+
+
+CHALLENGER = "challenger"
+
+
+PREVIOUS_CHAMPION = "previous-champion"
+#: Run tags copied onto the version registered from the run.
+VERSION_TAGS_FROM_RUN = ("viops.data_fingerprint", "viops.config_hash")
+
+
+
+
+class RegistryError(RuntimeError):
+    """A registry request cannot be carried out (unknown model or version, a run that cannot be registered, ...);
+    the message says why. Nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Outcome of registering a run.
+
+    Attributes:
+        model_name: registered model name.
+        version: the version created for (or already holding) the run.
+        aliases: aliases now pointing at that version.
+        created: False when the run was already registered and nothing changed.
+        reason: a sentence saying what was done and why.
+    """
+
+    model_name: str
+    version: str
+    aliases: tuple[str, ...]
+    created: bool
+    reason: str
+
+
+def _existing_version(client: MlflowClient, model_name: str, run_id: str):
+    try:
+        versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    if not versions:
+        return None
+    first = min(versions, key=lambda v: int(v.version))
+    return client.get_model_version(model_name, first.version)  # search results carry no aliases
+
+
+def register_run(client: MlflowClient, run_id: str, model_name: str, tags: dict[str, str] | None = None) -> Registration:
+    """Register the model logged by ``run_id`` as a new version of ``model_name``.
+
+    The new version gets alias ``challenger``; only :func:`promote` makes a version ``champion``.
+
+    Raises:
+        RegistryError: the run did not finish successfully or logged no model.
+    """
+    run = client.get_run(run_id)
+    existing = _existing_version(client, model_name, run_id)
+    if existing is not None:
+        aliases = tuple(existing.aliases)
+        return Registration(
+            model_name, str(existing.version), aliases, False, f"run {run_id} is already version {existing.version}"
+        )
+    if run.info.status not in ("FINISHED", "RUNNING"):
+        raise RegistryError(f"run {run_id} has status {run.info.status}; only successful runs are registered")
+    model_id = run.data.tags.get(MODEL_ID_TAG)
+    if not model_id:
+        raise RegistryError(f"run {run_id} logged no model (tag {MODEL_ID_TAG} missing); nothing to register")
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name, description="Trained by viops (minibatch SVI).")
+    # The version carries what identifies its training: the data fingerprint and the config hash of the run.
+    inherited = {k: run.data.tags[k] for k in VERSION_TAGS_FROM_RUN if k in run.data.tags}
+    version = client.create_model_version(
+        model_name, source=f"models:/{model_id}", run_id=run_id, tags={**inherited, **(tags or {})}, model_id=model_id
+    )
+    client.set_registered_model_alias(model_name, CHALLENGER, version.version)
+    reason = f"version {version.version} registered from run {run_id} as {CHALLENGER}"
+    return Registration(model_name, str(version.version), (CHALLENGER,), True, reason)
+
+
+_REF = re.compile(r"^(?P<name>[^@/]+?)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """``NAME`` -> ``(NAME, None)``; ``NAME@alias`` -> ``(NAME, "@alias")``; ``NAME/3`` -> ``(NAME, "3")``."""
+    match = _REF.match(ref.strip())
+    if not match:
+        raise RegistryError(f"model reference {ref!r} is not NAME, NAME@alias or NAME/version")
+    if match["alias"]:
+        return match["name"], f"@{match['alias']}"
+    return match["name"], match["version"]
+
+
+def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def resolve_version(client: MlflowClient, model_name: str, selector: str):
+    """The ``ModelVersion`` for ``selector``: a version number (``"3"``) or an alias (``"@champion"``).
+
+    Raises:
+        RegistryError: no such model, version or alias, or the version is not READY.
+    """
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        raise RegistryError(f"no registered model named {model_name!r}") from None
+    selector = str(selector).strip()
+    if selector.startswith("@"):
+        alias = selector[1:]
+        try:
+            found = client.get_model_version_by_alias(model_name, alias)
+        except MlflowException:
+            raise RegistryError(f"model {model_name!r} has no alias {alias!r}") from None
+    else:
+        if not selector.isdigit():
+            raise RegistryError(f"version must be a number or @alias, got {selector!r}")
+        try:
+            found = client.get_model_version(model_name, selector)
+        except MlflowException:
+            raise RegistryError(f"model {model_name!r} has no version {selector}") from None
+    if found.status != "READY":
+        raise RegistryError(f"version {found.version} of {model_name!r} is {found.status}, not READY")
+    return found
+
+
+def gate_verdict(version) -> dict | None:
+    """The gate's last verdict on a ``ModelVersion`` (from its tags), or None if it was never evaluated."""
+    tags = version.tags or {}
+    if "viops.gate.passed" not in tags:
+        return None
+    reasons = tags.get("viops.gate.reasons", "")
+    return {
+        "passed": tags["viops.gate.passed"] == "true",
+        "reasons": [r for r in reasons.split("\n") if r],
+        "evaluation_run_id": tags.get("viops.gate.evaluation_run_id"),
+        "against_version": tags.get("viops.gate.against_version") or None,
+    }

@@ -1,0 +1,122 @@
+"""The MLflow pyfunc flavour of a trained viops model: its posterior predictive with uncertainty.
+
+Regression models return the predictive mean, SD and 5%/95% quantiles on the original target scale; classifiers
+return the probability of every class (``p_0 ... p_{C-1}``), the most probable class, the predictive entropy and its
+epistemic part (the mutual information between the prediction and the weights), all in nats. An amortized model (the
+VAE) returns each row's approximate posterior ``q(z | x)`` (``z_mean_<d>``, ``z_sd_<d>``) and ``log_marginal``, an
+IWAE estimate of ``log p(x)`` (low values: rows unlike the training data).
+
+The artifact ``posterior.pt`` holds the model and guide config, the variational parameters, the feature order and the
+standardisation of the training data, so that ``mlflow.pyfunc.load_model`` (and ``mlflow models serve``) rebuilds
+the exact posterior. Predictions are reproducible: draws use a seeded generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from pipelines.serving.bundle import PosteriorBundle
+
+__all__ = ["PosteriorPredictiveModel", "PREDICTION_COLUMNS", "class_columns", "PYFUNC_ENTRY_POINT", "PYFUNC_CODE",
+           "stage_pyfunc_code"]
+
+PREDICTION_COLUMNS = ("mean", "sd", "q05", "q95")
+_REPO = Path(__file__).resolve().parents[2]
+#: The "models from code" file MLflow runs to define the logged model.
+PYFUNC_ENTRY_POINT = Path(__file__).with_name("pyfunc_model.py")
+#: What the logged model needs at load time, relative to the repository: the pure-PyTorch models, the config
+#: schema, the builder of models and families from it, and this package's bundle and predictor. Nothing else
+#: of pipelines/ travels with a model.
+PYFUNC_CODE = (
+    "models",
+    "pipelines/__init__.py",
+    "pipelines/build.py",
+    "pipelines/config",
+    "pipelines/serving/__init__.py",
+    "pipelines/serving/bundle.py",
+    "pipelines/serving/pyfunc.py",
+)
+
+
+def stage_pyfunc_code(directory: Path) -> list[str]:
+    """Copy :data:`PYFUNC_CODE` under ``directory`` and return the top-level folders for ``code_paths``."""
+    import shutil
+
+    for relative in PYFUNC_CODE:
+        source, target = _REPO / relative, directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    return sorted(str(directory / top) for top in {relative.split("/")[0] for relative in PYFUNC_CODE})
+
+
+def class_columns(num_classes: int) -> list[str]:
+    """Output columns of a classifier's pyfunc, in order."""
+    return [*(f"p_{c}" for c in range(num_classes)), "predicted_class", "entropy", "mutual_information"]
+
+
+class PosteriorPredictiveModel(mlflow.pyfunc.PythonModel):
+    """``predict(DataFrame of features)``: ``DataFrame[mean, sd, q05, q95]`` on the original target scale
+    (regression), or ``DataFrame[p_0..p_{C-1}, predicted_class, entropy, mutual_information]`` (classification)."""
+
+    def load_context(self, context) -> None:
+        self.bundle = PosteriorBundle.load(context.artifacts["posterior"])
+        self.model, self.family = self.bundle.rebuild()
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from models.predictive import posterior_predictive
+
+        b = self.bundle
+        missing = [c for c in b.features if c not in model_input.columns]
+        if missing:
+            raise ValueError(f"input is missing feature column(s) {missing}; the model expects {b.features}")
+        x = model_input[b.features].to_numpy(dtype=np.float32)
+        if not np.isfinite(x).all():
+            rows, cols = np.nonzero(~np.isfinite(x))
+            raise ValueError(f"input has NaN/inf values, first in column {b.features[cols[0]]!r} at row {rows[0]}")
+        if b.feature_mean:
+            x = (x - np.asarray(b.feature_mean, dtype=np.float32)) / np.asarray(b.feature_scale, dtype=np.float32)
+        num_samples = int((params or {}).get("num_samples", b.predictive_samples))
+        generator = torch.Generator().manual_seed(int((params or {}).get("seed", b.seed)))
+        if self.family is None:
+            return self._encode(torch.from_numpy(x), num_samples, generator, model_input.index)
+        if b.num_classes is not None:
+            return self._classify(torch.from_numpy(x), num_samples, generator, model_input.index)
+        summary = posterior_predictive(
+            self.model, self.family, torch.from_numpy(x), num_samples=num_samples, generator=generator
+        )
+        columns = [summary.mean, summary.sd, summary.quantiles[0.05], summary.quantiles[0.95]]
+        out = {name: col.numpy().astype(np.float64) for name, col in zip(PREDICTION_COLUMNS, columns)}
+        for name in ("mean", "q05", "q95"):
+            out[name] = out[name] * b.target_scale + b.target_mean
+        out["sd"] = out["sd"] * b.target_scale
+        return pd.DataFrame(out, index=model_input.index)
+
+    def _classify(self, x: torch.Tensor, num_samples: int, generator: torch.Generator, index) -> pd.DataFrame:
+        from models.predictive import class_predictive
+
+        result = class_predictive(self.model, self.family, x, num_samples=num_samples, generator=generator)
+        probs = result.probs.numpy().astype(np.float64)
+        out = {f"p_{c}": probs[:, c] for c in range(probs.shape[1])}
+        out["predicted_class"] = probs.argmax(1).astype(np.int64)
+        out["entropy"] = result.entropy.numpy().astype(np.float64)
+        out["mutual_information"] = result.mutual_information.numpy().astype(np.float64)
+        return pd.DataFrame(out, index=index)
+
+    def _encode(self, x: torch.Tensor, num_samples: int, generator: torch.Generator, index) -> pd.DataFrame:
+        from models.amortized import iwae_bound
+
+        with torch.no_grad():
+            q = self.model.encode(x)
+            log_marginal = iwae_bound(self.model, x, num_samples, q=q, generator=generator)
+        out = {f"z_mean_{d}": q.loc[:, d].numpy().astype(np.float64) for d in range(q.loc.shape[1])}
+        out.update({f"z_sd_{d}": q.scale[:, d].numpy().astype(np.float64) for d in range(q.loc.shape[1])})
+        out["log_marginal"] = log_marginal.numpy().astype(np.float64)
+        return pd.DataFrame(out, index=index)

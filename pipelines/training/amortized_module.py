@@ -1,0 +1,71 @@
+"""The LightningModule of amortized models (the VAE): encoder and decoder trained together on the configured bound.
+
+Telemetry matches the global-latent models where the quantity is the same (``elbo``, ``expected_log_likelihood`` and
+``kl`` as full-data estimates per step; ``val_elbo`` and ``val_predictive_nll`` per datum, the latter ``-log p̂(x)``
+from an IWAE estimate), and adds the posterior-collapse measures (``val_active_units``, ``val_kl_dim/<d>``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.amortized import amortized_bound, collapse_statistics, iwae_bound
+from pipelines.config.schema import ObjectiveConfig, TrainSettings
+from pipelines.training.svi_module import MinibatchSVI
+
+__all__ = ["AmortizedSVIModule"]
+
+
+class AmortizedSVIModule(MinibatchSVI):
+    """Amortized SVI: encoder and decoder are trained together on the configured bound.
+
+    Args:
+        model: an amortized ``models/`` model (``encode``, ``log_likelihood``, ``prior``), an ``nn.Module``.
+        objective: the ``objective`` section (ELBO or IWAE, KL warm-up, free bits).
+        settings, train_xy, val_xy: as for :class:`~pipelines.lightning_module.MinibatchSVI`.
+        active_unit_threshold: ``Var_x E_q[z_d | x]`` above which a latent dimension counts as active.
+    """
+
+    def __init__(self, model, objective: ObjectiveConfig, settings: TrainSettings, train_xy, val_xy=None, *,
+                 active_unit_threshold: float = 0.01):
+        super().__init__(settings, train_xy, val_xy)
+        self.model, self.objective = model, objective
+        self.active_unit_threshold = active_unit_threshold
+        self.samples = objective.iwae_samples if objective.kind == "iwae" else settings.num_particles
+
+    def trained_parameters(self):
+        return self.model.named_parameters()
+
+    def kl_weight(self) -> float:
+        """The KL annealing weight at this step: linear from 0 to 1 over ``kl_warmup_steps``, then 1."""
+        warmup = self.objective.kl_warmup_steps
+        return min(1.0, self.global_step / warmup) if warmup else 1.0
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        x, _ = batch
+        n = self.dataset_size
+        if stage == "train":
+            beta = self.kl_weight()
+            terms = amortized_bound(self.model, x, kind=self.objective.kind, num_samples=self.samples,
+                                    kl_weight=beta, free_bits=self.objective.free_bits)
+            self.step_stats = {
+                "elbo": terms.elbo.detach() * n,
+                "expected_log_likelihood": terms.expected_log_likelihood.detach() * n,
+                "kl": terms.kl.detach() * n,
+            }
+            if self.objective.kind != "elbo" or self.objective.free_bits or self.objective.kl_warmup_steps:
+                self.step_stats["objective"] = terms.objective.detach() * n
+            if self.objective.kl_warmup_steps:
+                self.step_stats["kl_weight"] = torch.tensor(beta, device=x.device)
+            return -terms.objective
+        terms = amortized_bound(self.model, x, num_samples=1)
+        nll = -iwae_bound(self.model, x, self.settings.eval_particles).mean()
+        collapse = collapse_statistics(self.model, x, self.active_unit_threshold)
+        rows = x.shape[0]
+        self.log("val_elbo", terms.elbo, prog_bar=True, batch_size=rows)
+        self.log("val_predictive_nll", nll, batch_size=rows)
+        self.log("val_active_units", float(collapse.active_units), batch_size=rows)
+        self.log("val_posterior_sd_mean", collapse.posterior_sd_mean, batch_size=rows)
+        for d, value in enumerate(collapse.kl_per_dim.tolist()):
+            self.log(f"val_kl_dim/{d}", value, batch_size=rows)
+        return terms.elbo

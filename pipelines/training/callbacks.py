@@ -1,0 +1,219 @@
+"""Lightning callbacks: gradient norms, the non-finite guard, step telemetry, iterate averaging, convergence stopping.
+
+Per-step values stay on the device as tensors and are read back once per flush, so telemetry adds no host sync and
+no tracking request per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
+from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
+
+__all__ = [
+    "LastCheckpoint",
+    "GradientNorms",
+    "NonFiniteGuard",
+    "StepTelemetry",
+    "IterateAveraging",
+    "ConvergenceEarlyStopping",
+]
+
+
+class _CachedStateKey:
+    """Compute ``state_key`` once: Lightning formats it on every hook dispatch, for every callback, every step."""
+
+    @property
+    def state_key(self) -> str:
+        key = self.__dict__.get("_cached_state_key")
+        if key is None:
+            key = self.__dict__["_cached_state_key"] = super().state_key
+        return key
+
+
+class LastCheckpoint(_CachedStateKey, ModelCheckpoint):
+    """``ModelCheckpoint`` keeping only ``last.ckpt``, written every ``every_seconds`` of training.
+
+    Time-based rather than per-epoch: with small data an epoch can take milliseconds, and a checkpoint each epoch
+    would cost more than the training.
+    """
+
+    def __init__(self, dirpath, every_seconds: float):
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
+                         train_time_interval=timedelta(seconds=every_seconds))
+
+
+class GradientNorms(pl.Callback):
+    """Record the L2 gradient norm of every trained parameter, in ``pl_module.step_stats["grad_norm/<name>"]``.
+
+    One fused ``_foreach_norm`` per step; the total norm and the non-finite count are derived on the host when the
+    telemetry is flushed, so this adds no host sync.
+    """
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        named = [(n, p.grad) for n, p in pl_module.trained_parameters() if p.grad is not None]
+        if named:
+            norms = torch._foreach_norm([g for _, g in named])
+            pl_module.step_stats.update({f"grad_norm/{name}": norm for (name, _), norm in zip(named, norms)})
+
+
+class NonFiniteGuard(pl.Callback):
+    """Stop training once a NaN/inf appears in the ELBO terms or gradient norms, and say when.
+
+    Checks every ``check_every_n_steps`` steps (one host sync each): a non-finite value poisons the parameters, so it
+    is still visible at the next check. ``failure_reason`` is set when it fires; the caller marks the run FAILED.
+    """
+
+    def __init__(self, check_every_n_steps: int = 50):
+        self.check_every_n_steps = check_every_n_steps
+        self.failure_reason: str | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.check(trainer, pl_module)
+
+    def check(self, trainer, pl_module) -> None:
+        stats = pl_module.step_stats
+        if not stats or self.failure_reason is not None:
+            return
+        bad = [name for name, value in stats.items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            self.failure_reason = (
+                f"non-finite {', '.join(bad)} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                "training stopped and nothing is registered"
+            )
+            trainer.should_stop = True
+
+
+class StepTelemetry(pl.Callback):
+    """Collect every SVI step's scalars and hand them to ``sink`` in batches of ``flush_every_n_steps`` steps.
+
+    Per step it stacks the step's scalars into one device tensor (no sync); a flush reads them back in one transfer
+    and adds ``grad_norm/total``, ``nan_count`` (non-finite values among the step's scalars) and ``lr``.
+    The series are fixed at the first step, so this callback goes after :class:`GradientNorms` in the list.
+
+    Args:
+        sink: called as ``sink(names, rows)`` with ``rows = [(step, timestamp_ms, [values...]), ...]``.
+        flush_every_n_steps: steps per batch sent to the sink.
+    """
+
+    def __init__(self, sink: Callable[[list[str], list], None], flush_every_n_steps: int = 500):
+        self.sink = sink
+        self.flush_every_n_steps = flush_every_n_steps
+        self.names: list[str] | None = None
+        self._values: list[torch.Tensor] = []
+        self._meta: list[tuple[int, float, int]] = []
+        #: Every step's ``elbo`` (host floats), for the ELBO-curve plot.
+        self.elbo_history: list[tuple[int, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        stats = pl_module.step_stats
+        if self.names is None:
+            self.names = sorted(stats)
+        self._values.append(torch.stack([stats[name] for name in self.names]))
+        self._meta.append((trainer.global_step, optimizer.param_groups[0]["lr"], int(time.time() * 1000)))
+        if len(self._values) >= self.flush_every_n_steps:
+            self.flush()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if not self._values:
+            return
+        table = torch.stack(self._values).float().cpu()
+        grad_cols = [i for i, name in enumerate(self.names) if name.startswith("grad_norm/")]
+        total = table[:, grad_cols].pow(2).sum(1).sqrt() if grad_cols else torch.zeros(len(table))
+        nan_count = (~torch.isfinite(table)).sum(1).float()
+        full = torch.cat([table, total[:, None], nan_count[:, None]], 1).tolist()
+        names = [*self.names, "grad_norm/total", "nan_count", "lr"]
+        rows = [(step, ts, [*values, lr]) for (step, lr, ts), values in zip(self._meta, full)]
+        elbo_at = names.index("elbo")
+        self.elbo_history.extend((step, values[elbo_at]) for step, _, values in rows)
+        self._values, self._meta = [], []
+        self.sink(names, rows)
+
+
+class IterateAveraging(pl.Callback):
+    """Polyak-Ruppert averaging of the variational parameters over the last ``fraction`` of the planned steps.
+
+    Averaging the iterates of a decaying-step SGD removes the jitter that minibatch noise leaves in the final iterate
+    (Polyak & Juditsky 1992); it uses :class:`torch.optim.swa_utils.AveragedModel` with fused updates. At the end of
+    training the averaged parameters are copied into the family.
+    """
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+        self.averaged: AveragedModel | None = None
+        self.start_step: int | None = None
+        self.num_averaged = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        total = int(getattr(pl_module, "planned_steps", trainer.estimated_stepping_batches))
+        self.start_step = int(total * (1.0 - self.fraction)) if self.fraction > 0 else None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # The parameters here are the iterate produced by the previous step.
+        if self.start_step is None or trainer.global_step <= self.start_step:
+            return
+        if self.averaged is None:
+            self.averaged = AveragedModel(pl_module.family, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
+        self.averaged.update_parameters(pl_module.family)
+        self.num_averaged += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.averaged is None:
+            return
+        self.averaged.update_parameters(pl_module.family)  # include the final iterate
+        with torch.no_grad():
+            for target, source in zip(pl_module.family.parameters(), self.averaged.module.parameters()):
+                target.copy_(source)
+
+
+class ConvergenceEarlyStopping(_CachedStateKey, EarlyStopping):
+    """Early stopping on validation ELBO that refuses to stop while the variational scales are still moving.
+
+    A flat ELBO can hide posterior SDs that are still far too wide (the ELBO is insensitive to them near the
+    optimum), so stopping also requires ``max |log sd_now - log sd_then| <= scale_rtol`` over the last ``patience``
+    validation checks.
+    """
+
+    def __init__(self, *, scale_rtol: float, **kwargs):
+        super().__init__(**kwargs)
+        self.scale_rtol = scale_rtol
+        self._log_sd_history: list[torch.Tensor] = []
+        self.last_scale_change: float | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        log_sd = pl_module.family.stddev.detach().log().cpu()
+        self._log_sd_history.append(log_sd)
+        then = self._log_sd_history[max(0, len(self._log_sd_history) - 1 - self.patience)]
+        self.last_scale_change = float((log_sd - then).abs().max())
+        self._log_sd_history = self._log_sd_history[-(self.patience + 1) :]
+        super().on_validation_end(trainer, pl_module)
+
+    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        should_stop, reason = super()._evaluate_stopping_criteria(current)
+        stalled = should_stop and bool(torch.isfinite(current)) and self.wait_count >= self.patience
+        if stalled and self.last_scale_change is not None and self.last_scale_change > self.scale_rtol:
+            self.wait_count = 0  # the posterior is still tightening: not converged, keep going
+            self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+            return False, None
+        if should_stop and reason:
+            reason = f"{reason} Variational scales moved by at most {self.last_scale_change:.2%} over that window."
+        return should_stop, reason
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["log_sd_history"] = copy.deepcopy(self._log_sd_history)
+        return state

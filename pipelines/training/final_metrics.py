@@ -1,0 +1,61 @@
+"""What a finished fit is measured by before it is logged: held-out ELBO and NLL, calibration, PSIS k-hat, gaps.
+
+Global-latent models get the validation/test ELBO per datum and predictive NLL, the PSIS k-hat and the
+approximation gap on the training rows (Yao et al. 2018), calibration on the test split (else validation) with its
+plot, and the SD ratio to the Laplace approximation when the family was started from it. Amortized models get
+:func:`~pipelines.diagnostics.amortization.amortized_final_metrics`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.diagnostics import importance_diagnostics
+from pipelines.config.schema import TrainConfig
+from pipelines.training.data import PreparedData
+from pipelines.training.evaluation import calibration_metrics, held_out_metrics, split_tensors
+from pipelines.training.fit import Fit
+from pipelines.training.result import TrainingFailed
+
+__all__ = ["final_metrics"]
+
+
+def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: Path) -> tuple[dict[str, float],
+                                                                                            Path | None]:
+    """``(metrics, calibration plot or None)`` of a finished fit, logged as ``final/<name>``.
+
+    Raises:
+        TrainingFailed: a metric is NaN/inf (the posterior is unusable).
+    """
+    settings = config.train
+    calibration_plot = None
+    if done.family is None:
+        from pipelines.diagnostics.amortization import amortized_final_metrics
+
+        splits = {"validation": done.val_xy[0],
+                  "test": split_tensors(data.test, data.features, data.target, done.stats)[0]}
+        metrics = amortized_final_metrics(done.model, splits, done.train_xy[0], settings, config.amortization)
+        if done.gaps is not None:
+            metrics["amortization_time_fraction"] = done.gaps.seconds / done.seconds if done.seconds > 0 else 0.0
+    else:
+        model, family = done.module.model, done.module.family
+        metrics = held_out_metrics(model, family, data, done.stats, settings)
+        importance = importance_diagnostics(model, family, *done.train_xy, num_samples=settings.khat_samples,
+                                            seed=settings.seed)
+        metrics.update({"psis_khat": importance.khat, "train_elbo": importance.elbo, "train_iwae": importance.iwae,
+                        "approximation_gap": importance.approximation_gap})
+        calibration, calibration_plot = calibration_metrics(model, family, data, done.stats, settings, workdir,
+                                                            config.name)
+        metrics.update(calibration)
+        if done.laplace is not None:  # q much narrower than the Laplace Gaussian: the signature of a too-simple family
+            ratio = family.stddev.detach().cpu() / done.laplace.marginal_sd
+            metrics.update({"sd_ratio_to_laplace_min": float(ratio.min()),
+                            "sd_ratio_to_laplace_max": float(ratio.max())})
+    steps = float(done.trainer.global_step)
+    metrics.update({"train_seconds": done.seconds, "steps": steps, "epochs": float(done.trainer.current_epoch)})
+    metrics["steps_per_second"] = steps / done.seconds if done.seconds > 0 else 0.0
+    if not all(np.isfinite(v) for v in metrics.values()):
+        raise TrainingFailed(f"final metrics are not finite: {metrics}")
+    return metrics, calibration_plot

@@ -1,0 +1,200 @@
+"""The SVI fit of one run: model, variational family and Lightning module from the config, callbacks, the Trainer.
+
+:func:`fit` is the middle of a training run (:mod:`pipelines.training.run` opens and closes the MLflow run around
+it, and :mod:`pipelines.training.final_metrics` measures what it produced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.laplace import laplace_approximation
+from pipelines.build import build_family, build_model
+from pipelines.config.schema import TrainConfig
+from pipelines.run_artifacts import CHECKPOINTS_DIR
+from pipelines.training.data import PreparedData
+from pipelines.training.evaluation import split_tensors, standardization
+from pipelines.training.result import DDP_RUN_ID_ENV, TrainingFailed
+
+__all__ = ["Fit", "fit"]
+
+
+@dataclass
+class Fit:
+    """What a finished fit leaves for the final metrics and artifacts.
+
+    Attributes:
+        trainer, module: the Lightning objects (``trainer.global_step``, ``module.model``/``module.family``).
+        model, family: the model and its variational family (``family`` is None for an amortized model).
+        laplace: the Laplace approximation the family was started from (``guide.precondition: laplace``), or None.
+        stats: the standardisation of the training split, or None.
+        train_xy, val_xy: the tensors trained and validated on.
+        telemetry, stopper, gaps: the step-telemetry, early-stopping and amortization-gap callbacks (or None).
+        seconds: wall time of ``trainer.fit``.
+    """
+
+    trainer: object
+    module: object
+    model: object
+    family: object
+    laplace: object
+    stats: dict | None
+    train_xy: tuple
+    val_xy: tuple
+    telemetry: object
+    stopper: object
+    gaps: object
+    seconds: float
+
+
+def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, sink, workdir: Path,
+        num_classes: int | None, rank: int = 0) -> Fit:
+    """Build the model, family and Lightning module of ``config`` and run SVI on ``data``.
+
+    Raises:
+        TrainingFailed: the NaN/inf guard stopped the fit.
+    """
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    from pipelines.training.callbacks import (
+        ConvergenceEarlyStopping,
+        GradientNorms,
+        IterateAveraging,
+        LastCheckpoint,
+        NonFiniteGuard,
+        StepTelemetry,
+    )
+    from pipelines.training.svi_module import SVIModule
+
+    settings = config.train
+    classify = num_classes is not None
+    amortized = config.model.kind == "vae"
+    stats = standardization(data, classify=classify) if config.data.standardize else None
+    train_xy = split_tensors(data.train, data.features, data.target, stats, classify=classify)
+    val_xy = split_tensors(data.validation, data.features, data.target, stats, classify=classify)
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+    model = build_model(config.model, len(data.features), num_classes)
+    family = laplace = None
+    if amortized:
+        from pipelines.training.amortized_module import AmortizedSVIModule
+
+        module = AmortizedSVIModule(model, config.objective, settings, train_xy,
+                                    val_xy if len(data.validation) else None,
+                                    active_unit_threshold=config.amortization.active_unit_threshold)
+    else:
+        family = build_family(config.guide, model.latent_dim, init_loc=model.initial_loc())
+        if config.guide.precondition == "laplace":
+            laplace = _precondition(client if rank == 0 else None, run_id, model, family, train_xy)
+        module = SVIModule(model, family, settings, train_xy, val_xy if len(data.validation) else None)
+
+    telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
+    guard = NonFiniteGuard()
+    callbacks = [GradientNorms(), guard, telemetry]
+    if not amortized:
+        callbacks.append(IterateAveraging(settings.average_last))
+    stopper = gaps = None
+    if settings.early_stopping.enabled and len(data.validation):
+        es = settings.early_stopping
+        if amortized:  # no variational scales to wait for: the encoder's output is per row
+            stopper = EarlyStopping(monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta)
+        else:
+            stopper = ConvergenceEarlyStopping(
+                monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta, scale_rtol=es.scale_rtol
+            )
+        callbacks.append(stopper)
+    if amortized and len(data.validation):
+        from pipelines.diagnostics.amortization import AmortizationDiagnostics
+
+        gaps = AmortizationDiagnostics(val_xy[0][: config.amortization.subsample], config.amortization,
+                                       every_n_validations=config.amortization.every_n_validations, seed=settings.seed)
+        callbacks.append(gaps)
+    batches_per_epoch = -(-module.steps_per_epoch // settings.steps_per_batch)
+    show_progress = settings.progress_bar and sys.stderr.isatty()
+    if show_progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
+    checkpoint = LastCheckpoint(workdir / CHECKPOINTS_DIR, every_seconds=settings.checkpoint_every_seconds)
+    callbacks.append(checkpoint)
+    logger = MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id)
+    trainer = pl.Trainer(
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        max_epochs=settings.max_epochs,
+        # Early stopping may only cut the second half of the averaging window: before that the step size is still
+        # too large for the iterates to have settled, however flat the validation ELBO looks.
+        min_steps=0 if amortized else int(module.planned_steps * (1.0 - settings.average_last / 2)),
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=show_progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        check_val_every_n_epoch=None,
+        val_check_interval=_validation_interval(module, settings),
+        strategy=settings.strategy,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=str(workdir),
+    )
+    if settings.world_size > 1 and rank == 0:
+        os.environ[DDP_RUN_ID_ENV] = run_id  # the launched ranks join this run (see train)
+        client.set_tag(run_id, "viops.world_size", str(settings.world_size))
+    started = time.perf_counter()
+    with _tuned_for_training(sink):
+        trainer.fit(module)
+        sink.close()  # every step's metrics are delivered before the run can be registered
+    seconds = time.perf_counter() - started
+    if guard.failure_reason:
+        raise TrainingFailed(guard.failure_reason)
+    trainer.save_checkpoint(workdir / CHECKPOINTS_DIR / "last.ckpt")
+    return Fit(trainer, module, model, family, laplace, stats, train_xy, val_xy, telemetry, stopper, gaps, seconds)
+
+
+#: Validate at least this many times per run, however short, so that every run has a validation curve.
+MIN_VALIDATIONS_PER_RUN = 20
+
+
+def _validation_interval(module, settings) -> int:
+    """Lightning batches between validations: every ``val_every_n_steps`` steps, or more often for short runs."""
+    steps = max(1, min(settings.val_every_n_steps, module.planned_steps // MIN_VALIDATIONS_PER_RUN))
+    steps_per_batch = min(settings.steps_per_batch, module.steps_per_epoch)
+    return max(1, round(steps / steps_per_batch))
+
+
+@contextlib.contextmanager
+def _tuned_for_training(sink):
+    """Process settings for the fit: leave a core to a telemetry writer process, and freeze the GC's old heap."""
+    from pipelines.training.telemetry import MlflowMetricSink
+
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(sink, MlflowMetricSink) and cores > 1 and threads >= cores:
+        torch.set_num_threads(cores - 1)
+    # The training loop allocates many short-lived objects; full collections would rescan the large heap of imported
+    # libraries each time. Freeze that heap for the duration of the fit (and give it back afterwards).
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        torch.set_num_threads(threads)
+
+
+def _precondition(client, run_id: str, model, family, train_xy):
+    """Centre the family at the posterior mode, in units of the Laplace marginal SDs (``guide.precondition``)."""
+    try:
+        laplace = laplace_approximation(model, *train_xy)
+    except ValueError as exc:
+        raise TrainingFailed(f"guide.precondition=laplace: {exc}") from exc
+    family.precondition(laplace.mode, laplace.marginal_sd, laplace.scale_tril)
+    if client is not None:
+        client.log_metric(run_id, "laplace/log_joint_at_mode", laplace.log_joint)
+    return laplace

@@ -1,0 +1,200 @@
+"""One training run in MLflow: validated data -> a new run -> the SVI fit -> final metrics -> artifacts.
+
+:func:`run_training` opens the run, tags it (data fingerprint, config hash, model kind, family, git commit), and
+closes it FINISHED, or FAILED with the reason when anything raises. Bad config or data fail before a run exists.
+Registration and the first champion are the lifecycle's (:func:`pipelines.lifecycle.train.train`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pipelines.config.loading import config_hash
+from pipelines.config.schema import TrainConfig
+from pipelines.run_artifacts import DIAGNOSTICS_DIR, write_resolved_config
+from pipelines.tracking import resolve_tracking_uri
+from pipelines.training.artifacts import log_training_artifacts
+from pipelines.training.data import PreparedData, check_counts, count_classes, prepare
+from pipelines.training.final_metrics import final_metrics
+from pipelines.training.fit import Fit, fit
+from pipelines.training.result import DDP_RUN_ID_ENV, TrainingFailed, TrainingResult
+
+__all__ = ["run_training"]
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    prepared: PreparedData | None = None,
+    tracking_uri: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> TrainingResult:
+    """Train ``config`` by minibatch SVI in a new MLflow run and log everything; registers nothing.
+
+    Raises:
+        DataError: the data is missing or invalid (before any MLflow run is created).
+        TrainingFailed: training diverged (NaN/inf); the run is FAILED.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    data = prepared if prepared is not None else prepare(config.data)
+    task = config.model.task
+    num_classes = count_classes(data, getattr(config.model, "num_classes", None)) if task == "classification" else None
+    if config.model.kind == "vae":
+        check_counts(data, config.model.total_count if config.model.likelihood == "binomial" else 1)
+    uri = resolve_tracking_uri(tracking_uri)
+    worker = _ddp_worker_rank()
+    if worker:
+        # Lightning's DDP launcher re-ran this command for another device: join the run that rank 0 created.
+        run_id = os.environ[DDP_RUN_ID_ENV]
+        return _train_in_run(config, data, None, uri, run_id, "", num_classes, rank=worker)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment_name)
+    commit = _git_commit()
+    tags = {
+        "viops.data_fingerprint": data.fingerprint,
+        "viops.config_hash": config_hash(config),
+        "viops.model_kind": config.model.kind,
+        "viops.guide_family": config.guide.family,
+        "viops.objective": config.objective.name,
+        "viops.task": task,
+        "viops.data_source": data.source,
+        "mlflow.source.git.commit": commit,
+        "git_commit": commit,
+        **(tags or {}),
+    }
+    run = client.create_run(experiment_id, run_name=run_name or f"{config.name}-train", tags=tags)
+    run_id = run.info.run_id
+    try:
+        result = _train_in_run(config, data, client, uri, run_id, experiment_id, num_classes)
+    except BaseException as exc:
+        reason = str(exc) or type(exc).__name__
+        client.set_tag(run_id, "viops.failure_reason", reason[:5000])
+        client.set_terminated(run_id, status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
+        if isinstance(exc, TrainingFailed):
+            exc.run_id = run_id
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return result
+
+
+def _ddp_worker_rank() -> int:
+    """This process's rank when it is a DDP worker launched by rank 0 of a viops run, else 0."""
+    if DDP_RUN_ID_ENV not in os.environ:
+        return 0
+    return int(os.environ.get("LOCAL_RANK", "0")) + int(os.environ.get("NODE_RANK", "0")) * 1_000_000
+
+
+def _train_in_run(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, experiment_id: str,
+                  num_classes: int | None, rank: int = 0) -> TrainingResult:
+    from pipelines.training.svi_module import planned_steps
+    from pipelines.training.telemetry import make_sink
+
+    # Start the writer now: a writer process's start-up then overlaps the set-up below.
+    sink = make_sink(uri, run_id, planned_steps=planned_steps(len(data.train), config.train, config.train.world_size),
+                     enabled=config.train.log_step_metrics and rank == 0)
+    workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))  # checkpoints and artifacts before upload
+    try:
+        if rank == 0:
+            _log_inputs(client, run_id, config, data)
+        done = fit(config, data, client, uri, run_id, sink, workdir, num_classes, rank)
+        if done.trainer.global_rank != 0:
+            return TrainingResult(run_id, experiment_id, uri, config.model_name, None, (), {}, data.fingerprint,
+                                  registration=f"DDP rank {done.trainer.global_rank}: rank 0 logs and registers",
+                                  rank=rank)
+        metrics, calibration_plot = final_metrics(config, data, done, workdir)
+        stopped = _log_outputs(client, run_id, config, data, done, metrics, calibration_plot, workdir)
+    finally:
+        sink.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return TrainingResult(run_id=run_id, experiment_id=experiment_id, tracking_uri=uri, model_name=config.model_name,
+                          model_version=None, aliases=(), metrics=metrics, data_fingerprint=data.fingerprint,
+                          stopped_reason=stopped, registration="registration disabled")
+
+
+def _log_inputs(client, run_id: str, config: TrainConfig, data: PreparedData) -> None:
+    """The resolved config (as params and as ``config/resolved_config.yaml``) and the training split as input."""
+    import mlflow
+
+    resolved = config.model_dump(mode="json")
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in _flatten(resolved).items()])
+    write_resolved_config(client, run_id, config)
+    _log_dataset_input(client, run_id, data)
+
+
+def _log_outputs(client, run_id: str, config: TrainConfig, data: PreparedData, done: Fit, metrics: dict[str, float],
+                 calibration_plot: Path | None, workdir: Path) -> str:
+    """``final/*`` metrics, the stopping reason, every artifact and the pyfunc model; returns why training stopped
+    early ("" when it ran to ``max_epochs``)."""
+    import mlflow
+
+    step = done.trainer.global_step
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"final/{k}", v, int(time.time() * 1000), step)
+                                      for k, v in metrics.items()])
+    stopper = done.stopper
+    stopped = stopper.stopping_reason_message if stopper is not None and stopper.stopped_epoch else ""
+    client.set_tag(run_id, "viops.stopped_reason", stopped or f"reached max_epochs={config.train.max_epochs}")
+    log_training_artifacts(client, run_id, config, data, done.model, done.family, done.stats,
+                           done.telemetry.elbo_history, workdir)
+    if calibration_plot is not None:
+        client.log_artifact(run_id, str(calibration_plot), DIAGNOSTICS_DIR)
+    if done.gaps is not None and done.gaps.history:
+        from pipelines.training.plots import plot_amortization_gaps
+
+        plot = plot_amortization_gaps(done.gaps.history, workdir / "amortization_gaps.png",
+                                      f"{config.name}: inference gaps")
+        client.log_artifact(run_id, str(plot), DIAGNOSTICS_DIR)
+    return stopped
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return flat
+
+
+def _log_dataset_input(client, run_id: str, data: PreparedData) -> None:
+    """Record the training split as the run's input dataset (schema from the validated dtypes: no inference pass)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import ColSpec, Schema
+
+    columns = [*data.features, data.target]
+    schema = Schema([ColSpec("double", name) for name in columns])
+    rows = len(data.train)
+    source_type = "code" if data.source.startswith("sklearn:") else "local"
+    dataset = Dataset(
+        name=f"train-{data.fingerprint}",
+        digest=data.fingerprint,
+        source_type=source_type,
+        source=json.dumps({"uri": data.source}),
+        schema=json.dumps({"mlflow_colspec": schema.to_dict()}),
+        profile=json.dumps({"num_rows": rows, "num_elements": rows * len(columns)}),
+    )
+    tag = InputTag(key="mlflow.data.context", value="training")
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[tag])])

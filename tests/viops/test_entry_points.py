@@ -1,0 +1,40 @@
+"""``viops`` (the console script), ``python -m viops`` and the parser are one command with one list of commands."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+from viops.cli import build_parser
+
+COMMANDS = ["prepare", "train", "register", "conformance", "compare", "evaluate", "promote", "rollback", "score",
+            "simulate", "monitor", "alerts"]
+
+
+def _commands(help_text: str) -> list[str]:
+    """The command names listed under "positional arguments" of a ``--help`` text."""
+    return re.findall(r"^    ([a-z]+)\b", help_text, re.M)
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_every_entry_point_lists_the_same_commands():
+    module = _run(sys.executable, "-m", "viops", "--help")
+    script = _run(str(Path(sys.executable).parent / "viops"), "--help")
+    assert module.returncode == script.returncode == 0, module.stderr + script.stderr
+    assert _commands(module.stdout) == _commands(script.stdout) == _commands(build_parser().format_help()) == COMMANDS
+
+
+def test_version_is_the_installed_distributions():
+    out = _run(sys.executable, "-m", "viops", "--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"viops {version('viops')}"
+
+
+def test_an_unknown_command_is_a_usage_error_naming_the_choices():
+    out = _run(sys.executable, "-m", "viops", "trian")
+    assert out.returncode == 2 and "invalid choice: 'trian'" in out.stderr and "train" in out.stderr

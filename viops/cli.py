@@ -1,0 +1,74 @@
+"""The ``viops`` command: every subcommand of the product in one parser (``python -m viops`` is the same).
+
+Bad input exits 2 with a one-line error on stderr naming the problem, and changes nothing in the registry; a training
+run that diverged exits 3; ``viops evaluate`` exits 1 when the gate rejects. docs/architecture.md shows which layer
+each command calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+
+from viops.commands import monitoring, registry, training
+from viops.commands.common import EXIT_BAD_INPUT, EXIT_TRAINING_FAILED
+
+__all__ = ["main", "build_parser", "quiet_libraries"]
+
+
+def _version() -> str:
+    try:
+        return version("viops")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``viops`` parser with every command."""
+    parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
+    parser.add_argument("--version", action="version", version=f"viops {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (training, registry, monitoring):
+        group.add_commands(sub)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep MLflow, Alembic and Lightning start-up chatter out of the command's own output."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pytorch_lightning.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from pipelines.config.base import ConfigError
+    from pipelines.diagnostics.compare import CompareError
+    from pipelines.diagnostics.posteriordb import PosteriorDBError
+    from pipelines.registry.versions import RegistryError
+    from pipelines.tables import DataError
+    from pipelines.training.result import TrainingFailed
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, RegistryError, PosteriorDBError, CompareError) as exc:
+        print(f"viops {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingFailed as exc:
+        where = f" (MLflow run {exc.run_id} marked FAILED)" if exc.run_id else ""
+        print(f"viops {args.command}: training failed: {exc}{where}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

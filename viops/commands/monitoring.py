@@ -1,0 +1,93 @@
+"""``viops simulate | monitor | alerts``: production windows, one window through checks, SLOs, metrics and decision,
+and the Prometheus alert rules rendered from the SLOs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from viops.commands.common import REPO, client, common, emit
+
+
+def _cmd_simulate(args) -> int:
+    from monitoring.scenarios import load_scenario, simulate
+
+    scenario, training = load_scenario(args.config)
+    store = simulate(scenario, training, args.out)
+    windows = store.windows()
+    payload = {"scenario": scenario.name, "kind": scenario.scenario, "out": str(store.root.resolve()),
+               "windows": [store.meta(w) for w in windows]}
+    affected = sum(1 for w in payload["windows"] if w.get("affected"))
+    emit(payload, args.json, f"wrote {len(windows)} windows of {scenario.rows_per_window} rows "
+                              f"({scenario.scenario}, {affected} affected) to {store.root}")
+    return 0
+
+
+def _cmd_monitor(args) -> int:
+    from monitoring.config import load_checks_config
+    from monitoring.monitor import run_monitor
+    from monitoring.runbooks import load_runbooks
+    from monitoring.slo import load_slos
+    from pipelines.registry.audit import default_actor
+
+    mlflow_client, uri = client(args)
+    result = run_monitor(
+        mlflow_client, model=args.model, window_path=args.window, tracking_uri=uri, alias=args.alias,
+        window_id=args.window_id, checks=load_checks_config(args.checks), slos=load_slos(args.slo),
+        runbooks=load_runbooks(args.runbooks), state_dir=args.state_dir, pushgateway=args.pushgateway,
+        textfile=args.textfile, execute=args.execute, actor=args.actor or default_actor(),
+    )
+    decision = result["decision"]
+    breached = [s["name"] for s in result["slo"] if s["status"] == "breach"]
+    human = (f"{args.model}@{args.alias} v{result['version']} window {result['window']}: "
+             f"drift share {result['drift']['share'] if result['drift'] else 'n/a'}, "
+             f"breached {', '.join(breached) or 'nothing'} -> {decision['action']}"
+             + (f" ({decision['runbook']})" if decision["runbook"] else "") + f": {decision['reason']}")
+    emit({**result, "tracking_uri": uri}, args.json, human)
+    return 0
+
+
+def _cmd_alerts(args) -> int:
+    from monitoring.alerts import dump, render_rules
+    from monitoring.slo import load_slos
+
+    text = dump(render_rules(load_slos(args.slo)))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote the alert rules of {args.slo} to {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add the simulate, monitor and alerts commands to the ``viops`` parser."""
+    p = sub.add_parser("simulate", help="write simulated production windows under a named scenario")
+    common(p, config=False)
+    p.add_argument("--config", required=True, help="scenario config (configs/scenarios/*.yaml)")
+    p.add_argument("--out", required=True, help="window store directory (one Parquet partition per window)")
+    p.set_defaults(func=_cmd_simulate)
+    p = sub.add_parser("monitor", help="check one window against the champion, evaluate SLOs, push metrics, decide")
+    common(p, config=False)
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--window", required=True, help="CSV/Parquet window: features, and labels/predictions if known")
+    p.add_argument("--window-id", help="window id (default: its window=... partition, else the file name)")
+    p.add_argument("--alias", default="champion", help="the alias to watch (default champion)")
+    p.add_argument("--checks", default=str(REPO / "configs" / "monitoring.yaml"), help="monitoring config")
+    p.add_argument("--slo", default=str(REPO / "configs" / "slo.yaml"), help="SLO file")
+    p.add_argument("--runbooks", default=str(REPO / "runbooks"), help="runbook directory")
+    p.add_argument("--state-dir", help="SLO history, incidents and metrics file (default: .viops-monitor beside "
+                                       "the window)")
+    p.add_argument("--pushgateway", default=os.environ.get("VIOPS_PUSHGATEWAY"),
+                   help="Pushgateway URL (default $VIOPS_PUSHGATEWAY; else metrics go to a text file)")
+    p.add_argument("--textfile", help="metrics text file (default: <state dir>/<model>@<alias>.prom)")
+    p.add_argument("--execute", action="store_true",
+                   help="carry out the decision now: roll back, or retrain on the data plus this window and gate")
+    p.add_argument("--actor", help="who acts (default $VIOPS_ACTOR, else the OS user)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=_cmd_monitor)
+    p = sub.add_parser("alerts", help="render the Prometheus alert rules from the SLO file")
+    p.add_argument("--slo", default=str(REPO / "configs" / "slo.yaml"), help="SLO file (default configs/slo.yaml)")
+    p.add_argument("--out", help="rules file to write (default: stdout), e.g. monitoring/prometheus/alerts.yml")
+    p.set_defaults(func=_cmd_alerts)

@@ -1,0 +1,112 @@
+"""``viops evaluate | promote | rollback | score``: the gate, moving the champion, and batch scoring."""
+
+from __future__ import annotations
+
+import json
+
+from viops.commands.common import EXIT_REJECTED, client, common, emit
+
+
+def _cmd_evaluate(args) -> int:
+    from pipelines.config.loading import load_gate_config
+    from pipelines.registry.gate import evaluate
+
+    mlflow_client, uri = client(args)
+    gate = load_gate_config(args.config) if args.config else None
+    verdict = evaluate(mlflow_client, args.model, tracking_uri=uri, candidate=args.candidate, against=args.against,
+                       data=args.data, gate=gate, log=not args.no_log)
+    emit({**verdict.to_json(), "tracking_uri": uri}, args.json, verdict.summary())
+    return 0 if verdict.passed else EXIT_REJECTED
+
+
+def _cmd_promote(args) -> int:
+    from pipelines.registry.audit import default_actor
+    from pipelines.registry.promotion import promote
+
+    mlflow_client, uri = client(args)
+    change = promote(mlflow_client, args.model, args.version, reason=args.reason, actor=args.actor or default_actor(),
+                     audit_log=args.audit_log, force=args.force, trigger=_trigger(args))
+    emit({**change.to_json(), "tracking_uri": uri}, args.json, change.message)
+    return 0
+
+
+def _cmd_rollback(args) -> int:
+    from pipelines.registry.audit import default_actor
+    from pipelines.registry.promotion import rollback
+
+    mlflow_client, uri = client(args)
+    change = rollback(mlflow_client, args.model, reason=args.reason, actor=args.actor or default_actor(),
+                      audit_log=args.audit_log, trigger=_trigger(args))
+    emit({**change.to_json(), "tracking_uri": uri}, args.json, change.message)
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from pipelines.serving.scoring import score_file
+
+    mlflow_client, uri = client(args)
+    result = score_file(mlflow_client, args.model, args.input, args.output, tracking_uri=uri, batch_size=args.batch_size,
+                        num_samples=args.num_samples)
+    summary = result.to_json()
+    human = (f"scored {result.rows} rows with version {result.version} of {result.model} in {result.seconds:.2f}s "
+             f"({summary['rows_per_second']:.0f} rows/s, {summary['batches']} batches, batch p95 "
+             f"{summary['batch_latency_ms']['p95']:.1f} ms) -> {result.output}")
+    emit({**summary, "tracking_uri": uri}, args.json, human)
+    return 0
+
+
+def _audited(p) -> None:
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--actor", help="who asks (default: $VIOPS_ACTOR, else the OS user)")
+    p.add_argument("--audit-log", help="local audit file (default: $VIOPS_AUDIT_LOG, else ./viops-audit.jsonl)")
+    p.add_argument("--trigger", help="JSON object recorded with the audit record (e.g. the Airflow run)")
+    p.add_argument("--tracking-uri")
+
+
+def _trigger(args) -> dict:
+    from pipelines.config.base import ConfigError
+
+    if not args.trigger:
+        return {}
+    try:
+        trigger = json.loads(args.trigger)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--trigger must be a JSON object: {exc}") from None
+    if not isinstance(trigger, dict):
+        raise ConfigError(f"--trigger must be a JSON object, got {type(trigger).__name__}")
+    return trigger
+
+
+def add_commands(sub) -> None:
+    """Add the evaluate, promote, rollback, score commands to the ``viops`` parser."""
+    p = sub.add_parser("evaluate", help="the gate: score a candidate and the champion on the same data, apply thresholds")
+    common(p, config=False)
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--candidate", help="version number or @alias to evaluate (default @challenger)")
+    p.add_argument("--against", help="version number or @alias to compare with (default @champion)")
+    p.add_argument("--data", help="CSV/Parquet with features and target (default: the candidate's held-out split)")
+    p.add_argument("--config", help="YAML with a 'gate:' section (default: the candidate's training config)")
+    p.add_argument("--no-log", action="store_true", help="do not log the verdict to MLflow or tag the version")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("promote", help="make a version champion (the old champion becomes previous-champion)")
+    common(p, config=False)
+    _audited(p)
+    p.add_argument("--version", required=True, help="version number or @alias")
+    p.add_argument("--reason", default="promoted with viops promote", help="why (recorded in the audit trail)")
+    p.add_argument("--force", action="store_true", help="promote even though the gate rejected the version")
+    p.set_defaults(func=_cmd_promote)
+    p = sub.add_parser("rollback", help="make previous-champion the champion again; tag the demoted version")
+    common(p, config=False)
+    _audited(p)
+    p.add_argument("--reason", required=True, help="why (recorded in the audit trail and on the demoted version)")
+    p.set_defaults(func=_cmd_rollback)
+    p = sub.add_parser("score", help="batch predictions with uncertainty from a registered version")
+    common(p, config=False)
+    p.add_argument("--model", required=True, help="NAME (its champion), NAME@alias or NAME/version")
+    p.add_argument("--input", required=True, help="CSV or Parquet with the model's feature columns")
+    p.add_argument("--output", required=True, help="CSV or Parquet to write (with <output>.latency.json beside it)")
+    p.add_argument("--batch-size", type=int, default=10_000, help="rows per predict call (default 10000)")
+    p.add_argument("--num-samples", type=int, help="posterior draws per row (default: the model's)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=_cmd_score)
