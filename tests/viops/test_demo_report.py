@@ -31,3 +31,10 @@ def test_each_check_fails_on_its_own():
     assert [c["ok"] for c in acceptance_checks(rejected, start=6, bad_before=9, bad_version="3")][1:3] == [True, False]
     kept = _rows({6: "retrain", 9: "none"}, {**GOOD["champions"], 9: ("3", "3")})
     assert acceptance_checks(kept, start=6, bad_before=9, bad_version="3")[3]["ok"] is False
+
+
+def test_the_report_links_runbooks_of_the_repository():
+    """summary.md links each firing alert to runbooks/<alert>.md of this checkout."""
+    from viops.demo.report import REPO
+
+    assert (REPO / "runbooks" / "ViopsDataDrift.md").is_file()

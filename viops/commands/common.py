@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from viops import REPO
 
 __all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_BAD_INPUT", "EXIT_TRAINING_FAILED", "REPO", "common", "client", "emit"]
 
@@ -16,8 +17,6 @@ EXIT_OK = 0
 EXIT_REJECTED = 1  # viops evaluate: the gate rejected the candidate (the verdict is printed all the same)
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 3
-#: The repository root: the shipped configs/ and runbooks/ are the defaults of the monitoring commands.
-REPO = Path(__file__).resolve().parents[2]
 
 
 def emit(payload: dict, as_json: bool, human: str) -> None:

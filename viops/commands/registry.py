@@ -45,8 +45,8 @@ def _cmd_score(args) -> int:
     from pipelines.serving.scoring import score_file
 
     mlflow_client, uri = client(args)
-    result = score_file(mlflow_client, args.model, args.input, args.output, tracking_uri=uri, batch_size=args.batch_size,
-                        num_samples=args.num_samples)
+    result = score_file(mlflow_client, args.model, args.input, args.output, tracking_uri=uri,
+                        batch_size=args.batch_size, num_samples=args.num_samples)
     summary = result.to_json()
     human = (f"scored {result.rows} rows with version {result.version} of {result.model} in {result.seconds:.2f}s "
              f"({summary['rows_per_second']:.0f} rows/s, {summary['batches']} batches, batch p95 "
@@ -79,7 +79,8 @@ def _trigger(args) -> dict:
 
 def add_commands(sub) -> None:
     """Add the evaluate, promote, rollback, score commands to the ``viops`` parser."""
-    p = sub.add_parser("evaluate", help="the gate: score a candidate and the champion on the same data, apply thresholds")
+    p = sub.add_parser("evaluate",
+                       help="the gate: score a candidate and the champion on the same data, apply thresholds")
     common(p, config=False)
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--candidate", help="version number or @alias to evaluate (default @challenger)")

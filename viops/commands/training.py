@@ -40,7 +40,8 @@ def _cmd_train(args) -> int:
         return 0  # a DDP worker: rank 0 reports
     version = f"version {result.model_version} of {result.model_name}" if result.model_version else "not registered"
     human = (
-        f"run {result.run_id} finished: val ELBO/datum {result.metrics.get('validation_elbo_per_datum', float('nan')):.4f}, "
+        f"run {result.run_id} finished: val ELBO/datum "
+        f"{result.metrics.get('validation_elbo_per_datum', float('nan')):.4f}, "
         f"{result.metrics['steps']:.0f} steps in {result.metrics['train_seconds']:.1f}s; {version}"
         + (f" ({', '.join(result.aliases)})" if result.aliases else "")
         + f"\n  look: mlflow ui --backend-store-uri {result.tracking_uri}"

@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from viops import REPO
+
 DEMO_CONFIG = REPO / "configs" / "demo" / "blr_diabetes.yaml"
 SCENARIO = REPO / "configs" / "scenarios" / "diabetes_covariate_shift.yaml"
 MARKER = ".viops-demo"

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from viops import REPO
+
 __all__ = ["write_report", "acceptance_checks"]
 
-REPO = Path(__file__).resolve().parent.parent
+
 ACTION_COLOURS = {"none": "#9e9e9e", "retrain": "#1f77b4", "rollback": "#d62728", "page": "#ff7f0e"}
 
 
