@@ -71,17 +71,17 @@ def _config(posterior: ReferencePosterior, family: str, data_path: Path, seed: i
 
 def fit_reference(posterior: ReferencePosterior, family: str, *, tracking_uri: str | None = None,
                   seed: int = 0) -> ConformanceResult:
-    """Train ``family`` on ``posterior`` through :func:`pipelines.training.train` and compare with the reference."""
+    """Train ``family`` on ``posterior`` through the training path (:func:`pipelines.training.run.run_training`;
+    nothing is registered) and compare with the reference."""
     from mlflow import MlflowClient
 
-    from pipelines.lifecycle.train import train
+    from pipelines.training.run import run_training
 
     with tempfile.TemporaryDirectory(prefix="viops-conformance-") as tmp:
         data_path = Path(tmp) / "data.csv"
         posterior.frame.to_csv(data_path, index=False)
         config = _config(posterior, family, data_path, seed)
-        result = train(config, tracking_uri=tracking_uri, register=False,
-                       tags={"viops.conformance.posterior": posterior.name})
+        result = run_training(config, tracking_uri=tracking_uri, tags={"viops.conformance.posterior": posterior.name})
         client = MlflowClient(tracking_uri=result.tracking_uri)
         summary = json.loads(Path(client.download_artifacts(result.run_id, "posterior_summary.json", tmp)).read_text())
     rows = []
