@@ -2,13 +2,12 @@
 
 A tracking write costs far more than an SVI step of a small model (the SQLite store spends ~0.1 ms per metric value
 in SQLAlchemy), so steps are sent in batches of up to 1,000 values per ``log_batch`` request by a child process
-(``python -m pipelines.training.telemetry``) that reads JSON lines on stdin. The training process only serialises; the
-writes run on another core. :meth:`MlflowMetricSink.close` waits for delivery and raises if any write failed.
+(``python -m pipelines.training.telemetry``, told where to write through its environment) that reads JSON lines on
+stdin. The training process only serialises; the writes run on another core. :meth:`MlflowMetricSink.close` waits for delivery and raises if any write failed.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -21,6 +20,8 @@ import time
 __all__ = ["MlflowMetricSink", "ThreadedMetricSink", "NullSink", "make_sink", "TelemetryError"]
 
 MAX_METRICS_PER_REQUEST = 1000
+#: The writer process reads the run id from here (and the tracking URI from ``MLFLOW_TRACKING_URI``).
+RUN_ID_ENV = "VIOPS_TELEMETRY_RUN_ID"
 #: Runs with at least this many planned steps write their telemetry from a separate process.
 PROCESS_SINK_MIN_STEPS = 1000
 
@@ -106,9 +107,10 @@ class MlflowMetricSink:
 
     def __init__(self, tracking_uri: str, run_id: str):
         self.run_id = run_id
-        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+        # Where to write goes through the environment, not the command line (which `ps` shows to every user).
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, RUN_ID_ENV: run_id}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.training.telemetry", "--tracking-uri", tracking_uri, "--run-id", run_id],
+            [sys.executable, "-m", "pipelines.training.telemetry"],
             stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
         )
         self._stderr: list[str] = []
@@ -176,9 +178,5 @@ def _deliver(tracking_uri: str, run_id: str) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="viops telemetry writer (internal)")
-    parser.add_argument("--tracking-uri", required=True)
-    parser.add_argument("--run-id", required=True)
-    ns = parser.parse_args()
-    sys.exit(_deliver(ns.tracking_uri, ns.run_id))
+if __name__ == "__main__":  # the writer process that MlflowMetricSink starts
+    sys.exit(_deliver(os.environ["MLFLOW_TRACKING_URI"], os.environ[RUN_ID_ENV]))
