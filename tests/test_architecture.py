@@ -63,3 +63,9 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from monitoring.windows import Window\n    import viops.cli\n")
     assert _imported_packages(module) == {"monitoring", "viops"}
+
+
+def test_every_folder_of_code_is_a_package():
+    """setuptools installs only folders with an ``__init__.py``: a folder without one would be missing from a wheel."""
+    folders = {p.parent for layer in ("viops", "pipelines", "monitoring", "models") for p in _modules(layer)}
+    assert sorted(str(f.relative_to(REPO)) for f in folders if not (f / "__init__.py").exists()) == []

@@ -63,18 +63,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         TrainingFailed: the NaN/inf guard stopped the fit.
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
     from pytorch_lightning.loggers import MLFlowLogger
-
-    from pipelines.training.callbacks import (
-        ConvergenceEarlyStopping,
-        GradientNorms,
-        IterateAveraging,
-        LastCheckpoint,
-        NonFiniteGuard,
-        StepTelemetry,
-    )
-    from pipelines.training.svi_module import SVIModule
 
     settings = config.train
     classify = num_classes is not None
@@ -85,46 +74,20 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     model = build_model(config.model, len(data.features), num_classes)
     family = laplace = None
+    validation = val_xy if len(data.validation) else None
     if amortized:
         from pipelines.training.amortized_module import AmortizedSVIModule
 
-        module = AmortizedSVIModule(model, config.objective, settings, train_xy,
-                                    val_xy if len(data.validation) else None,
+        module = AmortizedSVIModule(model, config.objective, settings, train_xy, validation,
                                     active_unit_threshold=config.amortization.active_unit_threshold)
     else:
+        from pipelines.training.svi_module import SVIModule
+
         family = build_family(config.guide, model.latent_dim, init_loc=model.initial_loc())
         if config.guide.precondition == "laplace":
             laplace = _precondition(client if rank == 0 else None, run_id, model, family, train_xy)
-        module = SVIModule(model, family, settings, train_xy, val_xy if len(data.validation) else None)
-
-    telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
-    guard = NonFiniteGuard()
-    callbacks = [GradientNorms(), guard, telemetry]
-    if not amortized:
-        callbacks.append(IterateAveraging(settings.average_last))
-    stopper = gaps = None
-    if settings.early_stopping.enabled and len(data.validation):
-        es = settings.early_stopping
-        if amortized:  # no variational scales to wait for: the encoder's output is per row
-            stopper = EarlyStopping(monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta)
-        else:
-            stopper = ConvergenceEarlyStopping(
-                monitor="val_elbo", mode="max", patience=es.patience, min_delta=es.min_delta, scale_rtol=es.scale_rtol
-            )
-        callbacks.append(stopper)
-    if amortized and len(data.validation):
-        from pipelines.diagnostics.amortization import AmortizationDiagnostics
-
-        gaps = AmortizationDiagnostics(val_xy[0][: config.amortization.subsample], config.amortization,
-                                       every_n_validations=config.amortization.every_n_validations, seed=settings.seed)
-        callbacks.append(gaps)
-    batches_per_epoch = -(-module.steps_per_epoch // settings.steps_per_batch)
-    show_progress = settings.progress_bar and sys.stderr.isatty()
-    if show_progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
-    checkpoint = LastCheckpoint(workdir / CHECKPOINTS_DIR, every_seconds=settings.checkpoint_every_seconds)
-    callbacks.append(checkpoint)
-    logger = MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id)
+        module = SVIModule(model, family, settings, train_xy, validation)
+    callbacks = _Callbacks(config, module, sink, validation, workdir)
     trainer = pl.Trainer(
         accelerator=settings.accelerator,
         devices=settings.devices,
@@ -132,9 +95,9 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         # Early stopping may only cut the second half of the averaging window: before that the step size is still
         # too large for the iterates to have settled, however flat the validation ELBO looks.
         min_steps=0 if amortized else int(module.planned_steps * (1.0 - settings.average_last / 2)),
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=show_progress,
+        logger=MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id),
+        callbacks=callbacks.all,
+        enable_progress_bar=callbacks.show_progress,
         enable_model_summary=False,
         log_every_n_steps=1,
         check_val_every_n_epoch=None,
@@ -152,10 +115,58 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         trainer.fit(module)
         sink.close()  # every step's metrics are delivered before the run can be registered
     seconds = time.perf_counter() - started
-    if guard.failure_reason:
-        raise TrainingFailed(guard.failure_reason)
+    if callbacks.guard.failure_reason:
+        raise TrainingFailed(callbacks.guard.failure_reason)
     trainer.save_checkpoint(workdir / CHECKPOINTS_DIR / "last.ckpt")
-    return Fit(trainer, module, model, family, laplace, stats, train_xy, val_xy, telemetry, stopper, gaps, seconds)
+    return Fit(trainer, module, model, family, laplace, stats, train_xy, val_xy, callbacks.telemetry,
+               callbacks.stopper, callbacks.gaps, seconds)
+
+
+class _Callbacks:
+    """The callbacks of one fit: gradient norms, the NaN/inf guard, step telemetry, iterate averaging (global
+    latents), early stopping, the amortization gaps (amortized models), a progress bar on a terminal, checkpoints."""
+
+    def __init__(self, config: TrainConfig, module, sink, validation, workdir: Path):
+        from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+
+        from pipelines.training.callbacks import (
+            ConvergenceEarlyStopping,
+            GradientNorms,
+            IterateAveraging,
+            LastCheckpoint,
+            NonFiniteGuard,
+            StepTelemetry,
+        )
+
+        settings, amortized = config.train, config.model.kind == "vae"
+        self.telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
+        self.guard = NonFiniteGuard()
+        self.all = [GradientNorms(), self.guard, self.telemetry]
+        if not amortized:
+            self.all.append(IterateAveraging(settings.average_last))
+        self.stopper = self.gaps = None
+        if settings.early_stopping.enabled and validation is not None:
+            es = settings.early_stopping
+            if amortized:  # no variational scales to wait for: the encoder's output is per row
+                self.stopper = EarlyStopping(monitor="val_elbo", mode="max", patience=es.patience,
+                                             min_delta=es.min_delta)
+            else:
+                self.stopper = ConvergenceEarlyStopping(monitor="val_elbo", mode="max", patience=es.patience,
+                                                        min_delta=es.min_delta, scale_rtol=es.scale_rtol)
+            self.all.append(self.stopper)
+        if amortized and validation is not None:
+            from pipelines.diagnostics.amortization import AmortizationDiagnostics
+
+            amortization = config.amortization
+            self.gaps = AmortizationDiagnostics(validation[0][: amortization.subsample], amortization,
+                                                every_n_validations=amortization.every_n_validations,
+                                                seed=settings.seed)
+            self.all.append(self.gaps)
+        self.show_progress = settings.progress_bar and sys.stderr.isatty()
+        if self.show_progress:
+            batches_per_epoch = -(-module.steps_per_epoch // settings.steps_per_batch)
+            self.all.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
+        self.all.append(LastCheckpoint(workdir / CHECKPOINTS_DIR, every_seconds=settings.checkpoint_every_seconds))
 
 
 #: Validate at least this many times per run, however short, so that every run has a validation curve.

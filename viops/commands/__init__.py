@@ -1,0 +1,1 @@
+"""The ``viops`` subcommands, one module per group: training, registry, monitoring."""
