@@ -70,8 +70,8 @@ def main() -> int:
     from evidently.presets import DataDriftPreset
     from mlflow import MlflowClient
 
-    from monitoring.champion import load_champion
-    from monitoring.config import load_checks_config
+    from monitoring.checks.champion import load_champion
+    from monitoring.checks.config import load_checks_config
     from monitoring.monitor import run_monitor
     from monitoring.runbooks import load_runbooks
     from monitoring.slo import load_slos

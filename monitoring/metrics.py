@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 
-from monitoring.results import WindowReport, indicator_value
+from monitoring.checks.results import WindowReport, indicator_value
 
 __all__ = ["JOB", "GAUGES", "build_registry", "export_metrics", "ExportResult"]
 

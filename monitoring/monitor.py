@@ -13,14 +13,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from monitoring.champion import Champion
-from monitoring.checks import WindowRows, build_checks, check_inputs
-from monitoring.config import ChecksConfig
-from monitoring.results import ChampionInfo, WindowReport
+from monitoring.checks.calibration import CalibrationCheck
+from monitoring.checks.champion import Champion
+from monitoring.checks.config import ChecksConfig
+from monitoring.checks.drift import DriftCheck
+from monitoring.checks.inputs import WindowRows, check_inputs
+from monitoring.checks.results import ChampionInfo, WindowReport
+from monitoring.checks.vi_health import VIHealthCheck
 from monitoring.windows import Window
 from pipelines.serving.scoring import score_frame
 
-__all__ = ["WindowReport", "check_window", "score_window", "run_monitor"]
+__all__ = ["WindowReport", "build_checks", "check_window", "score_window", "run_monitor"]
+
+
+def build_checks(config: ChecksConfig) -> list[DriftCheck | CalibrationCheck | VIHealthCheck]:
+    """The enabled checks of ``config``, in the order they run."""
+    checks = [DriftCheck(config.drift, config.seed), CalibrationCheck(config.calibration, config.seed),
+              VIHealthCheck(config.vi_health, config.seed)]
+    return [check for check in checks if check.config.enabled]
 
 
 def score_window(frame: pd.DataFrame, finite: np.ndarray, champion: Champion) -> tuple[pd.DataFrame, dict]:
@@ -80,7 +90,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
         DataError: unreadable window or missing feature columns (nothing is recorded or changed).
         RegistryError: no such model or alias.
     """
-    from monitoring.champion import load_champion
+    from monitoring.checks.champion import load_champion
     from monitoring.decision import MonitorState, decide, incident_id
     from monitoring.incidents import write_incident
     from monitoring.metrics import build_registry, export_metrics

@@ -29,7 +29,7 @@ from typing import Annotated
 
 from pydantic import Field, PositiveInt, model_validator
 
-from monitoring.results import IndicatorError, WindowReport, check_indicator, indicator_value
+from monitoring.checks.results import IndicatorError, WindowReport, check_indicator, indicator_value
 from pipelines.config.base import StrictModel
 from pipelines.config.loading import read_yaml, validate_section
 

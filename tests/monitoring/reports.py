@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monitoring.results import (
+from monitoring.checks.results import (
     CalibrationDelta,
     CalibrationResult,
     DriftSummary,

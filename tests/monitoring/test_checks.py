@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from monitoring.champion import load_champion
-from monitoring.config import ChecksConfig
+from monitoring.checks.champion import load_champion
+from monitoring.checks.config import ChecksConfig
 from monitoring.monitor import check_window
 from monitoring.scenarios import load_scenario, simulate
 from monitoring.windows import Window

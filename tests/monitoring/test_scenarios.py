@@ -102,7 +102,7 @@ def test_bad_scenarios_are_clear_errors(text, message, tmp_path):
 
 
 def test_monitoring_config_is_the_documented_defaults_and_refuses_unknown_keys(tmp_path):
-    from monitoring.config import ChecksConfig, load_checks_config
+    from monitoring.checks.config import ChecksConfig, load_checks_config
 
     assert load_checks_config(REPO / "configs" / "monitoring.yaml") == ChecksConfig()
     (tmp_path / "m.yaml").write_text("checks:\n  drift:\n    treshold: 0.3\n")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from monitoring.results import IndicatorError, check_indicator, indicator_value
+from monitoring.checks.results import IndicatorError, check_indicator, indicator_value
 from monitoring.slo import SLOConfig, evaluate_slos, load_slos
 from pipelines.config.base import ConfigError
 from tests.conftest import REPO

@@ -25,7 +25,7 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_monitor(args) -> int:
-    from monitoring.config import load_checks_config
+    from monitoring.checks.config import load_checks_config
     from monitoring.monitor import run_monitor
     from monitoring.runbooks import load_runbooks
     from monitoring.slo import load_slos

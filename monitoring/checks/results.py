@@ -17,11 +17,9 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from monitoring.drift import ColumnDrift
-
 __all__ = [
-    "InputsResult", "DriftSummary", "CalibrationDelta", "CalibrationResult", "UncertaintyShift", "VIHealthResult",
-    "ChampionInfo", "WindowReport", "indicator_value", "check_indicator", "IndicatorError",
+    "ColumnDrift", "InputsResult", "DriftSummary", "CalibrationDelta", "CalibrationResult", "UncertaintyShift",
+    "VIHealthResult", "ChampionInfo", "WindowReport", "indicator_value", "check_indicator", "IndicatorError",
 ]
 
 
@@ -40,6 +38,23 @@ class _Result:
     def to_json(self) -> dict:
         return {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)
                 if getattr(self, f.name) is not None and f.metadata.get("json", True)}
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """Evidently's verdict on one column: the method, whether its value is a ``p_value`` (small = drift) or a
+    ``distance`` (large = drift), the threshold, and whether the column drifted."""
+
+    column: str
+    method: str
+    kind: str  # "p_value" or "distance"
+    value: float
+    threshold: float
+    drifted: bool
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "kind": self.kind, "value": self.value, "threshold": self.threshold,
+                "drifted": self.drifted}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from monitoring.config import ChecksConfig
+from monitoring.checks.config import ChecksConfig
 from pipelines.run_artifacts import REFERENCE_FEATURES, RunArtifacts
 from pipelines.serving.loading import LoadedVersion, load_version
 from pipelines.serving.predictive_metrics import predictive_metrics

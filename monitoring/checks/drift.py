@@ -1,4 +1,5 @@
-"""Drift of a window against the model's reference snapshot, with Evidently's DataDriftPreset.
+"""Drift of a window against the model's reference snapshot, with Evidently's DataDriftPreset: :class:`DriftCheck`
+compares the features and the champion's predictions.
 
 Evidently picks a test per column from the column type and the reference size. With at most 1,000 reference rows,
 numerical columns get a K-S test and its **p-value** (drift when the p-value is *below* the threshold). With more
@@ -16,26 +17,17 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["ColumnDrift", "DriftResult", "drift_check", "statistic_kind"]
+from monitoring.checks.champion import Champion, prediction_columns
+from monitoring.checks.config import DriftCheckConfig
+from monitoring.checks.inputs import WindowRows
+from monitoring.checks.results import ColumnDrift, DriftSummary
+
+__all__ = ["DriftCheck", "DriftResult", "drift_check", "statistic_kind"]
 
 
 def statistic_kind(method: str) -> str:
     """``"p_value"`` for hypothesis tests (small = drift), ``"distance"`` for distances/divergences (large = drift)."""
     return "p_value" if "p_value" in method.lower() else "distance"
-
-
-@dataclass(frozen=True)
-class ColumnDrift:
-    column: str
-    method: str
-    kind: str  # "p_value" or "distance"
-    value: float
-    threshold: float
-    drifted: bool
-
-    def to_json(self) -> dict:
-        return {"method": self.method, "kind": self.kind, "value": self.value, "threshold": self.threshold,
-                "drifted": self.drifted}
 
 
 @dataclass
@@ -117,3 +109,28 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, columns: list[st
     return DriftResult(share=share, drifted_count=count, dataset_drift=share >= drift_share, drift_share=drift_share,
                        columns=per_column, rows={"reference": len(reference), "current": len(current)},
                        seconds=seconds, report=snapshot)
+
+
+class DriftCheck:
+    """Evidently drift of the finite features, and of the champion's predictions, against the reference."""
+
+    name = "drift"
+
+    def __init__(self, config: DriftCheckConfig, seed: int = 0):
+        self.config, self.seed = config, seed
+        self.min_rows = 1  # finite rows
+
+    def calculate(self, rows: WindowRows, champion: Champion) -> DriftSummary | None:
+        if len(rows.features) < self.min_rows:
+            return None
+        cfg = self.config
+        options = dict(row_cap=cfg.row_cap, drift_share=cfg.drift_share, method=cfg.method, threshold=cfg.threshold,
+                       seed=self.seed)
+        features = drift_check(champion.reference, rows.features, champion.features, **options)
+        seconds, on_predictions = features.seconds, None
+        if cfg.predictions and len(rows.predictions):
+            columns = prediction_columns(champion.kind, rows.predictions)
+            predictions = drift_check(champion.reference_predictions, rows.predictions, columns, **options)
+            on_predictions = DriftSummary.of(predictions)
+            seconds += predictions.seconds
+        return DriftSummary.of(features, seconds=seconds, predictions=on_predictions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from monitoring.drift import drift_check, statistic_kind
+from monitoring.checks.drift import drift_check, statistic_kind
 
 
 def _frames(n_ref: int, n_cur: int, shift: float = 0.0, seed: int = 0):
