@@ -1,0 +1,1 @@
+"""Diagnostics of fitted posteriors: posteriordb conformance, experiment comparison, amortization gaps."""

@@ -1,0 +1,1 @@
+"""Flows across training and the registry: train and register (first champion), and the one retrain path."""
