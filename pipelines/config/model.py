@@ -204,6 +204,11 @@ class VAEConfig(StrictModel):
 
     task: ClassVar[str] = "density"
 
+    @property
+    def max_count(self) -> int:
+        """The largest value a feature may take: ``total_count`` (binomial) or 1 (Bernoulli)."""
+        return self.total_count if self.likelihood == "binomial" else 1
+
 
 def _model_kind(value: Any) -> str | None:
     if isinstance(value, dict):

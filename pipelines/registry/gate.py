@@ -53,8 +53,8 @@ def _check_labels(frame: pd.DataFrame, loaded: LoadedVersion, source: str) -> No
     bad = (labels != np.round(labels)) | (labels < 0) | (labels >= bundle.num_classes)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"data {source}: target column {bundle.target!r} must hold class indices 0..{bundle.num_classes - 1} "
-                        f"for version {loaded.version} of {loaded.name}; found {labels[row]!r} at row {row}")
+        raise DataError(f"data {source}: target column {bundle.target!r} must hold class indices "
+                        f"0..{bundle.num_classes - 1} for version {loaded.version} of {loaded.name}; found {labels[row]!r} at row {row}")
 
 
 def _check_counts(frame: pd.DataFrame, loaded: LoadedVersion, source: str) -> None:
@@ -139,7 +139,8 @@ def evaluate(client, model_name: str, *, tracking_uri: str, candidate: str | Non
 
     metrics = {"candidate": version_metrics(cand, frame, gate, khat(cand)),
                "champion": version_metrics(champ, frame, gate, khat(champ)) if champ is not None else None}
-    checks, reasons = apply_thresholds(metrics["candidate"], metrics["champion"], champ.version if champ else None, gate)
+    checks, reasons = apply_thresholds(metrics["candidate"], metrics["champion"], champ.version if champ else None,
+                                       gate)
     verdict = Verdict(
         passed=not reasons, reasons=reasons, metrics=metrics, checks=checks, model=model_name,
         candidate_version=cand.version, champion_version=champ.version if champ else None,

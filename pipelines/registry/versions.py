@@ -77,7 +77,8 @@ def _existing_version(client: MlflowClient, model_name: str, run_id: str):
     return client.get_model_version(model_name, first.version)  # search results carry no aliases
 
 
-def register_run(client: MlflowClient, run_id: str, model_name: str, tags: dict[str, str] | None = None) -> Registration:
+def register_run(client: MlflowClient, run_id: str, model_name: str,
+                 tags: dict[str, str] | None = None) -> Registration:
     """Register the model logged by ``run_id`` as a new version of ``model_name``.
 
     The new version gets alias ``challenger``; only :func:`promote` makes a version ``champion``.

@@ -69,8 +69,7 @@ class PosteriorBundle:
     def task(self) -> Task:
         spec = self.model_spec
         if spec.kind == "vae":
-            total = spec.total_count if spec.likelihood == "binomial" else 1
-            return Task("amortized", spec.likelihood, max_count=total)
+            return Task("amortized", spec.likelihood, max_count=spec.max_count)
         if self.num_classes is not None:
             return Task("classification", "categorical", num_classes=self.num_classes)
         return Task("regression", "gaussian")

@@ -49,7 +49,7 @@ def run_training(
     task = config.model.task
     num_classes = count_classes(data, getattr(config.model, "num_classes", None)) if task == "classification" else None
     if config.model.kind == "vae":
-        check_counts(data, config.model.total_count if config.model.likelihood == "binomial" else 1)
+        check_counts(data, config.model.max_count)
     uri = resolve_tracking_uri(tracking_uri)
     worker = _ddp_worker_rank()
     if worker:

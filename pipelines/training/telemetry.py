@@ -3,7 +3,8 @@
 A tracking write costs far more than an SVI step of a small model (the SQLite store spends ~0.1 ms per metric value
 in SQLAlchemy), so steps are sent in batches of up to 1,000 values per ``log_batch`` request by a child process
 (``python -m pipelines.training.telemetry``, told where to write through its environment) that reads JSON lines on
-stdin. The training process only serialises; the writes run on another core. :meth:`MlflowMetricSink.close` waits for delivery and raises if any write failed.
+stdin. The training process only serialises; the writes run on another core. :meth:`MlflowMetricSink.close` waits
+for delivery and raises if any write failed.
 """
 
 from __future__ import annotations
