@@ -77,11 +77,11 @@ def _existing_version(client: MlflowClient, model_name: str, run_id: str):
     return client.get_model_version(model_name, first.version)  # search results carry no aliases
 
 
-def register_run(client: MlflowClient, run_id: str, model_name: str,
-                 tags: dict[str, str] | None = None) -> Registration:
+def register_run(client: MlflowClient, run_id: str, model_name: str) -> Registration:
     """Register the model logged by ``run_id`` as a new version of ``model_name``.
 
-    The new version gets alias ``challenger``; only :func:`promote` makes a version ``champion``.
+    The new version gets alias ``challenger`` and the run's data fingerprint and config hash as tags; only
+    :func:`~pipelines.registry.promotion.promote` makes a version ``champion``.
 
     Raises:
         RegistryError: the run did not finish successfully or logged no model.
@@ -104,9 +104,8 @@ def register_run(client: MlflowClient, run_id: str, model_name: str,
         client.create_registered_model(model_name, description="Trained by viops (minibatch SVI).")
     # The version carries what identifies its training: the data fingerprint and the config hash of the run.
     inherited = {k: run.data.tags[k] for k in VERSION_TAGS_FROM_RUN if k in run.data.tags}
-    version = client.create_model_version(
-        model_name, source=f"models:/{model_id}", run_id=run_id, tags={**inherited, **(tags or {})}, model_id=model_id
-    )
+    version = client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id, tags=inherited,
+                                          model_id=model_id)
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     reason = f"version {version.version} registered from run {run_id} as {CHALLENGER}"
     return Registration(model_name, str(version.version), (CHALLENGER,), True, reason)
