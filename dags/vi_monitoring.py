@@ -1,14 +1,16 @@
-"""vi_monitoring: one production window -> `viops monitor` -> branch(none | retrain | rollback | page) -> done.
+"""vi_monitoring: one window -> `viops monitor` -> branch(none | ticket | retrain | rollback | page) -> done.
 
 Hourly (or on `$VIOPS_MONITOR_SCHEDULE`), it monitors the newest window of the window store
 (`$VIOPS_WINDOW_STORE`). Triggered with `{"window": "<path to a window file>"}`, it monitors that window instead.
-`viops monitor` runs in a child process: it scores the window with the champion, runs the checks, evaluates the
-SLOs, pushes metrics and decides. The branch then carries out the decision:
+`viops monitor --dispatched` runs in a child process: it scores the window with the champion, runs the checks,
+evaluates the SLOs, pushes metrics and decides; `--dispatched` records that this DAG carries the decision out.
+The branch then carries out the decision:
 
 - `retrain` triggers `svi_retrain` with a `conf` carrying the reason, the incident id and the window. The run id is
   derived from the incident id, so a retried task finds the run it already created.
 - `rollback` runs `viops rollback`, which is idempotent: a retry reports the rollback already done.
-- `page` records the page with its runbook link, and changes nothing.
+- `page` and `ticket` record the page or ticket with its runbook link (`pages.jsonl`, `tickets.jsonl`), and change
+  nothing.
 
 A re-run of `monitor` on the same window takes the same decision and keeps the same incident id.
 """
@@ -26,7 +28,8 @@ DEFAULT_MODEL = os.environ.get("VIOPS_MONITOR_MODEL", "blr-diabetes")
 DEFAULT_STORE = os.environ.get("VIOPS_WINDOW_STORE", "")
 #: How often a window is monitored (cron or preset); "none": only when triggered with a window.
 SCHEDULE = os.environ.get("VIOPS_MONITOR_SCHEDULE", "@hourly").strip()
-ACTIONS = {"none": "no_action", "retrain": "trigger_retrain", "rollback": "rollback", "page": "page"}
+ACTIONS = {"none": "no_action", "ticket": "ticket", "retrain": "trigger_retrain", "rollback": "rollback",
+           "page": "page"}
 
 
 @dag(
@@ -59,7 +62,10 @@ def vi_monitoring():
             if not newest:
                 raise ValueError(f"no window to monitor: give conf.window, or windows in store {store.root!r}")
             window = str(store.path(newest[-1]))
-        return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window])
+        # This DAG carries out the decision (the branch below): the monitor records it as dispatched, so cooldowns
+        # count it.
+        return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window,
+                          "--dispatched"])
 
     @task.branch
     def decide(result: dict) -> str:
@@ -85,19 +91,11 @@ def vi_monitoring():
 
     @task
     def page(result: dict) -> dict:
-        import logging
+        return _notify(result, "page")
 
-        from pipelines.registry.audit import utc_now
-        from pipelines.workspace import work_dir
-
-        record = {"time": utc_now(), "model": result["model"], "window": result["window"],
-                  "incident_id": result["incident_id"], "alert": result["decision"]["alert"],
-                  "runbook": result["decision"]["runbook"], "reason": result["decision"]["reason"]}
-        with open(work_dir() / "pages.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        logging.getLogger("viops.page").error("PAGE %s: %s (runbook %s)", record["alert"], record["reason"],
-                                              record["runbook"])
-        return record
+    @task
+    def ticket(result: dict) -> dict:
+        return _notify(result, "ticket")
 
     result = monitor()
     trigger_retrain = TriggerDagRunOperator(
@@ -118,9 +116,28 @@ def vi_monitoring():
     def done(ti=None) -> str:
         return ti.xcom_pull(task_ids="monitor")["decision"]["action"]
 
-    branches = [no_action(result), trigger_retrain, rollback(result), page(result)]
+    branches = [no_action(result), trigger_retrain, rollback(result), page(result), ticket(result)]
     decide(result) >> branches
     branches >> done()
+
+
+def _notify(result: dict, kind: str) -> dict:
+    """Record a page or ticket (``pages.jsonl`` / ``tickets.jsonl`` in the work dir) with its runbook; change nothing.
+    The monitor has already written the incident and exported ``viops_decision``."""
+    import logging
+
+    from pipelines.registry.audit import utc_now
+    from pipelines.workspace import work_dir
+
+    record = {"time": utc_now(), "model": result["model"], "window": result["window"],
+              "incident_id": result["incident_id"], "alert": result["decision"]["alert"],
+              "runbook": result["decision"]["runbook"], "reason": result["decision"]["reason"]}
+    with open(work_dir() / f"{kind}s.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    log = logging.getLogger(f"viops.{kind}")
+    (log.error if kind == "page" else log.warning)("%s %s: %s (runbook %s)", kind.upper(), record["alert"],
+                                                    record["reason"], record["runbook"])
+    return record
 
 
 vi_monitoring()

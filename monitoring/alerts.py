@@ -31,8 +31,15 @@ RECENT_DEPLOY_SECONDS = 6 * 3600
 
 #: alert -> (objectives whose last window breached it, severity, summary)
 THRESHOLD_ALERTS = {
-    "ViopsDataDrift": (["feature_drift"], "ticket", "Features of {{ $labels.model }} drifted from the reference"),
-    "ViopsCalibrationBreach": (["coverage_90", "ece"], "ticket",
+    "ViopsDataDrift": (["feature_drift"], "ticket",
+                       "Features that {{ $labels.model }} relies on drifted from the reference"),
+    "ViopsSlowDrift": (["slow_drift"], "ticket",
+                       "Evidence of slow drift of {{ $labels.model }}'s inputs accumulated over windows"),
+    "ViopsPredictionDrift": (["prediction_drift"], "ticket",
+                             "Predictions of {{ $labels.model }} moved away from those on the reference"),
+    "ViopsUncertaintyShift": (["predictive_sd_shift"], "ticket",
+                              "The predictive uncertainty of {{ $labels.model }} changed on production data"),
+    "ViopsCalibrationBreach": (["coverage_90", "ece", "coverage_regression"], "ticket",
                                "{{ $labels.model }} is mis-calibrated on labelled production data"),
     "ViopsCalibrationRegressionAfterDeploy": (["coverage_90", "ece", "coverage_regression"], "page",
                                               "Calibration of {{ $labels.model }} v{{ $labels.version }} broke "
@@ -40,6 +47,8 @@ THRESHOLD_ALERTS = {
     "ViopsElboRegression": (["elbo_regression"], "ticket",
                             "{{ $labels.model }} fits production data worse than its held-out data (ELBO)"),
     "ViopsNanInputs": (["input_validity"], "page", "NaN/inf inputs reach {{ $labels.model }}"),
+    "ViopsLowVolume": (["volume"], "ticket", "{{ $labels.model }} received far fewer rows than usual"),
+    "ViopsFeedEmpty": (["feed_rows"], "ticket", "{{ $labels.model }} received an empty window"),
     "ViopsPosteriorCollapse": (["active_units"], "ticket",
                                "The encoder of {{ $labels.model }} uses too few latent dimensions"),
     "ViopsAmortizationGapBudget": (["amortization_gap"], "ticket",

@@ -1,29 +1,31 @@
 """From SLO statuses and runbook front matter to one action per window, and the incident record that explains it.
 
-Rules, in order:
+Every objective maps to at least one alert (``THRESHOLD_ALERTS`` in :mod:`monitoring.alerts`; a test checks), and
+every alert to a runbook whose ``action`` is ``retrain``, ``rollback``, ``page`` or ``ticket``. Rules, in order:
 
-1. An alert fires when one of its objectives breached in this window (``THRESHOLD_ALERTS`` in
-   :mod:`monitoring.alerts`). No firing alert: action ``none``.
+1. An alert fires when one of its objectives breached in this window. No firing alert: action ``none``.
 2. **Bad data blocks automation**: while ``ViopsNanInputs`` fires, the action is ``page``, whatever else fires.
    Nothing is retrained, promoted or rolled back on a window with NaN/inf inputs.
 3. Each firing alert's runbook proposes its ``action``:
    - a ``retrain`` or ``rollback`` whose ``preconditions`` do not all hold is not eligible (the reason says which
-     one failed);
-   - one inside its runbook's ``cooldown`` (the same action, from any runbook, ran fewer than ``cooldown`` windows
-     ago) is not eligible either: the earlier action is still taking effect. A rollback is not held back by a
-     recent retrain, or the other way round.
-4. The eligible automated action with the highest priority wins: ``rollback`` before ``retrain``.
-5. With no eligible automated action:
-   - ``page`` when a firing alert asks for a person, or when an automated action was blocked by its preconditions
-     and no action is under way;
-   - ``none`` when the blocks are cooldowns (an action is under way) or the alerts need no action.
+     one failed); the alert then asks for a person at its runbook's ``severity`` (``ticket`` or ``page``);
+   - one inside its runbook's ``cooldown`` (the same action, from any runbook, was **executed** fewer than
+     ``cooldown`` windows ago) is suppressed, and the reason says so: the earlier action is still taking effect.
+     A decided action that nobody carried out is *pending* and starts no cooldown;
+   - a ``ticket`` becomes a ``page`` once the alert has fired in ``page_after_windows`` windows in a row.
+4. The strongest action wins: ``rollback``, ``retrain``, ``page``, ``ticket``. While an executed action is under
+   way (another firing alert is in cooldown), tickets and calls for a person that only stand in for a blocked
+   action are held, and the reason says so; a page that a runbook asks for is not.
 
    An alert whose runbook requires a recent promotion (``promoted_within_windows``) does not apply to an older
-   champion, just as its Prometheus rule does not fire.
+   champion (or one whose promotion time is unknown), just as its Prometheus rule does not fire.
 
-:class:`MonitorState` keeps, per model and alias, each window's SLO results (the burn-rate history) and actions
-(the cooldowns). Writing a window again replaces its entry, so a re-run of the same window neither double-counts nor
-acts twice.
+The reason is built from the same SLO statuses as the SLO list: it names exactly the objectives that breached
+(:attr:`Decision.breached`), then what was done about each firing alert.
+
+:class:`MonitorState` keeps, per model and alias, each window's SLO results (the burn-rate history), row count,
+slow-drift CUSUM, firing alerts and actions (with whether they were executed). Writing a window again replaces its
+entry, so a re-run of the same window neither double-counts nor acts twice.
 """
 
 from __future__ import annotations
@@ -40,16 +42,20 @@ from monitoring.runbooks import Runbook
 __all__ = ["Decision", "MonitorState", "decide", "firing_alerts", "incident_id"]
 
 AUTOMATED = ("rollback", "retrain")
+#: Strongest first.
+PRIORITY = ("rollback", "retrain", "page", "ticket", "none")
 
 
 @dataclass
 class Decision:
-    action: str  # none | retrain | rollback | page
+    action: str  # none | ticket | page | retrain | rollback
     runbook: str | None
     alert: str | None
     reason: str
     firing: list[str] = field(default_factory=list)
     considered: list[dict] = field(default_factory=list)
+    breached: list[str] = field(default_factory=list)  # objectives that breached in this window (as in the SLO list)
+    severity: str = "none"  # none | ticket | page
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,7 +63,8 @@ class Decision:
 
 @dataclass
 class MonitorState:
-    """``{"windows": [{"window", "version", "slo": {objective: good}, "action", "runbook"}]}``, oldest first."""
+    """``{"windows": [{"window", "version", "rows", "cusum", "slo": {objective: good}, "firing", "action",
+    "executed", "runbook", "monitored_at"}]}``, oldest first."""
 
     path: Path
     windows: list[dict] = field(default_factory=list)
@@ -82,6 +89,18 @@ class MonitorState:
         os.replace(partial, self.path)
 
 
+def windows_since_promotion(history: list[dict], promoted_at: float | None) -> int | None:
+    """Windows monitored since the champion's alias last changed (the registry's promotion time), this one included;
+    None when unknown: no promotion time, or no window of the history was monitored before it (so the windows in
+    between are not known)."""
+    if promoted_at is None:
+        return None
+    times = [h.get("monitored_at") for h in history]
+    if not any(t is not None and t < promoted_at for t in times):
+        return None
+    return 1 + sum(1 for t in times if t is not None and t >= promoted_at)
+
+
 def incident_id(model: str, alias: str, window: str) -> str:
     """Stable per model, alias and window: re-running the monitor on a window finds its incident again."""
     return hashlib.sha256(f"{model}|{alias}|{window}".encode()).hexdigest()[:12]
@@ -99,11 +118,6 @@ def _precondition_failures(runbook: Runbook, facts: dict) -> list[str]:
         failures.append(f"{facts['labelled_rows']} labelled rows < min_labelled_rows {p.min_labelled_rows}")
     if p.inputs_valid and facts["nonfinite_values"] > 0:
         failures.append(f"inputs are not valid ({facts['nonfinite_values']} NaN/inf values)")
-    if p.promoted_within_windows is not None:
-        since = facts["windows_since_promotion"]
-        if since is None or since > p.promoted_within_windows:
-            failures.append(f"champion promoted {'an unknown number of' if since is None else since} windows ago "
-                            f"> promoted_within_windows {p.promoted_within_windows}")
     if p.previous_champion and not facts["has_previous_champion"]:
         failures.append("no previous-champion to roll back to")
     return failures
@@ -112,71 +126,86 @@ def _precondition_failures(runbook: Runbook, facts: dict) -> list[str]:
 def _cooldown(runbook: Runbook, history: list[dict]) -> str | None:
     recent = history[-(runbook.cooldown - 1):] if runbook.cooldown > 1 else []
     for back, entry in enumerate(reversed(recent), start=1):
-        if entry.get("action") == runbook.action:
-            return (f"cooldown: {entry['action']} (by {entry.get('runbook')}) {back} window(s) ago; "
+        if entry.get("action") == runbook.action and entry.get("executed", True):
+            return (f"cooldown: {entry['action']} (by {entry.get('runbook')}) executed {back} window(s) ago; "
                     f"{runbook.alert} waits {runbook.cooldown} windows")
     return None
+
+
+def _fired_in_a_row(alert: str, history: list[dict]) -> int:
+    """Windows in a row, this one included, in which ``alert`` fired."""
+    run = 1
+    for entry in reversed(history):
+        if alert not in entry.get("firing", []):
+            break
+        run += 1
+    return run
+
+
+def _objectives_text(statuses) -> tuple[list[str], str]:
+    breached = [s for s in statuses if s.status == "breach"]
+    if not breached:
+        missing = [s.reason for s in statuses if s.status == "no_data" and "rows" in s.reason]
+        return [], "no objective breached" + (f" (too little evidence: {'; '.join(missing)})" if missing else "")
+    return [s.name for s in breached], "breached: " + "; ".join(s.reason.split(";")[0] for s in breached)
+
+
+def _consider(alert: str, runbook: Runbook | None, facts: dict, history: list[dict]) -> dict:
+    """What ``alert``'s runbook does on this window: ``{"alert", "action", "outcome", "under_way"?}``."""
+    if runbook is None:  # the alert<->runbook test keeps this from happening; be safe if it does
+        return {"alert": alert, "action": "page", "outcome": f"{alert} has no runbook: a person decides"}
+    if runbook.action in AUTOMATED:
+        since, fresh = facts["windows_since_promotion"], runbook.preconditions.promoted_within_windows
+        if fresh is not None and (since is None or since > fresh):
+            # As in the Prometheus rule: an "after deploy" alert does not apply to an old champion.
+            when = "at an unknown time" if since is None else f"{since} windows ago"
+            return {"alert": alert, "action": "none", "outcome": f"does not apply: the champion was promoted {when}, "
+                    f"not within {fresh} windows", "not_applicable": True}
+        failures = _precondition_failures(runbook, facts)
+        if failures:
+            return {"alert": alert, "action": runbook.severity, "blocked": True,
+                    "outcome": f"would {runbook.action}, but " + "; ".join(failures)
+                    + f": asks for a person ({runbook.severity})"}
+        cooling = _cooldown(runbook, history)
+        if cooling:
+            return {"alert": alert, "action": "none", "outcome": f"suppressed by {cooling}", "under_way": True}
+        return {"alert": alert, "action": runbook.action, "outcome": "its runbook's preconditions hold"}
+    action = runbook.action
+    if action == "ticket" and runbook.page_after_windows is not None:
+        run = _fired_in_a_row(alert, history)
+        if run >= runbook.page_after_windows:
+            return {"alert": alert, "action": "page", "outcome": f"fired {run} windows in a row "
+                    f"(page_after_windows {runbook.page_after_windows}): escalated to a page"}
+    return {"alert": alert, "action": action, "outcome": f"its runbook asks for a {action}"}
 
 
 def decide(statuses, runbooks: dict[str, Runbook], history: list[dict], facts: dict) -> Decision:
     """One action for this window. ``facts``: ``labelled_rows``, ``nonfinite_values``, ``windows_since_promotion``
     (None when unknown), ``has_previous_champion``."""
+    breached, objectives = _objectives_text(statuses)
     firing = firing_alerts(statuses)
     if not firing:
-        return Decision("none", None, None, "no objective breached in this window", firing)
+        return Decision("none", None, None, objectives, firing, breached=breached)
     if "ViopsNanInputs" in firing:
         others = [a for a in firing if a != "ViopsNanInputs"]
         return Decision("page", "runbooks/ViopsNanInputs.md", "ViopsNanInputs",
-                        "NaN/inf inputs: no automated change on bad data; a person fixes the feed"
-                        + (f" (also firing: {', '.join(others)})" if others else ""), firing)
-    considered, eligible, blocked, wants_person, cooling_down = [], [], [], [], []
-    not_applicable: set[str] = set()
-    for alert in firing:
-        runbook = runbooks.get(alert)
-        if runbook is None:  # the alert<->runbook test keeps this from happening; be safe if it does
-            wants_person.append((alert, f"{alert} has no runbook"))
-            considered.append({"alert": alert, "action": "page", "outcome": "no runbook"})
-            continue
-        if runbook.action in AUTOMATED:
-            failures = _precondition_failures(runbook, facts)
-            cooling = _cooldown(runbook, history)
-            since, fresh = facts["windows_since_promotion"], runbook.preconditions.promoted_within_windows
-            if fresh is not None and (since is None or since > fresh):
-                # As in the Prometheus rule: an "after deploy" alert does not apply to an old champion.
-                considered.append({"alert": alert, "action": runbook.action,
-                                   "outcome": "does not apply: the champion is not a recent deploy"})
-                not_applicable.add(alert)
-                continue
-            if failures:
-                blocked.append((alert, f"{alert} would {runbook.action}, but " + "; ".join(failures)))
-                considered.append({"alert": alert, "action": runbook.action, "outcome": "; ".join(failures)})
-            elif cooling:
-                cooling_down.append(cooling)
-                considered.append({"alert": alert, "action": runbook.action, "outcome": cooling})
-            else:
-                eligible.append(runbook)
-                considered.append({"alert": alert, "action": runbook.action, "outcome": "eligible"})
-        elif runbook.action == "page":
-            wants_person.append((alert, f"{alert}: its runbook asks for a person"))
-            considered.append({"alert": alert, "action": "page", "outcome": "page"})
-        else:
-            considered.append({"alert": alert, "action": "none", "outcome": "no automated action"})
-    firing = [a for a in firing if a not in not_applicable]
-    if not firing:
-        return Decision("none", None, None, "no alert applies: " + "; ".join(c["outcome"] for c in considered),
-                        firing, considered)
-    if eligible:
-        chosen = min(eligible, key=lambda rb: AUTOMATED.index(rb.action))
-        others = [a for a in firing if a != chosen.alert]
-        return Decision(chosen.action, f"runbooks/{chosen.alert}.md", chosen.alert,
-                        f"{chosen.alert} fired and its runbook's preconditions hold"
-                        + (f" (also firing: {', '.join(others)})" if others else ""), firing, considered)
-    if blocked and cooling_down and not wants_person:
-        # An action for this trouble is already under way: wait for it rather than page.
-        return Decision("none", None, None, "; ".join(cooling_down), firing, considered)
-    if wants_person or blocked:
-        alert, why = (wants_person or blocked)[0]
-        return Decision("page", f"runbooks/{alert}.md", alert, "; ".join(w for _, w in wants_person + blocked),
-                        firing, considered)
-    return Decision("none", None, None, "; ".join(c["outcome"] for c in considered) or "nothing to do", firing,
-                    considered)
+                        f"{objectives}. NaN/inf inputs: no automated change on bad data; a person fixes the feed"
+                        + (f" (also firing: {', '.join(others)})" if others else ""), firing, breached=breached,
+                        severity="page")
+    considered = [_consider(alert, runbooks.get(alert), facts, history) for alert in firing]
+    applies = [c for c in considered if not c.get("not_applicable")]
+    under_way = any(c.get("under_way") for c in applies)
+    # While an executed action is still fixing the trouble, a blocked action's call for a person and the tickets of
+    # other alerts wait for it (stated in the reason); a page that a runbook asks for does not.
+    held = [c for c in applies if under_way and (c.get("blocked") or c["action"] == "ticket")]
+    for c in held:
+        c["outcome"] += "; held while an executed action takes effect"
+    candidates = [c for c in applies if c["action"] != "none" and c not in held]
+    outcomes = "; ".join(f"{c['alert']}: {c['outcome']}" for c in considered)
+    if not candidates:
+        return Decision("none", None, None, f"{objectives}. {outcomes}", [c["alert"] for c in applies],
+                        considered, breached)
+    chosen = min(candidates, key=lambda c: PRIORITY.index(c["action"]))
+    severity = {"ticket": "ticket", "page": "page"}.get(chosen["action"]) or runbooks[chosen["alert"]].severity
+    return Decision(chosen["action"], f"runbooks/{chosen['alert']}.md", chosen["alert"], f"{objectives}. {outcomes}",
+                    [c["alert"] for c in applies], considered, breached, severity)

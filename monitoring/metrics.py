@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, Enum, Gauge, push_to_gateway, write_to_textfile
 
-from monitoring.checks.results import WindowReport, indicator_value
+from monitoring.checks.indicators import indicator_value
+from monitoring.checks.results import WindowReport
 
-__all__ = ["JOB", "GAUGES", "build_registry", "export_metrics", "ExportResult"]
+__all__ = ["JOB", "GAUGES", "DECISIONS", "build_registry", "export_metrics", "ExportResult"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,14 @@ LABELS = ("model", "alias", "version")
 #: metric name -> (indicator path in the window report's typed results, help text); a test resolves every path.
 GAUGES = {
     "viops_feature_drift_share_ratio": ("drift.share", "Share of feature columns that drifted from the reference."),
+    "viops_feature_drift_weighted_share_ratio": ("drift.weighted_share",
+                                                 "Share of the champion's feature sensitivity in drifted columns."),
+    "viops_feature_drift_weighted_distance": ("drift.weighted_distance",
+                                              "Sensitivity-weighted mean drift distance of the features."),
+    "viops_slow_drift_cusum": ("drift.cusum", "CUSUM of the weighted drift distance over the champion's windows."),
+    "viops_predictive_sd_ratio": ("vi_health.uncertainty.mean_predictive_sd.ratio",
+                                  "Mean predictive SD on the window over that on the reference (regression)."),
+    "viops_window_volume_ratio": ("inputs.volume_ratio", "Rows in the window over the usual rows per window."),
     "viops_prediction_drift_share_ratio": ("drift.predictions.share",
                                            "Share of prediction columns that drifted from the reference."),
     "viops_calibration_coverage_90_ratio": ("calibration.coverage_90",
@@ -53,9 +62,14 @@ GAUGES = {
 }
 
 
+#: What the decision can be, strongest last; exported as the state set ``viops_decision{viops_decision="..."}``.
+DECISIONS = ("none", "ticket", "page", "retrain", "rollback")
+
+
 def build_registry(report: WindowReport, slo_statuses, *, model: str, alias: str, version: str,
-                   window_start: float | None = None) -> CollectorRegistry:
-    """A fresh registry holding this window's gauges (indicators absent from the report are not exported)."""
+                   window_start: float | None = None, decision: str | None = None) -> CollectorRegistry:
+    """A fresh registry holding this window's gauges (indicators absent from the report are not exported) and, when
+    given, the window's decision (a ticket is an incident Prometheus can see, not only a file)."""
     registry = CollectorRegistry()
     labels = {"model": model, "alias": alias, "version": str(version)}
 
@@ -71,6 +85,9 @@ def build_registry(report: WindowReport, slo_statuses, *, model: str, alias: str
           None if latency_ms is None else latency_ms / 1000.0)
     gauge("viops_window_start_timestamp_seconds", "Start of the window these values describe (Unix time).",
           window_start)
+    if decision is not None:
+        Enum("viops_decision", "The monitor's decision on the last window.", LABELS, states=list(DECISIONS),
+             registry=registry).labels(**labels).state(decision)
     for status in slo_statuses:
         prefix = f"viops_slo_{status.name}"
         gauge(f"{prefix}_good", f"1 when the last window met the {status.name} objective, 0 when not.",

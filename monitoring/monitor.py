@@ -8,6 +8,7 @@ missing, non-finite or not a class the model knows are left out of calibration a
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,12 @@ from monitoring.checks.champion import Champion
 from monitoring.checks.config import ChecksConfig
 from monitoring.checks.drift import DriftCheck
 from monitoring.checks.inputs import WindowRows, check_inputs
-from monitoring.checks.results import ChampionInfo, WindowReport
+from monitoring.checks.results import ChampionInfo, DriftSummary, InputsResult, WindowReport
 from monitoring.checks.vi_health import VIHealthCheck
 from monitoring.windows import Window
 from pipelines.serving.scoring import score_frame
 
-__all__ = ["WindowReport", "build_checks", "check_window", "score_window", "run_monitor"]
+__all__ = ["WindowReport", "WindowContext", "build_checks", "check_window", "score_window", "run_monitor"]
 
 
 def build_checks(config: ChecksConfig) -> list[DriftCheck | CalibrationCheck | VIHealthCheck]:
@@ -57,52 +58,107 @@ def _labelled(window: Window, champion: Champion) -> tuple[pd.DataFrame | None, 
     return labelled.rows, labelled.invalid_labels
 
 
-def check_window(window: Window, champion: Champion, config: ChecksConfig) -> WindowReport:
+@dataclass(frozen=True)
+class WindowContext:
+    """What a window is judged against besides the champion: earlier windows, as the monitor's state remembers them.
+
+    Attributes:
+        usual_rows: rows a window usually has (None: unknown yet).
+        cusum_before: the slow-drift CUSUM after the last window this champion watched (None: first window).
+    """
+
+    usual_rows: float | None = None
+    cusum_before: float | None = None
+
+    @classmethod
+    def from_history(cls, history: list[dict], version: str, config: ChecksConfig) -> WindowContext:
+        """From the state's entries of earlier windows (oldest first): the configured or median volume, and the
+        CUSUM of the current champion (it starts again at a new champion, whose reference is new)."""
+        usual = config.volume.usual_rows
+        if usual is None:
+            counts = [h["rows"] for h in history if h.get("rows")][-config.volume.history:]
+            usual = float(np.median(counts)) if counts else None
+        cusum = None
+        if history and history[-1].get("version") == version:
+            cusum = history[-1].get("cusum")
+        return cls(usual, cusum)
+
+
+def _volume(inputs: InputsResult, usual: float | None) -> InputsResult:
+    ratio = inputs.rows / usual if usual else (0.0 if inputs.rows == 0 else None)
+    return dataclasses.replace(inputs, usual_rows=usual, volume_ratio=ratio)
+
+
+def _cusum(drift: DriftSummary | None, before: float | None, config: ChecksConfig) -> DriftSummary | None:
+    """One step of the one-sided CUSUM of the weighted drift distance, with a window-size-aware allowance."""
+    if drift is None or drift.weighted_distance is None:
+        return drift
+    allowance = config.drift.cusum_allowance(drift.rows["reference"], drift.rows["current"])
+    return dataclasses.replace(drift, cusum=max(0.0, (before or 0.0) + drift.weighted_distance - allowance))
+
+
+def check_window(window: Window, champion: Champion, config: ChecksConfig,
+                 context: WindowContext | None = None) -> WindowReport:
     """Run every enabled check of ``config`` on ``window`` against ``champion``: the rows are prepared once (finite
-    rows scored, labelled rows by the shared rule, both capped at ``row_cap``), then each check calculates its
-    result from them."""
+    rows scored, labelled rows by the shared rule, both capped at ``row_cap``), then each check that has the rows it
+    needs calculates its result from them (:attr:`WindowReport.evidence` says which had too few)."""
+    context = context or WindowContext()
     frame = window.frame
     inputs, finite = check_inputs(frame, champion)
     predictions, scoring = score_window(frame, finite, champion) if finite.any() else (pd.DataFrame(), {})
     features = frame.loc[finite, champion.features].astype("float64")
     labelled, invalid = _labelled(window, champion)
-    inputs = dataclasses.replace(inputs, labelled_rows=0 if labelled is None else int(len(labelled)),
-                                 invalid_labels=invalid)
+    inputs = dataclasses.replace(_volume(inputs, context.usual_rows),
+                                 labelled_rows=0 if labelled is None else int(len(labelled)), invalid_labels=invalid)
     if labelled is not None and len(labelled) > config.row_cap:
         labelled = labelled.sample(n=config.row_cap, random_state=config.seed)
     sampled = features
     if len(features) > config.row_cap:
         sampled = features.sample(n=config.row_cap, random_state=config.seed)
     rows = WindowRows(inputs, features, sampled, predictions, labelled)
-    results = {check.name: check.calculate(rows, champion) for check in build_checks(config)}
-    return WindowReport(window.key, champion.loaded.name, champion.loaded.version, inputs, results.get("drift"),
+    results, evidence = {}, {}
+    for check in build_checks(config):
+        evidence.update(check.evidence(rows, champion))
+        results[check.name] = check.calculate(rows, champion)
+    drift = _cusum(results.get("drift"), context.cusum_before, config)
+    return WindowReport(window.key, champion.loaded.name, champion.loaded.version, inputs, drift,
                         results.get("calibration"), results.get("vi_health"), scoring,
-                        ChampionInfo(champion.loaded.version, champion.promoted_at), predictions)
+                        ChampionInfo(champion.loaded.version, champion.promoted_at), predictions, evidence)
 
 
 def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: str, alias: str = "champion",
                 window_id: str | None = None, checks: ChecksConfig | None = None, slos=None, runbooks=None,
                 state_dir: str | Path | None = None, pushgateway: str | None = None,
-                textfile: str | Path | None = None, execute: bool = False, actor: str = "viops-monitor") -> dict:
+                textfile: str | Path | None = None, execute: bool = False, dispatched: bool = False,
+                actor: str = "viops-monitor") -> dict:
     """``viops monitor``: checks, SLOs, metrics, decision, incident record (and, with ``execute``, the action).
+
+    A decided ``retrain``/``rollback`` is carried out here with ``execute``; with ``dispatched`` the caller carries it
+    out (the vi_monitoring DAG triggers svi_retrain). Either way it counts for cooldowns. Otherwise it is
+    ``pending``: visible in the result and the state, and no cooldown starts.
 
     Raises:
         DataError: unreadable window or missing feature columns (nothing is recorded or changed).
         RegistryError: no such model or alias.
     """
+    import time
+
     from monitoring.checks.champion import load_champion
-    from monitoring.decision import MonitorState, decide, incident_id
+    from monitoring.decision import AUTOMATED, MonitorState, decide, incident_id, windows_since_promotion
     from monitoring.incidents import write_incident
     from monitoring.metrics import build_registry, export_metrics
     from monitoring.slo import evaluate_slos
-    from pipelines.registry.promotion import rollback
     from pipelines.registry.versions import PREVIOUS_CHAMPION, alias_version
 
     checks = checks or ChecksConfig()
     current = Window.read(window_path, window_id)
     window = current.key
     champion = load_champion(client, model, tracking_uri=tracking_uri, alias=alias, checks=checks)
-    report = check_window(current, champion, checks)
+    state_dir = Path(state_dir) if state_dir else current.default_state_dir()
+    state = MonitorState.load(state_dir / f"{model}@{alias}.json")
+    history = state.before(window)
+    report = check_window(current, champion, checks,
+                          WindowContext.from_history(history, champion.loaded.version, checks))
     body = report.to_json()
     body["window_path"] = str(current.path)
     # Store the predictions just made in the window's partition, so a re-run does not score again.
@@ -110,60 +166,65 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     body["scoring"]["written_back"] = bool(scored_now) and current.write_scored(
         report.predictions, scored_by=f"{report.model}/{report.version}")
 
-    state_dir = Path(state_dir) if state_dir else current.default_state_dir()
-    state = MonitorState.load(state_dir / f"{model}@{alias}.json")
-    history = state.before(window)
     statuses = evaluate_slos(slos, report, [h.get("slo", {}) for h in history]) if slos is not None else []
     body["slo"] = [{"name": s.name, "status": s.status, "value": s.value, "threshold": s.threshold,
                     "burn_rate": s.burn_rate, "budget_remaining": s.budget_remaining, "reason": s.reason}
                    for s in statuses]
-
-    since = None
-    if history:
-        since = 1
-        for entry in reversed(history):
-            if entry.get("version") != champion.loaded.version:
-                break
-            since += 1
     facts = {"labelled_rows": report.inputs.labelled_rows, "nonfinite_values": report.inputs.nonfinite_values,
-             "windows_since_promotion": since,
+             "windows_since_promotion": windows_since_promotion(history, champion.promoted_at),
              "has_previous_champion": alias_version(client, model, PREVIOUS_CHAMPION) is not None}
     decision = decide(statuses, runbooks or {}, history, facts)
     body["decision"] = decision.to_json()
     body["facts"] = facts
 
-    registry = build_registry(report, statuses, model=model, alias=alias, version=champion.loaded.version)
+    registry = build_registry(report, statuses, model=model, alias=alias, version=champion.loaded.version,
+                              decision=decision.action)
     export = export_metrics(registry, grouping_key={"model": model, "alias": alias}, pushgateway=pushgateway,
                             textfile=textfile or state_dir / f"{model}@{alias}.prom")
     body["metrics"] = export.to_json()
 
     body["incident_id"] = None
-    if decision.firing:
+    if decision.action != "none" or decision.firing:
         body["incident_id"] = incident_id(model, alias, window)
-        record = {"incident_id": body["incident_id"], "model": model, "alias": alias,
+        record = {"incident_id": body["incident_id"], "model": model, "alias": alias, "severity": decision.severity,
                   "version": champion.loaded.version, "window": window, "decision": body["decision"],
                   "slo": body["slo"], "report": report.to_json()}
         body["incident_run_id"] = write_incident(client, record, state_dir, report.drift_result)
 
     body["executed"] = None
-    if execute and decision.action == "retrain":
-        from pipelines.lifecycle.retrain import RetrainRequest, retrain
-        from pipelines.run_artifacts import RESOLVED_CONFIG, RunArtifacts
-
-        workdir = state_dir / "retrain" / window.replace(":", "-")
-        config = RunArtifacts(tracking_uri, champion.loaded.run_id).download(RESOLVED_CONFIG, workdir)
-        request = RetrainRequest(
-            config=str(config), reason=f"{decision.alert} on window {window}: {decision.reason}",
-            workdir=str(workdir), tracking_uri=tracking_uri, window=str(current.path),
-            run_name=f"viops-monitor/{window}", actor=actor,
-            trigger={"incident_id": body["incident_id"], "window": window},
-        )
-        body["executed"] = {**retrain(request), "added_rows": report.inputs.labelled_rows}
-    if execute and decision.action == "rollback":
-        change = rollback(client, model, reason=f"{decision.alert} on window {window}: {decision.reason}",
-                          actor=actor, verdict={"decision": body["decision"], "incident_id": body["incident_id"]},
-                          trigger={"incident_id": body["incident_id"], "window": window})
-        body["executed"] = change.to_json()
-    state.record({"window": window, "version": champion.loaded.version,
-                  "slo": {s.name: s.good for s in statuses}, "action": decision.action, "runbook": decision.alert})
+    if execute and decision.action in AUTOMATED:
+        body["executed"] = _execute(client, decision, champion, current, report, body, state_dir=state_dir,
+                                    tracking_uri=tracking_uri, actor=actor)
+    automated = decision.action in AUTOMATED
+    body["pending"] = decision.action if automated and not execute and not dispatched else None
+    state.record({"window": window, "version": champion.loaded.version, "rows": report.inputs.rows,
+                  "cusum": report.drift.cusum if report.drift and report.drift.cusum is not None
+                  else (history[-1].get("cusum") if history and history[-1].get("version") == report.version
+                        else None),
+                  "slo": {s.name: s.good for s in statuses}, "firing": decision.firing, "action": decision.action,
+                  "executed": automated and (execute or dispatched), "runbook": decision.alert,
+                  "monitored_at": time.time()})
     return body
+
+
+def _execute(client, decision, champion: Champion, current: Window, report: WindowReport, body: dict, *,
+             state_dir: Path, tracking_uri: str, actor: str) -> dict:
+    """Carry out a decided retrain or rollback; returns what the registry or the retrain says."""
+    from pipelines.registry.promotion import rollback
+
+    window = current.key
+    reason = f"{decision.alert} on window {window}: {decision.reason}"
+    trigger = {"incident_id": body["incident_id"], "window": window}
+    if decision.action == "rollback":
+        change = rollback(client, report.model, reason=reason, actor=actor,
+                          verdict={"decision": body["decision"], "incident_id": body["incident_id"]}, trigger=trigger)
+        return change.to_json()
+    from pipelines.lifecycle.retrain import RetrainRequest, retrain
+    from pipelines.run_artifacts import RESOLVED_CONFIG, RunArtifacts
+
+    workdir = state_dir / "retrain" / window.replace(":", "-")
+    config = RunArtifacts(tracking_uri, champion.loaded.run_id).download(RESOLVED_CONFIG, workdir)
+    request = RetrainRequest(config=str(config), reason=reason, workdir=str(workdir), tracking_uri=tracking_uri,
+                             window=str(current.path), run_name=f"viops-monitor/{window}", actor=actor,
+                             trigger=trigger)
+    return {**retrain(request), "added_rows": report.inputs.labelled_rows}

@@ -4,13 +4,16 @@ Front matter keys:
 
 - ``alert``: the alert this runbook answers; must exist in ``monitoring/prometheus/alerts.yml``.
 - ``severity``: ``page`` or ``ticket``, as on the alert.
-- ``action``: what automation may do, one of ``retrain``, ``rollback``, ``page`` (a person decides) or ``none``.
+- ``action``: what the decision does when the alert fires: ``retrain`` or ``rollback`` (automated), ``page`` (a
+  person now) or ``ticket`` (an incident record with severity ticket, exported to Prometheus; a person looks in
+  working hours, nothing is changed).
 - ``preconditions``: all must hold before the action runs. Otherwise the decision falls back to ``page``.
   - ``min_labelled_rows``: the window must have this many labelled rows (retraining needs data to learn from);
   - ``inputs_valid``: no NaN/inf inputs in the window, so nothing is trained on broken data;
   - ``promoted_within_windows``: the champion was promoted at most this many windows ago;
   - ``previous_champion``: a ``previous-champion`` exists to roll back to.
-- ``cooldown``: windows after an automated action during which this runbook triggers no other automated action.
+- ``cooldown``: windows after an executed automated action during which this runbook triggers no other one.
+- ``page_after_windows``: a ``ticket`` becomes a ``page`` once the alert has fired this many windows in a row.
 
 The body has the sections Meaning, Impact, Diagnosis and Mitigation, with the exact commands to run.
 """
@@ -42,9 +45,10 @@ class Preconditions(StrictModel):
 class Runbook(StrictModel):
     alert: str = Field(pattern=r"^Viops[A-Za-z0-9]+$")
     severity: Literal["page", "ticket"]
-    action: Literal["retrain", "rollback", "page", "none"]
+    action: Literal["retrain", "rollback", "page", "ticket"]
     preconditions: Preconditions = Preconditions()
     cooldown: PositiveInt = 1
+    page_after_windows: PositiveInt | None = None
     title: str
     path: str = ""
 

@@ -9,10 +9,18 @@ window looks like data the model has not seen, drawn from the same distribution 
 - ``stable``: nothing changes.
 - ``covariate_shift``: the chosen ``features`` are shifted by ``shift`` training SDs and multiplied by ``scale``
   around their training mean; the labels keep their relation to the original features, as when a sub-population
-  grows in production.
+  grows in production. One key feature (``single_feature``) or one the model barely uses (``irrelevant_feature``)
+  are configs of this kind.
+- ``gradual``: like ``covariate_shift``, but the shift grows by ``shift`` training SDs per window: ``shift`` at
+  window ``start``, ``2 * shift`` at the next, and so on (slow drift).
 - ``concept_shift``: the label relation changes. Regression: ``y += slope * SD(y) * z_f``, with ``z_f`` the first
   chosen feature, standardised. Classification: a ``fraction`` of labels are reassigned to another class.
+- ``label_noise``: the labels get noisier. Regression: the residual SD around a least-squares fit of the training
+  split is multiplied by ``noise`` (Gaussian noise is added). Classification: a ``fraction`` of labels are
+  reassigned at random.
 - ``nan_burst``: for ``duration`` windows, a ``fraction`` of the values of the chosen features are NaN or ±inf.
+- ``low_volume``: for ``duration`` windows, only a ``fraction`` of the usual rows arrive.
+- ``empty``: for ``duration`` windows, no rows arrive (a feed outage).
 """
 
 from __future__ import annotations
@@ -32,7 +40,10 @@ from pipelines.training.data import prepare
 
 __all__ = ["ScenarioConfig", "load_scenario", "simulate"]
 
-SCENARIOS = ("stable", "covariate_shift", "concept_shift", "nan_burst")
+SCENARIOS = ("stable", "covariate_shift", "gradual", "concept_shift", "label_noise", "nan_burst", "low_volume",
+             "empty")
+#: Scenarios that last ``duration`` windows from ``start``; the others last to the end.
+BURSTS = ("nan_burst", "low_volume", "empty")
 
 
 class ScenarioConfig(StrictModel):
@@ -40,16 +51,18 @@ class ScenarioConfig(StrictModel):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
     training_config: str  # the model's training config: its data and split give the rows to draw from
-    scenario: Literal["stable", "covariate_shift", "concept_shift", "nan_burst"] = "stable"
+    scenario: Literal[SCENARIOS] = "stable"
     windows: PositiveInt = 12
     rows_per_window: PositiveInt = 500
     start: Annotated[int, Field(ge=0)] = 6  # first affected window (0-based)
     features: list[str] = Field(default_factory=list)  # affected features (default: the first two)
-    shift: float = 2.0  # covariate_shift: in training SDs
+    shift: float = 2.0  # covariate_shift: in training SDs; gradual: training SDs per window
     scale: Annotated[float, Field(gt=0.0)] = 1.0  # covariate_shift
     slope: float = 1.0  # concept_shift (regression): SDs of y per SD of the feature
-    fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3  # concept_shift (classes) and nan_burst
-    duration: PositiveInt = 1  # nan_burst: affected windows
+    # concept_shift/label_noise (classes), nan_burst, low_volume
+    fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    noise: Annotated[float, Field(ge=1.0)] = 2.0  # label_noise (regression): factor on the residual SD
+    duration: PositiveInt = 1  # nan_burst, low_volume, empty: affected windows
     window_start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)
     window_every: timedelta = timedelta(hours=1)
     with_labels: bool = True
@@ -80,6 +93,14 @@ def _windows_times(s: ScenarioConfig) -> list[datetime]:
     return [s.window_start + i * s.window_every for i in range(s.windows)]
 
 
+def _residual_sd(train: pd.DataFrame, features: list[str], target: str) -> float:
+    """SD of the residuals of a least-squares fit of ``target`` on ``features`` (the label noise to scale)."""
+    x = np.c_[np.ones(len(train)), train[features].to_numpy(dtype=float)]
+    y = train[target].to_numpy(dtype=float)
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return float(np.std(y - x @ coef))
+
+
 def simulate(scenario: ScenarioConfig, training: TrainConfig, out: str | Path):
     """Write the scenario's windows to a window store at ``out``; returns the store."""
     from monitoring.windows import WindowStore
@@ -101,31 +122,39 @@ def simulate(scenario: ScenarioConfig, training: TrainConfig, out: str | Path):
     # Rows and perturbations draw from separate streams, so scenarios with one seed share their rows: a window of
     # `concept_shift` differs from the same window of `stable` only by the change itself.
     rows_rng, rng = np.random.default_rng(scenario.seed), np.random.default_rng([scenario.seed, 1])
+    residual_sd = _residual_sd(data.train, features, target) if not classify else None
     store = WindowStore(out)
     for index, when in enumerate(_windows_times(scenario)):
         frame = pool.iloc[rows_rng.integers(0, len(pool), scenario.rows_per_window)].reset_index(drop=True)
         frame = frame[[*features, target]].astype({c: "float64" for c in features})
-        affected = scenario.scenario != "stable" and index >= scenario.start
-        if scenario.scenario == "nan_burst":
+        kind = scenario.scenario
+        affected = kind != "stable" and index >= scenario.start
+        if kind in BURSTS:
             affected = scenario.start <= index < scenario.start + scenario.duration
-        if affected and scenario.scenario == "covariate_shift":
+        if affected and kind in ("covariate_shift", "gradual"):
+            shift = scenario.shift * (index - scenario.start + 1 if kind == "gradual" else 1)
             for f in chosen:
-                frame[f] = mean[f] + (frame[f] - mean[f]) * scenario.scale + scenario.shift * sd[f]
-        elif affected and scenario.scenario == "concept_shift":
-            if classify:
-                flip = rng.random(len(frame)) < scenario.fraction
-                offsets = rng.integers(1, len(classes), flip.sum())
-                positions = np.searchsorted(classes, frame.loc[flip, target].to_numpy())
-                frame.loc[flip, target] = classes[(positions + offsets) % len(classes)]
-            else:
-                z = (frame[chosen[0]] - mean[chosen[0]]) / sd[chosen[0]]
-                frame[target] = frame[target] + scenario.slope * y_sd * z
-        elif affected and scenario.scenario == "nan_burst":
+                frame[f] = mean[f] + (frame[f] - mean[f]) * scenario.scale + shift * sd[f]
+        elif affected and kind in ("concept_shift", "label_noise") and classify:
+            flip = rng.random(len(frame)) < scenario.fraction
+            offsets = rng.integers(1, len(classes), flip.sum())
+            positions = np.searchsorted(classes, frame.loc[flip, target].to_numpy())
+            frame.loc[flip, target] = classes[(positions + offsets) % len(classes)]
+        elif affected and kind == "concept_shift":
+            z = (frame[chosen[0]] - mean[chosen[0]]) / sd[chosen[0]]
+            frame[target] = frame[target] + scenario.slope * y_sd * z
+        elif affected and kind == "label_noise":
+            extra = residual_sd * np.sqrt(scenario.noise ** 2 - 1.0)
+            frame[target] = frame[target] + rng.normal(0.0, extra, len(frame))
+        elif affected and kind == "nan_burst":
             for f in chosen:
                 hit = rng.random(len(frame)) < scenario.fraction
                 frame.loc[hit, f] = rng.choice([np.nan, np.inf, -np.inf], hit.sum())
+        elif affected and kind in ("low_volume", "empty"):
+            keep = 0 if kind == "empty" else max(1, int(round(scenario.fraction * len(frame))))
+            frame = frame.iloc[:keep]
         if not scenario.with_labels:
             frame = frame.drop(columns=[target])
-        store.write(when, frame, meta={"scenario": scenario.name, "kind": scenario.scenario, "index": index,
+        store.write(when, frame, meta={"scenario": scenario.name, "kind": kind, "index": index,
                                        "affected": bool(affected), "target": target, "features": features})
     return store

@@ -29,7 +29,8 @@ from typing import Annotated
 
 from pydantic import Field, PositiveInt, model_validator
 
-from monitoring.checks.results import IndicatorError, WindowReport, check_indicator, indicator_value
+from monitoring.checks.indicators import IndicatorError, check_indicator, evidence_for, indicator_value
+from monitoring.checks.results import WindowReport
 from pipelines.config.base import StrictModel
 from pipelines.config.loading import read_yaml, validate_section
 
@@ -129,6 +130,9 @@ def evaluate_slos(slos: SLOConfig, report: WindowReport, history: list[dict] | N
         if good is None:
             status = "no_data"
             reason = f"{objective.name}: no {objective.indicator} in this window"
+            evidence = report.evidence.get(evidence_for(objective.indicator) or "")
+            if evidence is not None and not evidence.enough:
+                reason += f" ({evidence.rows} rows < the {evidence.min_rows} its check needs)"
         elif not good:
             status = "breach"
             reason = (f"{objective.name}: {objective.indicator} = {value:.4g}{objective.unit} is not "

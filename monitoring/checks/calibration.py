@@ -6,7 +6,7 @@ from __future__ import annotations
 from monitoring.checks.champion import Champion
 from monitoring.checks.config import CalibrationCheckConfig
 from monitoring.checks.inputs import WindowRows
-from monitoring.checks.results import CalibrationDelta, CalibrationResult
+from monitoring.checks.results import CalibrationDelta, CalibrationResult, Evidence
 from pipelines.serving.predictive_metrics import predictive_metrics
 
 __all__ = ["CalibrationCheck"]
@@ -20,6 +20,11 @@ class CalibrationCheck:
     def __init__(self, config: CalibrationCheckConfig, seed: int = 0):
         self.config, self.seed = config, seed
         self.min_rows = config.min_rows  # labelled rows
+
+    def evidence(self, rows: WindowRows, champion: Champion) -> dict[str, Evidence]:
+        if rows.labelled is None or champion.kind == "amortized":
+            return {}
+        return {"calibration": Evidence(len(rows.labelled), self.min_rows)}
 
     def calculate(self, rows: WindowRows, champion: Champion) -> CalibrationResult | None:
         labelled = rows.labelled

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from monitoring.checks.config import ChecksConfig
+from monitoring.checks.sensitivity import feature_weights
 from pipelines.run_artifacts import REFERENCE_FEATURES, RunArtifacts
 from pipelines.serving.loading import LoadedVersion, load_version
 from pipelines.serving.predictive_metrics import predictive_metrics
@@ -30,6 +31,7 @@ class Champion:
     baseline: dict[str, float] = field(default_factory=dict)  # fit and calibration on its held-out split
     baseline_uncertainty: dict[str, float] = field(default_factory=dict)
     promoted_at: float | None = None  # Unix time the version became champion (its `viops.promote.at` tag)
+    feature_weights: dict[str, float] = field(default_factory=dict)  # share of its sensitivity, per feature
 
     @property
     def features(self) -> list[str]:
@@ -46,10 +48,12 @@ class Champion:
 
 
 def prediction_columns(kind: str, predictions: pd.DataFrame) -> list[str]:
-    """The prediction columns whose drift is watched: the predictive mean and SD, class probabilities and entropy,
-    or an amortized model's ``log_marginal``."""
+    """The prediction columns whose drift is watched: the predictive mean, class probabilities and entropy, or an
+    amortized model's ``log_marginal``. The predictive SD is watched as a relative change instead
+    (``vi_health.uncertainty``): it is nearly constant across rows, so a distance normed by its spread flags a 1%
+    change."""
     if kind == "regression":
-        return ["mean", "sd"]
+        return ["mean"]
     if kind == "classification":
         return [c for c in predictions.columns if c.startswith("p_")] + ["entropy"]
     return ["log_marginal"]
@@ -90,6 +94,9 @@ def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "c
 
         champion.promoted_at = datetime.fromisoformat(promoted).timestamp()
     champion.baseline_uncertainty = uncertainty_summary(champion.kind, reference_predictions)
+    if checks.drift.enabled:
+        champion.feature_weights = feature_weights(loaded.pyfunc.predict, reference, champion.kind,
+                                                   rows=checks.drift.sensitivity_rows, seed=checks.seed)
     holdout = artifacts.holdout()
     if holdout is not None and len(holdout):
         champion.baseline = predictive_metrics(loaded.predictor, holdout, seed=checks.seed,

@@ -10,7 +10,8 @@ from pydantic import Field, PositiveFloat, PositiveInt
 from pipelines.config.base import StrictModel
 from pipelines.config.loading import read_yaml, validate_section
 
-__all__ = ["DriftCheckConfig", "CalibrationCheckConfig", "VIHealthConfig", "ChecksConfig", "load_checks_config"]
+__all__ = ["DriftCheckConfig", "CalibrationCheckConfig", "VIHealthConfig", "VolumeConfig", "ChecksConfig",
+           "load_checks_config"]
 
 
 class DriftCheckConfig(StrictModel):
@@ -27,7 +28,20 @@ class DriftCheckConfig(StrictModel):
     drift_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # Evidently's dataset-drift flag
     row_cap: PositiveInt = 100_000
     predictions: bool = True  # also compare the champion's predictions on the window with those on the reference
+    # Fewer finite rows: no drift verdict ("no data"). A distance between 20 rows and the reference is mostly noise.
+    min_rows: PositiveInt = 100
+    # Rows of the reference snapshot used to measure the champion's sensitivity to each feature (the drift weights).
+    sensitivity_rows: PositiveInt = 512
+    # CUSUM allowance: the weighted distance a window may add before slow-drift evidence accumulates is
+    # cusum_noise x sqrt(1/reference rows + 1/window rows), the sampling noise of a distance between two samples of
+    # those sizes, so small windows need more evidence; never below cusum_min_allowance. Stable 500-row windows of the
+    # demo model sit near 0.13, under their allowance of 0.19.
+    cusum_noise: PositiveFloat = 2.5
+    cusum_min_allowance: Annotated[float, Field(ge=0.0)] = 0.05
 
+    def cusum_allowance(self, reference_rows: int, window_rows: int) -> float:
+        noise = (1.0 / max(reference_rows, 1) + 1.0 / max(window_rows, 1)) ** 0.5
+        return max(self.cusum_min_allowance, self.cusum_noise * noise)
 
 class CalibrationCheckConfig(StrictModel):
     """Calibration on labelled rows: ECE and Brier (classifiers), 90% coverage and PIT (regression), and the change
@@ -46,12 +60,23 @@ class VIHealthConfig(StrictModel):
     predictive_samples: Annotated[int, Field(ge=16)] = 256
     latency_requests: Annotated[int, Field(ge=5)] = 20
     amortization_subsample: PositiveInt = 32
+    min_fit_rows: PositiveInt = 50  # labelled rows for the ELBO/NLL against the baseline
+    min_uncertainty_rows: PositiveInt = 50  # finite rows for the uncertainty shift
+
+
+class VolumeConfig(StrictModel):
+    """Rows per window against the usual volume: ``usual_rows`` when given, else the median row count of the last
+    ``history`` windows that had rows. An empty window is always measured (ratio 0)."""
+
+    usual_rows: PositiveInt | None = None
+    history: PositiveInt = 24
 
 
 class ChecksConfig(StrictModel):
     drift: DriftCheckConfig = DriftCheckConfig()
     calibration: CalibrationCheckConfig = CalibrationCheckConfig()
     vi_health: VIHealthConfig = VIHealthConfig()
+    volume: VolumeConfig = VolumeConfig()
     # Calibration and VI-health statistics use at most this many rows of a window (sampled, seeded); every row is
     # still scored and counted for NaN/inf.
     row_cap: PositiveInt = 100_000

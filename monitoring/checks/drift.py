@@ -20,7 +20,7 @@ import pandas as pd
 from monitoring.checks.champion import Champion, prediction_columns
 from monitoring.checks.config import DriftCheckConfig
 from monitoring.checks.inputs import WindowRows
-from monitoring.checks.results import ColumnDrift, DriftSummary
+from monitoring.checks.results import ColumnDrift, DriftSummary, Evidence
 
 __all__ = ["DriftCheck", "DriftResult", "drift_check", "statistic_kind"]
 
@@ -112,16 +112,20 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, columns: list[st
 
 
 class DriftCheck:
-    """Evidently drift of the finite features, and of the champion's predictions, against the reference."""
+    """Evidently drift of the finite features, and of the champion's predictions, against the reference; with at
+    least ``min_rows`` finite rows. Each feature's verdict is weighted by the champion's sensitivity to it."""
 
     name = "drift"
 
     def __init__(self, config: DriftCheckConfig, seed: int = 0):
         self.config, self.seed = config, seed
-        self.min_rows = 1  # finite rows
+        self.min_rows = config.min_rows  # finite rows
+
+    def evidence(self, rows: WindowRows, champion: Champion) -> dict[str, Evidence]:
+        return {"drift": Evidence(len(rows.features), self.min_rows)}
 
     def calculate(self, rows: WindowRows, champion: Champion) -> DriftSummary | None:
-        if len(rows.features) < self.min_rows:
+        if not self.evidence(rows, champion)["drift"].enough:
             return None
         cfg = self.config
         options = dict(row_cap=cfg.row_cap, drift_share=cfg.drift_share, method=cfg.method, threshold=cfg.threshold,
@@ -133,4 +137,4 @@ class DriftCheck:
             predictions = drift_check(champion.reference_predictions, rows.predictions, columns, **options)
             on_predictions = DriftSummary.of(predictions)
             seconds += predictions.seconds
-        return DriftSummary.of(features, seconds=seconds, predictions=on_predictions)
+        return DriftSummary.of(features, seconds=seconds, predictions=on_predictions, weights=champion.feature_weights)

@@ -1,9 +1,5 @@
-"""What the window checks return: frozen dataclasses with documented fields, and the one way to read an indicator.
-
-An SLO objective and a Prometheus gauge name an indicator by its dotted path (``drift.share``,
-``calibration.delta.coverage_90``). :func:`check_indicator` resolves such a path against the result *types*, when
-the SLO file or the gauge table is loaded, so a renamed field is an error naming the path and what exists instead,
-never a silent "no data". :func:`indicator_value` then reads it from one :class:`WindowReport`.
+"""What the window checks return: frozen dataclasses with documented fields (:mod:`monitoring.checks.indicators`
+reads an indicator from them by its dotted path).
 
 ``to_json()`` of each result leaves out fields that were not measured, so the ``--json`` output of
 ``viops monitor`` keeps exactly the keys it always had.
@@ -12,14 +8,12 @@ never a silent "no data". :func:`indicator_value` then reads it from one :class:
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
     "ColumnDrift", "InputsResult", "DriftSummary", "CalibrationDelta", "CalibrationResult", "UncertaintyShift",
-    "VIHealthResult", "ChampionInfo", "WindowReport", "indicator_value", "check_indicator", "IndicatorError",
+    "VIHealthResult", "ChampionInfo", "Evidence", "WindowReport",
 ]
 
 
@@ -51,10 +45,12 @@ class ColumnDrift:
     value: float
     threshold: float
     drifted: bool
+    weight: float | None = None  # the champion's sensitivity to the column, as a share of all (features only)
 
     def to_json(self) -> dict:
-        return {"method": self.method, "kind": self.kind, "value": self.value, "threshold": self.threshold,
-                "drifted": self.drifted}
+        out = {"method": self.method, "kind": self.kind, "value": self.value, "threshold": self.threshold,
+               "drifted": self.drifted}
+        return out if self.weight is None else {**out, "weight": self.weight}
 
 
 @dataclass(frozen=True)
@@ -66,6 +62,8 @@ class InputsResult(_Result):
         nonfinite_values: NaN/inf feature values; nonfinite_fraction: share of rows with at least one.
         nonfinite_by_column: NaN/inf count per feature that has any.
         labelled_rows: finite rows with a usable label; invalid_labels: finite labels that are not a known class.
+        usual_rows: the rows a window usually has (configured, or the median of the last windows that had rows);
+        volume_ratio: ``rows / usual_rows`` (0.0 for an empty window even without a usual volume).
     """
 
     rows: int
@@ -75,6 +73,8 @@ class InputsResult(_Result):
     nonfinite_by_column: dict[str, int]
     labelled_rows: int = 0
     invalid_labels: int = 0
+    usual_rows: float | None = None
+    volume_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,11 @@ class DriftSummary(_Result):
 
     Attributes:
         share: share of compared columns that drifted; drifted_count: how many.
+        weighted_share: the champion's sensitivity carried by the drifted columns (weights sum to 1 over the
+            features), i.e. the drift mass of what the model uses; weighted_distance: the sensitivity-weighted mean of
+            the columns' distances (distance methods only).
+        cusum: the one-sided CUSUM of ``weighted_distance`` over the windows this champion has watched
+            (accumulated slow drift; docs/monitoring.md#slow-drift).
         dataset_drift: ``share`` reached ``drift_share`` (Evidently's flag).
         rows: rows compared ``{"reference": n, "current": m}`` after sampling.
         columns: per-column method, statistic kind (p-value or distance), value, threshold and verdict.
@@ -98,14 +103,28 @@ class DriftSummary(_Result):
     columns: dict[str, ColumnDrift]
     seconds: float | None = None
     predictions: DriftSummary | None = None
+    weighted_share: float | None = None
+    weighted_distance: float | None = None
+    cusum: float | None = None
     #: The Evidently snapshot of the feature drift (its HTML report goes with the incident); not in the JSON.
     evidently: object = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     @classmethod
-    def of(cls, result, *, seconds: float | None = None, predictions: DriftSummary | None = None) -> DriftSummary:
-        """From a :class:`monitoring.drift.DriftResult`."""
+    def of(cls, result, *, seconds: float | None = None, predictions: DriftSummary | None = None,
+           weights: Mapping[str, float] | None = None) -> DriftSummary:
+        """From a :class:`monitoring.checks.drift.DriftResult`; with ``weights`` (feature -> share of the champion's
+        sensitivity), also the weighted share and distance."""
+        columns = dict(result.columns)
+        weighted_share = weighted_distance = None
+        if weights:
+            columns = {name: dataclasses.replace(c, weight=float(weights.get(name, 0.0)))
+                       for name, c in columns.items()}
+            total = sum(c.weight for c in columns.values()) or 1.0
+            weighted_share = sum(c.weight for c in columns.values() if c.drifted) / total
+            if all(c.kind == "distance" for c in columns.values()):
+                weighted_distance = sum(c.weight * c.value for c in columns.values()) / total
         return cls(result.share, result.drifted_count, result.dataset_drift, result.drift_share, dict(result.rows),
-                   dict(result.columns), seconds, predictions, result)
+                   columns, seconds, predictions, weighted_share, weighted_distance, None, result)
 
 
 @dataclass(frozen=True)
@@ -192,6 +211,22 @@ class ChampionInfo(_Result):
 
 
 @dataclass(frozen=True)
+class Evidence(_Result):
+    """Whether a check had the rows it needs on this window. Below ``min_rows`` it measured nothing: its indicators
+    are "no data", which counts neither as good nor as bad."""
+
+    rows: int
+    min_rows: int
+
+    @property
+    def enough(self) -> bool:
+        return self.rows >= self.min_rows
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "min_rows": self.min_rows, "enough": self.enough}
+
+
+@dataclass(frozen=True)
 class WindowReport:
     """Every check's result on one window.
 
@@ -209,6 +244,7 @@ class WindowReport:
     scoring: dict
     champion: ChampionInfo | None = None
     predictions: object = field(default=None, repr=False, metadata={"json": False})
+    evidence: dict[str, Evidence] = field(default_factory=dict, metadata={"json": False})
 
     @property
     def drift_result(self):
@@ -218,55 +254,5 @@ class WindowReport:
     def to_json(self) -> dict:
         return {"window": self.window, "model": self.model, "version": self.version, "inputs": _json(self.inputs),
                 "drift": _json(self.drift), "calibration": _json(self.calibration),
-                "vi_health": _json(self.vi_health), "scoring": self.scoring, "champion": _json(self.champion)}
-
-
-class IndicatorError(ValueError):
-    """An indicator path names no field of the window report; the message says which part and what exists."""
-
-
-def _unwrap(hint):
-    """``X | None`` -> ``X``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0] if len(args) == 1 else hint
-    return hint
-
-
-def check_indicator(path: str) -> None:
-    """Resolve a dotted indicator path against the :class:`WindowReport` types.
-
-    Raises:
-        IndicatorError: a part of the path is not a field (naming the fields there are), or the path ends at
-            something that is not a number.
-    """
-    hint, walked = WindowReport, []
-    for part in path.split("."):
-        hint = _unwrap(hint)
-        if typing.get_origin(hint) is dict:  # a mapping keyed by name (uncertainty measures): any key
-            hint = typing.get_args(hint)[1]
-        elif dataclasses.is_dataclass(hint):
-            hints = typing.get_type_hints(hint)
-            fields = sorted(f.name for f in dataclasses.fields(hint) if f.metadata.get("json", True))
-            if part not in fields:
-                where = ".".join(walked) or "the window report"
-                raise IndicatorError(f"indicator {path!r}: {where} has no field {part!r}; it has {fields}")
-            hint = hints[part]
-        else:
-            raise IndicatorError(f"indicator {path!r}: {'.'.join(walked)} is a number, not a group of fields")
-        walked.append(part)
-    hint = _unwrap(hint)
-    if hint not in (int, float):
-        raise IndicatorError(f"indicator {path!r} is not a number (it is {getattr(hint, '__name__', hint)})")
-
-
-def indicator_value(report: WindowReport, path: str) -> float | None:
-    """The number at dotted ``path`` in ``report``, or None when this window did not measure it."""
-    node = report
-    for part in path.split("."):
-        if node is None:
-            return None
-        node = node.get(part) if isinstance(node, Mapping) else getattr(node, part)
-    if node is None or isinstance(node, bool):
-        return None
-    return float(node)
+                "vi_health": _json(self.vi_health), "scoring": self.scoring, "champion": _json(self.champion),
+                "evidence": _json(self.evidence)}

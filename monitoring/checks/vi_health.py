@@ -13,10 +13,13 @@ import pandas as pd
 from monitoring.checks.champion import Champion, uncertainty_summary
 from monitoring.checks.config import VIHealthConfig
 from monitoring.checks.inputs import WindowRows
-from monitoring.checks.results import UncertaintyShift, VIHealthResult
+from monitoring.checks.results import Evidence, UncertaintyShift, VIHealthResult
 from pipelines.serving.predictive_metrics import predictive_metrics
 
-__all__ = ["VIHealthCheck"]
+__all__ = ["VIHealthCheck", "MIN_LATENCY_ROWS"]
+
+#: Fewer finite rows than this: no latency percentile (a p95 of three calls is not one).
+MIN_LATENCY_ROWS = 5
 
 
 class VIHealthCheck:
@@ -26,16 +29,23 @@ class VIHealthCheck:
 
     def __init__(self, config: VIHealthConfig, seed: int = 0):
         self.config, self.seed = config, seed
-        self.min_rows = 0  # NaN/inf counts and uncertainty need no labels; each measure is skipped without rows
+
+    def evidence(self, rows: WindowRows, champion: Champion) -> dict[str, Evidence]:
+        """Rows behind each measure: ``fit`` (labelled rows; the VAE's own features), ``uncertainty`` and ``latency``
+        (finite rows). NaN/inf counts need none."""
+        cfg, finite = self.config, len(rows.features)
+        labelled = finite if champion.kind == "amortized" else len(rows.labelled) if rows.labelled is not None else 0
+        return {"fit": Evidence(labelled, cfg.min_fit_rows), "uncertainty": Evidence(finite, cfg.min_uncertainty_rows),
+                "latency": Evidence(finite, MIN_LATENCY_ROWS)}
 
     def calculate(self, rows: WindowRows, champion: Champion) -> VIHealthResult:
         cfg, features, labelled = self.config, rows.sampled, rows.labelled
+        evidence = self.evidence(rows, champion)
         out: dict = {"nonfinite_values": rows.inputs.nonfinite_values,
                      "nonfinite_fraction": rows.inputs.nonfinite_fraction}
-        labels_known = labelled is not None and len(labelled) > 0
-        if champion.kind == "amortized" and len(features):
-            labelled, labels_known = features, True  # the VAE's "label" is x itself
-        if labels_known:
+        if champion.kind == "amortized":
+            labelled = features  # the VAE's "label" is x itself
+        if labelled is not None and evidence["fit"].enough:
             metrics = predictive_metrics(champion.loaded.predictor, labelled, num_samples=cfg.predictive_samples,
                                          seed=self.seed)
             for key in ("elbo_per_datum", "nll"):
@@ -44,14 +54,14 @@ class VIHealthCheck:
                     if key in champion.baseline:
                         out[f"{key}_baseline"] = champion.baseline[key]
                         out[f"{key}_delta"] = metrics[key] - champion.baseline[key]
-        if len(rows.predictions):
+        if len(rows.predictions) and evidence["uncertainty"].enough:
             now = uncertainty_summary(champion.kind, rows.predictions)
             base = champion.baseline_uncertainty
             out["uncertainty"] = {k: UncertaintyShift(v, base[k], v / base[k] if base[k] else None)
                                   for k, v in now.items()}
         if champion.kind == "amortized" and len(features):
             out.update(self._amortization(features, champion))
-        if len(features):
+        if evidence["latency"].enough:
             out["latency_p95_ms"] = self._latency_p95_ms(features, champion)
         return VIHealthResult(**out)
 

@@ -48,7 +48,7 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
 
     stable = run_on("stable", 1)
     assert stable["no_action"] == "success" and stable["done"] == "success"
-    assert {stable[t] for t in ("trigger_retrain", "rollback", "page")} == {"skipped"}
+    assert {stable[t] for t in ("trigger_retrain", "rollback", "page", "ticket")} == {"skipped"}
 
     burst = run_on("nan_burst", 6)
     assert burst["page"] == "success" and burst["trigger_retrain"] == "skipped"
@@ -97,7 +97,8 @@ def test_vi_monitoring_shape(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("vi_monitoring")
-    assert dag.get_task("decide").downstream_task_ids == {"no_action", "trigger_retrain", "rollback", "page"}
+    assert dag.get_task("decide").downstream_task_ids == {"no_action", "trigger_retrain", "rollback", "page",
+                                                          "ticket"}
     assert dag.get_task("done").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("trigger_retrain").trigger_dag_id == "svi_retrain"
     assert dag.default_args["retries"] == 2 and dag.default_args["retry_exponential_backoff"]

@@ -43,8 +43,12 @@ def regression(tmp_path_factory):
     return champion, windows
 
 
+def _typed_report(frame, champion):
+    return check_window(Window("test", Path("window.parquet").resolve(), frame), champion, ChecksConfig())
+
+
 def _report(frame, champion):
-    return check_window(Window("test", Path("window.parquet").resolve(), frame), champion, ChecksConfig()).to_json()
+    return _typed_report(frame, champion).to_json()
 
 
 def test_baselines_come_from_the_champions_held_out_split(regression):
@@ -131,11 +135,12 @@ def test_slos_breach_on_exactly_the_scenario_they_watch(regression):
     slos = load_slos(REPO / "configs" / "slo.yaml")
 
     def breaches(frame) -> set[str]:
-        return {s.name for s in evaluate_slos(slos, _report(frame, champion)) if s.status == "breach"}
+        return {s.name for s in evaluate_slos(slos, _typed_report(frame, champion)) if s.status == "breach"}
 
     assert [breaches(frame) for frame in windows["stable"]] == [set()] * 8
-    assert breaches(windows["covariate_shift"][6]) == {"feature_drift", "prediction_drift", "coverage_90",
-                                                       "coverage_regression", "elbo_regression"}
+    # A 2-SD jump of two key features is also enough evidence for the slow-drift CUSUM at once.
+    assert breaches(windows["covariate_shift"][6]) == {"feature_drift", "slow_drift", "prediction_drift",
+                                                       "coverage_90", "coverage_regression", "elbo_regression"}
     assert breaches(windows["concept_shift"][6]) == {"coverage_90", "coverage_regression", "elbo_regression"}
     assert breaches(windows["nan_burst"][6]) == {"input_validity"}
 

@@ -14,10 +14,11 @@ FACTS = {"labelled_rows": 500, "nonfinite_values": 0, "windows_since_promotion":
 
 
 def _statuses(*breached: str) -> list[SLOStatus]:
-    names = ("feature_drift", "prediction_drift", "coverage_90", "coverage_regression", "ece", "elbo_regression",
-             "input_validity", "amortization_gap", "scoring_latency", "active_units")
-    return [SLOStatus(n, n, "breach" if n in breached else "ok", 0.0, "", n not in breached, 0, 1, 0.0, 1.0, "")
-            for n in names]
+    names = ("feature_drift", "slow_drift", "prediction_drift", "predictive_sd_shift", "volume", "feed_rows",
+             "coverage_90", "coverage_regression", "ece", "elbo_regression", "input_validity", "amortization_gap",
+             "scoring_latency", "active_units")
+    return [SLOStatus(n, n, "breach" if n in breached else "ok", 0.0, "", n not in breached, 0, 1, 0.0, 1.0,
+                      f"{n}: {n} = 0 is {'not ' if n in breached else ''}within bounds") for n in names]
 
 
 def _decide(*breached, history=(), **facts):
@@ -31,8 +32,8 @@ def test_nothing_breached_is_none():
 def test_drift_retrains_when_there_are_labels_and_valid_inputs():
     d = _decide("feature_drift", "prediction_drift")
     assert (d.action, d.alert, d.runbook) == ("retrain", "ViopsDataDrift", "runbooks/ViopsDataDrift.md")
-    short = _decide("feature_drift", labelled_rows=20)
-    assert short.action == "page" and "20 labelled rows < min_labelled_rows 200" in short.reason
+    short = _decide("feature_drift", labelled_rows=20)  # the retrain waits for labels: a ticket, not a page
+    assert short.action == "ticket" and "20 labelled rows < min_labelled_rows 200" in short.reason
 
 
 def test_nan_inputs_always_page_and_never_retrain():
@@ -47,9 +48,12 @@ def test_a_fresh_bad_deploy_rolls_back_before_anything_else():
     old = _decide("coverage_regression", "coverage_90", windows_since_promotion=10)
     assert old.action == "retrain" and old.alert == "ViopsCalibrationBreach"
     assert "ViopsCalibrationRegressionAfterDeploy" not in old.firing
-    # Nothing to roll back to: a person decides.
+    # Nothing to roll back to: the calibration breach retrains instead, and the reason says why not a rollback.
     alone = _decide("coverage_regression", windows_since_promotion=1, has_previous_champion=False)
-    assert alone.action == "page" and "no previous-champion" in alone.reason
+    assert alone.action == "retrain" and "no previous-champion" in alone.reason
+    # ... and a person decides when retraining is not possible either.
+    stuck = _decide("coverage_regression", windows_since_promotion=1, has_previous_champion=False, labelled_rows=10)
+    assert stuck.action == "page" and stuck.alert == "ViopsCalibrationRegressionAfterDeploy"
 
 
 def test_cooldown_allows_one_retrain_then_waits_without_paging():
@@ -83,7 +87,62 @@ def test_state_replaces_a_rerun_window_and_history_excludes_it(tmp_path):
                                              ("coverage_90", "ViopsCalibrationBreach"),
                                              ("amortization_gap", "ViopsAmortizationGapBudget")])
 def test_every_retrain_runbook_refuses_bad_data(breached, alert):
-    """A retrain precondition that fails on bad data pages a person instead, naming the alert and the bad values."""
+    """A retrain precondition that fails on bad data asks a person instead (at the runbook's severity), naming the
+    alert and the bad values."""
     d = _decide(breached, nonfinite_values=5)
-    assert (d.action, d.alert) == ("page", alert)
-    assert d.reason == f"{alert} would retrain, but inputs are not valid (5 NaN/inf values)"
+    assert (d.action, d.alert) == ("ticket", alert)
+    assert f"{alert}: would retrain, but inputs are not valid (5 NaN/inf values)" in d.reason
+
+
+def test_a_retrain_decided_but_not_executed_starts_no_cooldown():
+    pending = [{"window": "w1", "action": "retrain", "executed": False, "runbook": "ViopsDataDrift"}]
+    assert _decide("feature_drift", history=pending).action == "retrain"
+    done = [{**pending[0], "executed": True}]
+    assert _decide("feature_drift", history=done).action == "none"
+
+
+def test_tickets_escalate_to_a_page_after_the_runbooks_run_of_windows():
+    empty = [{"window": f"w{i}", "action": "ticket", "firing": ["ViopsLowVolume", "ViopsFeedEmpty"]} for i in (1, 2)]
+    first = _decide("volume", "feed_rows", history=empty[:0])
+    assert (first.action, first.severity) == ("ticket", "ticket")
+    assert _decide("volume", "feed_rows", history=empty[:1]).action == "ticket"
+    third = _decide("volume", "feed_rows", history=empty)
+    assert (third.action, third.alert) == ("page", "ViopsFeedEmpty") and "3 windows in a row" in third.reason
+    assert _decide("volume", history=empty).action == "ticket"  # a thin (not empty) feed stays a ticket
+
+
+def test_tickets_wait_while_an_executed_retrain_takes_effect():
+    retrained = [{"window": "w1", "action": "retrain", "executed": True, "runbook": "ViopsDataDrift"}]
+    d = _decide("feature_drift", "prediction_drift", history=retrained)
+    assert d.action == "none" and "held while an executed action takes effect" in d.reason
+    assert _decide("prediction_drift").action == "ticket"  # on its own, prediction drift is a ticket
+
+
+def test_every_objective_maps_to_an_alert_and_every_alert_to_an_action():
+    from monitoring.alerts import THRESHOLD_ALERTS
+    from monitoring.slo import load_slos
+
+    watched = {o for objectives, *_ in THRESHOLD_ALERTS.values() for o in objectives}
+    assert {o.name for o in load_slos(REPO / "configs" / "slo.yaml").objectives} <= watched
+    assert all(RUNBOOKS[alert].action in ("retrain", "rollback", "page", "ticket") for alert in THRESHOLD_ALERTS)
+
+
+@pytest.mark.parametrize("breached", [(), ("prediction_drift",), ("feature_drift", "slow_drift"), ("volume",),
+                                      ("coverage_90", "elbo_regression"), ("scoring_latency", "predictive_sd_shift")])
+def test_the_reason_names_exactly_the_breached_objectives(breached):
+    statuses = _statuses(*breached)
+    d = decide(statuses, RUNBOOKS, [], FACTS)
+    assert d.breached == [s.name for s in statuses if s.status == "breach"]
+    named = {s.name for s in statuses if f"{s.name}:" in d.reason.split(". ")[0]}
+    assert named == set(breached)
+    if not breached:
+        assert d.action == "none" and d.reason.startswith("no objective breached")
+
+
+def test_windows_since_promotion_comes_from_the_alias_change_time():
+    from monitoring.decision import windows_since_promotion
+
+    history = [{"window": f"w{i}", "monitored_at": 100.0 * i} for i in range(1, 6)]
+    assert windows_since_promotion(history, 250.0) == 4  # w3, w4, w5 after the promotion, and this window
+    assert windows_since_promotion(history, 10.0) is None  # promoted before anything this state remembers
+    assert windows_since_promotion(history, None) is None and windows_since_promotion([], 5.0) is None

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitoring.checks.results import check_indicator
+from monitoring.checks.indicators import check_indicator
 from monitoring.metrics import GAUGES, JOB, build_registry, export_metrics
 from monitoring.slo import SLOConfig, evaluate_slos
 from tests.conftest import free_port, require

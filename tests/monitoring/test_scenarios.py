@@ -33,7 +33,28 @@ def test_every_scenario_config_simulates(path, tmp_path, capsys):
     assert len(payload["windows"]) == scenario.windows
     # One Parquet partition per window: the whole store reads as one table with a `window` column.
     table = pd.read_parquet(tmp_path / "w")
-    assert len(table) == scenario.windows * scenario.rows_per_window and table["window"].nunique() == scenario.windows
+    bursts = {"low_volume": round(scenario.fraction * scenario.rows_per_window), "empty": 0}
+    thin = scenario.duration if scenario.scenario in bursts else 0
+    expected = (scenario.windows - thin) * scenario.rows_per_window + thin * bursts.get(scenario.scenario, 0)
+    assert len(table) == expected
+    assert table["window"].nunique() == scenario.windows - (thin if scenario.scenario == "empty" else 0)
+
+
+def test_gradual_label_noise_and_volume_scenarios_change_what_they_say(tmp_path):
+    _, stable, _ = _windows("diabetes_stable", tmp_path / "s", windows=10)
+    _, gradual, scenario = _windows("diabetes_gradual", tmp_path / "g", windows=10)
+    _, training = load_scenario(SCENARIOS / "diabetes_gradual.yaml")
+    sd = prepare(training.data).train["bmi"].std(ddof=0)
+    shifts = [(g["bmi"] - s["bmi"]).mean() / sd for g, s in zip(gradual, stable)]
+    assert np.allclose(shifts[:6], 0.0) and np.allclose(shifts[6:], [0.1, 0.2, 0.3, 0.4])  # 0.1 SD more a window
+    _, noisy, _ = _windows("diabetes_label_noise", tmp_path / "n", windows=8)
+    added = [(n["target"] - s["target"]).std() for n, s in zip(noisy, stable)]
+    assert added[:6] == [0.0] * 6 and all(a > 40 for a in added[6:])  # residual SD ~54 doubled: sqrt(3) * 54 added
+    _, empty, _ = _windows("diabetes_empty", tmp_path / "e")
+    _, low, _ = _windows("diabetes_low_volume", tmp_path / "l")
+    assert [len(f) for f in empty] == [500] * 6 + [0] * 4 + [500] * 2
+    assert [len(f) for f in low] == [500] * 6 + [25] * 3 + [500] * 3
+    assert list(empty[6].columns) == list(stable[0].columns)  # an empty window keeps its schema
 
 
 def test_stable_windows_match_the_held_out_rows(tmp_path):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from monitoring.checks.results import IndicatorError, check_indicator, indicator_value
+from monitoring.checks.indicators import IndicatorError, check_indicator, indicator_value
 from monitoring.slo import SLOConfig, evaluate_slos, load_slos
 from pipelines.config.base import ConfigError
 from tests.conftest import REPO
@@ -36,7 +36,7 @@ def test_indicator_paths():
 
 
 @pytest.mark.parametrize("path, message", [
-    ("drift.shares", "drift has no field 'shares'; it has ['columns', 'dataset_drift', 'drift_share', "),
+    ("drift.shares", "drift has no field 'shares'; it has ['columns', 'cusum', 'dataset_drift', 'drift_share', "),
     ("calibrations.ece", "the window report has no field 'calibrations'"),
     ("calibration.delta.coverage90", "calibration.delta has no field 'coverage90'"),
     ("drift.columns", "is not a number"),

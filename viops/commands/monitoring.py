@@ -36,7 +36,7 @@ def _cmd_monitor(args) -> int:
         mlflow_client, model=args.model, window_path=args.window, tracking_uri=uri, alias=args.alias,
         window_id=args.window_id, checks=load_checks_config(args.checks), slos=load_slos(args.slo),
         runbooks=load_runbooks(args.runbooks), state_dir=args.state_dir, pushgateway=args.pushgateway,
-        textfile=args.textfile, execute=args.execute, actor=args.actor or default_actor(),
+        textfile=args.textfile, execute=args.execute, dispatched=args.dispatched, actor=args.actor or default_actor(),
     )
     decision = result["decision"]
     breached = [s["name"] for s in result["slo"] if s["status"] == "breach"]
@@ -84,6 +84,9 @@ def add_commands(sub) -> None:
     p.add_argument("--textfile", help="metrics text file (default: <state dir>/<model>@<alias>.prom)")
     p.add_argument("--execute", action="store_true",
                    help="carry out the decision now: roll back, or retrain on the data plus this window and gate")
+    p.add_argument("--dispatched", action="store_true",
+                   help="the caller carries out a decided retrain/rollback (as the vi_monitoring DAG does): count it "
+                        "for cooldowns; without this or --execute such a decision is recorded as pending")
     p.add_argument("--actor", help="who acts (default $VIOPS_ACTOR, else the OS user)")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_monitor)
