@@ -14,7 +14,7 @@ import sys
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
-from viops.commands import monitoring, registry, training
+from viops.commands import diagnostics, monitoring, registry, training
 from viops.commands.common import EXIT_BAD_INPUT, EXIT_TRAINING_FAILED
 
 __all__ = ["main", "build_parser", "quiet_libraries"]
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
     parser.add_argument("--version", action="version", version=f"viops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (training, registry, monitoring):
+    for group in (training, diagnostics, registry, monitoring):
         group.add_commands(sub)
     return parser
 

@@ -78,9 +78,9 @@ class GuideConfig(StrictModel):
     family: Literal["mean_field", "full_rank", "low_rank", "flow"] = "mean_field"
     init_scale: PositiveFloat = 0.1
     # laplace: start q at the Laplace approximation (mode and SDs; init_scale is then unused) and measure its
-    # parameters in those units (one L-BFGS fit and a dense Hessian before SVI; up to ~1,000 latent dims).
-    # docs/families.md.
-    precondition: Literal["none", "laplace"] = "none"
+    # parameters in those units (one L-BFGS fit and a dense Hessian before SVI; up to ~1,000 latent dims). auto: laplace
+    # for linear/logistic regression (log-concave, near-Gaussian posteriors), none otherwise. docs/families.md.
+    precondition: Literal["auto", "none", "laplace"] = "auto"
     rank: PositiveInt | None = None
     flow: FlowConfig | None = None
 
@@ -187,8 +187,11 @@ class GateConfig(StrictModel):
     A candidate passes when every check that applies to it holds: its predictive NLL is not worse than the
     champion's by more than ``nll_tolerance`` nats per datum (skipped when there is no champion) and not above
     ``max_nll`` (when set); ECE <= ``max_ece`` (classifiers); 90%-interval coverage inside ``coverage_90``
-    (regression); PSIS k-hat <= ``max_psis_khat`` where the model has one (``null`` turns the check off); no NaN/inf
-    in its predictions; and the p95 latency of single-row ``predict`` calls <= ``max_latency_p95_ms``.
+    (regression); PSIS k-hat <= ``max_psis_khat`` where the model has one (``null`` turns the check off); every
+    posterior SD within ``sd_ratio_to_laplace`` times the Laplace approximation's, where the fit logged a trusted
+    Laplace reference (a linear or logistic regression with fixed noise or >= 10 training rows per latent dimension;
+    ``null`` turns the check off); no NaN/inf in its predictions; and the p95 latency of single-row ``predict``
+    calls <= ``max_latency_p95_ms``.
     """
 
     nll_tolerance: Annotated[float, Field(ge=0.0)] = 0.05
@@ -196,6 +199,7 @@ class GateConfig(StrictModel):
     max_ece: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
     coverage_90: tuple[float, float] = (0.80, 0.97)
     max_psis_khat: PositiveFloat | None = 0.7
+    sd_ratio_to_laplace: tuple[PositiveFloat, PositiveFloat] | None = (0.85, 1.15)
     max_latency_p95_ms: PositiveFloat = 250.0
     latency_requests: Annotated[int, Field(ge=5)] = 30
     predictive_samples: Annotated[int, Field(ge=16)] = 256  # draws of z for the NLL and calibration estimates
@@ -275,7 +279,7 @@ class TrainConfig(StrictModel):
         if model.kind == "vae":
             if self.data.standardize:
                 raise ValueError("model.kind vae models the raw feature counts; set data.standardize: false")
-            if guide.family != "mean_field" or guide.precondition != "none":
+            if guide.family != "mean_field" or guide.precondition == "laplace":
                 raise ValueError("model.kind vae has an amortized diagonal-Gaussian encoder: "
                                  "use guide.family: mean_field and guide.precondition: none")
             if objective.kind == "iwae" and objective.free_bits:

@@ -8,6 +8,8 @@ window, and checks the candidate against the thresholds of its config's ``gate:`
   ``nll_tolerance``; with no champion this comparison is skipped and only the absolute thresholds apply;
 - calibration: ECE (classifiers) at most ``max_ece``; 90%-interval coverage (regression) inside ``coverage_90``;
 - PSIS k-hat of the fit (the training run's ``final/psis_khat``) at most ``max_psis_khat`` where the model has one;
+- posterior SDs within ``sd_ratio_to_laplace`` of the Laplace approximation's (``final/sd_ratio_to_laplace_*``)
+  where the run logged a trusted Laplace reference (``final/laplace_trusted``): k-hat misses a q that is too wide;
 - no NaN/inf in the candidate's predictions; p95 latency of single-row ``predict`` calls within the bound.
 
 The verdict ``{passed, reasons[], metrics{candidate, champion}}`` is logged as a run of the ``viops-evaluation``
@@ -82,8 +84,14 @@ def _latency_ms(loaded: LoadedVersion, features: pd.DataFrame, requests: int) ->
     return np.asarray(times)
 
 
-def version_metrics(loaded: LoadedVersion, frame: pd.DataFrame, gate: GateConfig, psis_khat: float | None) -> dict:
-    """Predictive NLL, calibration, NaN count and single-row latency of one version on ``frame`` (validated)."""
+#: Diagnostics of the fit that the gate reads from the training run (``final/<name>``) where it logged them.
+FIT_DIAGNOSTICS = ("psis_khat", "sd_ratio_to_laplace_min", "sd_ratio_to_laplace_max", "laplace_trusted")
+
+
+def version_metrics(loaded: LoadedVersion, frame: pd.DataFrame, gate: GateConfig,
+                    fit_diagnostics: dict[str, float] | None = None) -> dict:
+    """Predictive NLL, calibration, NaN count and single-row latency of one version on ``frame`` (validated), with
+    the fit's own diagnostics (PSIS k-hat, SD ratios to the Laplace approximation) where its run logged them."""
     from pipelines.serving.predictive_metrics import predictive_metrics
 
     b = loaded.bundle
@@ -95,8 +103,7 @@ def version_metrics(loaded: LoadedVersion, frame: pd.DataFrame, gate: GateConfig
     latency = _latency_ms(loaded, features, gate.latency_requests)
     out["latency_p50_ms"] = float(np.percentile(latency, 50))
     out["latency_p95_ms"] = float(np.percentile(latency, 95))
-    if psis_khat is not None:
-        out["psis_khat"] = float(psis_khat)
+    out.update({k: float(v) for k, v in (fit_diagnostics or {}).items()})
     return out
 
 
@@ -134,11 +141,12 @@ def evaluate(client, model_name: str, *, tracking_uri: str, candidate: str | Non
         frame = frame.sample(n=gate.max_rows, random_state=gate.seed)
     frame = frame.reset_index(drop=True)
 
-    def khat(loaded: LoadedVersion) -> float | None:
-        return client.get_run(loaded.run_id).data.metrics.get("final/psis_khat")
+    def diagnostics(loaded: LoadedVersion) -> dict[str, float]:
+        logged = client.get_run(loaded.run_id).data.metrics
+        return {k: logged[f"final/{k}"] for k in FIT_DIAGNOSTICS if f"final/{k}" in logged}
 
-    metrics = {"candidate": version_metrics(cand, frame, gate, khat(cand)),
-               "champion": version_metrics(champ, frame, gate, khat(champ)) if champ is not None else None}
+    metrics = {"candidate": version_metrics(cand, frame, gate, diagnostics(cand)),
+               "champion": version_metrics(champ, frame, gate, diagnostics(champ)) if champ is not None else None}
     checks, reasons = apply_thresholds(metrics["candidate"], metrics["champion"], champ.version if champ else None,
                                        gate)
     verdict = Verdict(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pipelines.config.schema import GateConfig
 from pipelines.registry.audit import utc_now
 
-__all__ = ["Verdict", "apply_thresholds"]
+__all__ = ["Verdict", "apply_thresholds", "sd_ratio_check"]
 
 
 @dataclass
@@ -105,7 +105,28 @@ def apply_thresholds(cand: dict, champ: dict | None, champion_version: str | Non
         check("psis_khat", cand["psis_khat"] <= gate.max_psis_khat,
               f"PSIS k-hat {cand['psis_khat']:.3f} is above max_psis_khat {gate.max_psis_khat} "
               f"(the variational posterior is unreliable)")
+    checks["sd_ratio_to_laplace"], reason = sd_ratio_check(cand, gate)
+    if reason:
+        reasons.append(reason)
     check("latency", cand["latency_p95_ms"] <= gate.max_latency_p95_ms,
           f"p95 latency of single-row predict {cand['latency_p95_ms']:.1f} ms is above max_latency_p95_ms "
           f"{gate.max_latency_p95_ms}")
     return checks, reasons
+
+
+def sd_ratio_check(cand: dict, gate: GateConfig) -> tuple[str, str | None]:
+    """``(status, reason)`` of the posterior SDs against the Laplace approximation's, where the fit logged a trusted
+    one: status ``pass``, ``fail`` (with the reason) or ``skipped: ...``."""
+    if "sd_ratio_to_laplace_min" not in cand:
+        return "skipped: no Laplace reference (not a linear/logistic regression)", None
+    if not cand.get("laplace_trusted"):
+        return "skipped: the Laplace approximation is not trusted here (too few rows per latent)", None
+    if gate.sd_ratio_to_laplace is None:
+        return "skipped: sd_ratio_to_laplace is null", None
+    low, high = gate.sd_ratio_to_laplace
+    ratios = cand["sd_ratio_to_laplace_min"], cand["sd_ratio_to_laplace_max"]
+    if low <= ratios[0] and ratios[1] <= high:
+        return "pass", None
+    return "fail", (f"posterior SDs are {ratios[0]:.3f}-{ratios[1]:.3f} times the Laplace approximation's, outside "
+                    f"sd_ratio_to_laplace [{low}, {high}] (the variational posterior is too "
+                    f"{'narrow' if ratios[0] < low else 'wide'}; PSIS k-hat does not see a too-wide one)")

@@ -19,7 +19,23 @@ from pipelines.training.evaluation import calibration_metrics, held_out_metrics,
 from pipelines.training.fit import Fit
 from pipelines.training.result import TrainingFailed
 
-__all__ = ["final_metrics"]
+__all__ = ["final_metrics", "laplace_trusted"]
+
+#: Training rows per latent dimension from which a GLM posterior is taken to be Gaussian (Bernstein-von Mises).
+ROWS_PER_DIM_FOR_LAPLACE = 10
+
+
+def laplace_trusted(config: TrainConfig, model, rows: int) -> bool:
+    """Whether the Laplace approximation is a trustworthy reference for the posterior SDs: a linear regression with
+    fixed noise (its posterior *is* that Gaussian), or a linear/logistic regression with at least
+    ``ROWS_PER_DIM_FOR_LAPLACE`` training rows per latent dimension (the posterior is then close to Gaussian)."""
+    from pipelines.training.fit import LAPLACE_REFERENCE_KINDS
+
+    kind = config.model.kind
+    if kind not in LAPLACE_REFERENCE_KINDS:
+        return False
+    exact = kind == "bayesian_linear_regression" and config.model.noise.fixed is not None
+    return exact or rows >= ROWS_PER_DIM_FOR_LAPLACE * model.latent_dim
 
 
 def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: Path) -> tuple[dict[str, float],
@@ -52,7 +68,8 @@ def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: P
         if done.laplace is not None:  # q much narrower than the Laplace Gaussian: the signature of a too-simple family
             ratio = family.stddev.detach().cpu() / done.laplace.marginal_sd
             metrics.update({"sd_ratio_to_laplace_min": float(ratio.min()),
-                            "sd_ratio_to_laplace_max": float(ratio.max())})
+                            "sd_ratio_to_laplace_max": float(ratio.max()),
+                            "laplace_trusted": float(laplace_trusted(config, model, len(data.train)))})
     steps = float(done.trainer.global_step)
     metrics.update({"train_seconds": done.seconds, "steps": steps, "epochs": float(done.trainer.current_epoch)})
     metrics["steps_per_second"] = steps / done.seconds if done.seconds > 0 else 0.0

@@ -34,7 +34,9 @@ class Fit:
     Attributes:
         trainer, module: the Lightning objects (``trainer.global_step``, ``module.model``/``module.family``).
         model, family: the model and its variational family (``family`` is None for an amortized model).
-        laplace: the Laplace approximation the family was started from (``guide.precondition: laplace``), or None.
+        laplace: the Laplace approximation the family was started from (``guide.precondition: laplace``) or, for a
+            generalised linear model, the one its posterior is compared with (``final/sd_ratio_to_laplace_*``);
+            None otherwise.
         stats: the standardisation of the training split, or None.
         train_xy, val_xy: the tensors trained and validated on.
         telemetry, stopper, gaps: the step-telemetry, early-stopping and amortization-gap callbacks (or None).
@@ -84,8 +86,13 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         from pipelines.training.svi_module import SVIModule
 
         family = build_family(config.guide, model.latent_dim, init_loc=model.initial_loc())
+        glm = config.model.kind in LAPLACE_REFERENCE_KINDS
         if config.guide.precondition == "laplace":
             laplace = _precondition(client if rank == 0 else None, run_id, model, family, train_xy)
+        elif glm:
+            laplace = _reference_laplace(model, train_xy)
+            if laplace is not None and config.guide.precondition == "auto":
+                family.precondition(laplace.mode, laplace.marginal_sd, laplace.scale_tril)
         module = SVIModule(model, family, settings, train_xy, validation)
     callbacks = _Callbacks(config, module, sink, validation, workdir)
     trainer = pl.Trainer(
@@ -197,6 +204,20 @@ def _tuned_for_training(sink):
     finally:
         gc.unfreeze()
         torch.set_num_threads(threads)
+
+
+#: Models whose posterior is log-concave and near-Gaussian with enough data: each fit is compared with its Laplace
+#: approximation (one L-BFGS fit and a dense Hessian on the training rows), which the gate may then trust.
+LAPLACE_REFERENCE_KINDS = ("bayesian_linear_regression", "bayesian_logistic_regression")
+
+
+def _reference_laplace(model, train_xy):
+    """The Laplace approximation a GLM's fit is measured against (and, with ``guide.precondition: auto``, started
+    from), or None when it cannot be formed (then q starts at ``init_scale`` and no ratio is logged)."""
+    try:
+        return laplace_approximation(model, *train_xy)
+    except ValueError:
+        return None
 
 
 def _precondition(client, run_id: str, model, family, train_xy):

@@ -57,3 +57,27 @@ def test_bad_posteriordb_input_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "odd" / "posterior.json").write_text(json.dumps({"model_name": "eight_schools_noncentered"}))
     assert main(["conformance", "--posteriordb", str(tmp_path), "--posterior", "odd"]) == 2
     assert "model 'eight_schools_noncentered' has no viops translation" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_flow_too_narrow_on_earnings_is_caught_by_the_gates_laplace_check(tracking_uri):
+    """k-hat alone let this fit through (0.699, just under 0.7): the SD ratio to the Laplace approximation, which the
+    gate trusts on a linear regression with ~1,000 rows, does not."""
+    from pipelines.config.schema import GateConfig
+    from pipelines.registry.verdict import sd_ratio_check
+
+    result = fit_reference(load_posterior(POSTERIORDB, "earnings-logearn_height"), "flow", tracking_uri=tracking_uri)
+    metrics = mlflow_final_metrics(result.run_id, tracking_uri)
+    assert metrics["laplace_trusted"] == 1.0
+    status, reason = sd_ratio_check(metrics, GateConfig())
+    if result.min_sd_ratio < 0.9:  # too narrow against NUTS: the gate must say so
+        assert status == "fail" and "Laplace approximation" in reason, (metrics, result.parameters)
+    else:  # it converged: the gate must let it through
+        assert status == "pass", metrics
+
+
+def mlflow_final_metrics(run_id: str, tracking_uri: str) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    logged = MlflowClient(tracking_uri).get_run(run_id).data.metrics
+    return {k.removeprefix("final/"): v for k, v in logged.items() if k.startswith("final/")}
