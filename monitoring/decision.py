@@ -145,7 +145,7 @@ def _fired_in_a_row(alert: str, history: list[dict]) -> int:
 def _objectives_text(statuses) -> tuple[list[str], str]:
     breached = [s for s in statuses if s.status == "breach"]
     if not breached:
-        missing = [s.reason for s in statuses if s.status == "no_data" and "rows" in s.reason]
+        missing = [s.reason for s in statuses if s.status == "no_data" and "its check needs" in s.reason]
         return [], "no objective breached" + (f" (too little evidence: {'; '.join(missing)})" if missing else "")
     return [s.name for s in breached], "breached: " + "; ".join(s.reason.split(";")[0] for s in breached)
 

@@ -7,7 +7,8 @@ Front matter keys:
 - ``action``: what the decision does when the alert fires: ``retrain`` or ``rollback`` (automated), ``page`` (a
   person now) or ``ticket`` (an incident record with severity ticket, exported to Prometheus; a person looks in
   working hours, nothing is changed).
-- ``preconditions``: all must hold before the action runs. Otherwise the decision falls back to ``page``.
+- ``preconditions``: all must hold before the action runs. Otherwise the alert asks for a person at its
+  ``severity`` (a ticket or a page).
   - ``min_labelled_rows``: the window must have this many labelled rows (retraining needs data to learn from);
   - ``inputs_valid``: no NaN/inf inputs in the window, so nothing is trained on broken data;
   - ``promoted_within_windows``: the champion was promoted at most this many windows ago;

@@ -70,7 +70,9 @@ def test_gate_promotion_rollback_and_audit_against_a_real_server(mlflow_server, 
     code, verdict, err = viops(env, root, "evaluate", "--model", MODEL, "--candidate", "3")
     assert code == 1 and not verdict["passed"]
     reasons = "\n".join(verdict["reasons"])
-    assert "nll_tolerance" in reasons and "coverage_90" in reasons and "max_psis_khat" in reasons, reasons
+    # The model is wrong, not its fit: started at its Laplace approximation, q matches this model's own posterior
+    # (k-hat is fine); what the gate sees is the predictive failing on held-out data.
+    assert "nll_tolerance" in reasons and "coverage_90" in reasons, reasons
     assert client.get_model_version(MODEL, "3").tags["viops.gate.passed"] == "false"
     assert client.get_model_version_by_alias(MODEL, "champion").version in (2, "2")  # champion unchanged
     code, _, err = viops(env, root, "promote", "--model", MODEL, "--version", "3")

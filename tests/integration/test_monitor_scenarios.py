@@ -172,7 +172,8 @@ def test_classifier_stable_is_quiet_and_concept_shift_retrains(mlflow_server, ca
     client = MlflowClient(mlflow_server, mlflow_server)
     good = str(result.model_version)
     bad = train(load_config(REPO / "configs" / "zoo" / "logistic_breast_cancer.yaml",
-                            parse_overrides(["train.max_epochs=2", "train.seed=5"])), tracking_uri=mlflow_server)
+                            parse_overrides(["train.max_epochs=2", "train.seed=5", "guide.precondition=none"])),
+                tracking_uri=mlflow_server)  # not started at the Laplace fit: 2 epochs leave it far from converged
     windows = _simulate("breast_cancer_stable", tmp_path / "deploy", capsys)
     assert [monitor(w, tmp_path / "s5")["decision"]["action"] for w in windows[:2]] == ["none", "none"]
     promote(client, result.model_name, str(bad.model_version), reason="pytest: a bad deploy", actor="pytest",
