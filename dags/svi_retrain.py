@@ -97,16 +97,16 @@ def svi_retrain():
         return train_candidate(_request(params, run_id), prepared)
 
     @task
-    def register(trained: dict) -> dict:
+    def register(trained: dict, params=None, run_id=None) -> dict:
         from pipelines.lifecycle.retrain import register_candidate
 
-        return register_candidate(trained)
+        return register_candidate(_request(params, run_id), trained)
 
     @task
-    def evaluate(registered: dict) -> dict:
+    def evaluate(registered: dict, params=None, run_id=None) -> dict:
         from pipelines.lifecycle.retrain import evaluate_candidate
 
-        return evaluate_candidate(registered)
+        return evaluate_candidate(_request(params, run_id), registered)
 
     @task.branch
     def decide(verdict: dict) -> str:

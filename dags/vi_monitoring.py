@@ -86,7 +86,7 @@ def vi_monitoring():
             "rollback", "--model", result["model"], "--reason",
             f"{result['decision']['alert']} on window {result['window']}: {result['decision']['reason']}",
             "--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}", "--trigger", json.dumps(trigger),
-            "--audit-log", str(audit_log()), "--tracking-uri", result["tracking_uri"],
+            "--audit-log", str(audit_log()),
         ])
 
     @task

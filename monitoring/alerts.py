@@ -47,6 +47,7 @@ THRESHOLD_ALERTS = {
     "ViopsElboRegression": (["elbo_regression"], "ticket",
                             "{{ $labels.model }} fits production data worse than its held-out data (ELBO)"),
     "ViopsNanInputs": (["input_validity"], "page", "NaN/inf inputs reach {{ $labels.model }}"),
+    "ViopsInputSchema": (["input_schema"], "page", "Inputs of {{ $labels.model }} break its training schema"),
     "ViopsLowVolume": (["volume"], "ticket", "{{ $labels.model }} received far fewer rows than usual"),
     "ViopsFeedEmpty": (["feed_rows"], "ticket", "{{ $labels.model }} received an empty window"),
     "ViopsPosteriorCollapse": (["active_units"], "ticket",

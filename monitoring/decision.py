@@ -4,7 +4,8 @@ Every objective maps to at least one alert (``THRESHOLD_ALERTS`` in :mod:`monito
 every alert to a runbook whose ``action`` is ``retrain``, ``rollback``, ``page`` or ``ticket``. Rules, in order:
 
 1. An alert fires when one of its objectives breached in this window. No firing alert: action ``none``.
-2. **Bad data blocks automation**: while ``ViopsNanInputs`` fires, the action is ``page``, whatever else fires.
+2. **Bad data blocks automation**: while ``ViopsInputSchema`` or ``ViopsNanInputs`` fires, the action is ``page``,
+   whatever else fires.
    Nothing is retrained, promoted or rolled back on a window with NaN/inf inputs.
 3. Each firing alert's runbook proposes its ``action``:
    - a ``retrain`` or ``rollback`` whose ``preconditions`` do not all hold is not eligible (the reason says which
@@ -179,6 +180,10 @@ def _consider(alert: str, runbook: Runbook | None, facts: dict, history: list[di
     return {"alert": alert, "action": action, "outcome": f"its runbook asks for a {action}"}
 
 
+#: Alerts that say the window's inputs are bad: while one fires, the action is a page and nothing is automated.
+BAD_DATA_ALERTS = {"ViopsInputSchema": "inputs break the training schema", "ViopsNanInputs": "NaN/inf inputs"}
+
+
 def decide(statuses, runbooks: dict[str, Runbook], history: list[dict], facts: dict) -> Decision:
     """One action for this window. ``facts``: ``labelled_rows``, ``nonfinite_values``, ``windows_since_promotion``
     (None when unknown), ``has_previous_champion``."""
@@ -186,12 +191,13 @@ def decide(statuses, runbooks: dict[str, Runbook], history: list[dict], facts: d
     firing = firing_alerts(statuses)
     if not firing:
         return Decision("none", None, None, objectives, firing, breached=breached)
-    if "ViopsNanInputs" in firing:
-        others = [a for a in firing if a != "ViopsNanInputs"]
-        return Decision("page", "runbooks/ViopsNanInputs.md", "ViopsNanInputs",
-                        f"{objectives}. NaN/inf inputs: no automated change on bad data; a person fixes the feed"
-                        + (f" (also firing: {', '.join(others)})" if others else ""), firing, breached=breached,
-                        severity="page")
+    bad_data = next((alert for alert in BAD_DATA_ALERTS if alert in firing), None)
+    if bad_data is not None:
+        others = [a for a in firing if a != bad_data]
+        return Decision("page", f"runbooks/{bad_data}.md", bad_data,
+                        f"{objectives}. {BAD_DATA_ALERTS[bad_data]}: no automated change on bad data; a person fixes "
+                        f"the feed" + (f" (also firing: {', '.join(others)})" if others else ""), firing,
+                        breached=breached, severity="page")
     considered = [_consider(alert, runbooks.get(alert), facts, history) for alert in firing]
     applies = [c for c in considered if not c.get("not_applicable")]
     under_way = any(c.get("under_way") for c in applies)

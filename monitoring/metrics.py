@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Enum, Gauge, push_to_gateway, write_to_textfile
@@ -122,7 +123,7 @@ def export_metrics(registry: CollectorRegistry, *, grouping_key: dict[str, str],
             try:
                 push_to_gateway(pushgateway, job=JOB, registry=registry, grouping_key=grouping_key, timeout=timeout)
                 return ExportResult(True, None, attempts)
-            except OSError as exc:  # URLError, connection refused, timeouts, HTTP errors
+            except (OSError, HTTPException, ValueError) as exc:  # URLError, refused, timeouts, non-HTTP replies
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("push to %s failed (attempt %d of %d): %s", pushgateway, attempts, retries, error)
                 if attempts < retries:

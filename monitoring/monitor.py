@@ -108,6 +108,8 @@ def check_window(window: Window, champion: Champion, config: ChecksConfig,
     predictions, scoring = score_window(frame, finite, champion) if finite.any() else (pd.DataFrame(), {})
     features = frame.loc[finite, champion.features].astype("float64")
     labelled, invalid = _labelled(window, champion)
+    if labelled is not None:  # a row with a schema problem reaches no check, labelled or not
+        labelled = labelled[labelled.index.isin(frame.index[finite])]
     inputs = dataclasses.replace(_volume(inputs, context.usual_rows),
                                  labelled_rows=0 if labelled is None else int(len(labelled)), invalid_labels=invalid)
     if labelled is not None and len(labelled) > config.row_cap:
@@ -193,8 +195,13 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
 
     body["executed"] = None
     if execute and decision.action in AUTOMATED:
-        body["executed"] = _execute(client, decision, champion, current, report, body, state_dir=state_dir,
-                                    tracking_uri=tracking_uri, actor=actor)
+        from pipelines.registry.lease import LeaseHeld
+
+        try:
+            body["executed"] = _execute(client, decision, champion, current, report, body, state_dir=state_dir,
+                                        tracking_uri=tracking_uri, actor=actor)
+        except LeaseHeld as exc:  # single flight: another monitor or operator is already on it
+            body["executed"] = {"action": decision.action, "skipped": True, "reason": str(exc)}
     automated = decision.action in AUTOMATED
     body["pending"] = decision.action if automated and not execute and not dispatched else None
     state.record({"window": window, "version": champion.loaded.version, "rows": report.inputs.rows,

@@ -29,7 +29,13 @@ from typing import Annotated
 
 from pydantic import Field, PositiveInt, model_validator
 
-from monitoring.checks.indicators import IndicatorError, check_indicator, evidence_for, indicator_value
+from monitoring.checks.indicators import (
+    IndicatorError,
+    check_indicator,
+    evidence_for,
+    indicator_detail,
+    indicator_value,
+)
 from monitoring.checks.results import WindowReport
 from pipelines.config.base import StrictModel
 from pipelines.config.loading import read_yaml, validate_section
@@ -136,7 +142,7 @@ def evaluate_slos(slos: SLOConfig, report: WindowReport, history: list[dict] | N
         elif not good:
             status = "breach"
             reason = (f"{objective.name}: {objective.indicator} = {value:.4g}{objective.unit} is not "
-                      f"{objective.bound_text()}{objective.unit}")
+                      f"{objective.bound_text()}{objective.unit}{indicator_detail(report, objective.indicator)}")
         elif remaining is not None and remaining <= 0:
             status = "budget_exhausted"
             reason = f"{objective.name}: within bounds now, but the error budget of the period is spent"

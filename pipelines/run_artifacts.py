@@ -76,6 +76,10 @@ class RunArtifacts:
                                                         tracking_uri=self.tracking_uri,
                                                         dst_path=None if dst is None else str(dst))
         except Exception as exc:  # noqa: BLE001 - MLflow raises a different type for a missing artifact per store
+            from pipelines.tracking import infrastructure_error
+
+            if infrastructure_error(exc, self.tracking_uri) is not None:
+                raise  # the server or the disk failed: not a missing artifact
             raise ArtifactMissing(f"run {self.run_id} has no artifact {path}: {exc}") from None
         return Path(local)
 

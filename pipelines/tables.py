@@ -34,6 +34,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             frame = pd.read_csv(path)
+            _unique_header(path)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
@@ -47,6 +48,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
             raise
         raise DataError(f"data file {path} could not be read: {exc}") from None
     return frame
+
+
+def _unique_header(path: Path) -> None:
+    """pandas renames a repeated CSV column ``a`` to ``a.1``: refuse the file instead, naming the repeats."""
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"data file {path}: column name(s) {repeated} appear more than once in the header; "
+                        f"each column needs its own name")
 
 
 def _row_hint(source: str, row: int) -> str:

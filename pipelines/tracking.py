@@ -1,17 +1,117 @@
-"""The MLflow tracking URI every command uses: explicit, else ``$MLFLOW_TRACKING_URI``, else local SQLite.
+"""The MLflow tracking URI every command uses, how long a request to it may take, and how it is shown.
 
-It is always passed explicitly to MLflow and Lightning (whose logger would otherwise fall back to ``./mlruns``).
+- :func:`resolve_tracking_uri`: explicit, else ``$MLFLOW_TRACKING_URI``, else local SQLite. It is always passed
+  explicitly to MLflow and Lightning (whose logger would otherwise fall back to ``./mlruns``).
+- :func:`bound_request_time`: MLflow's own HTTP defaults retry a refused connection for ~4.5 minutes and wait 120 s
+  for each reply; viops sets a budget that fails an unreachable server in ~30 s (each setting can be overridden by
+  setting its ``MLFLOW_HTTP_REQUEST_*`` variable).
+- :func:`redact`: URIs are printed, logged and stored without their password or token.
+- :func:`infrastructure_error`: the one line a command prints when the tracking server or the disk failed it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 
-__all__ = ["DEFAULT_TRACKING_URI", "resolve_tracking_uri"]
+__all__ = ["DEFAULT_TRACKING_URI", "HTTP_BUDGET", "resolve_tracking_uri", "bound_request_time", "redact",
+           "infrastructure_error", "TrackingUnavailable"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+#: viops' request budget for MLflow's HTTP client: a refused connection fails after ~3 s of retries, a server that
+#: accepts but never answers after 3 x 10 s. Set the variable yourself to change one.
+HTTP_BUDGET = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server could not be reached (or stopped answering); nothing was changed by the failed call."""
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
     """The tracking URI: explicit argument, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` here."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def bound_request_time() -> None:
+    """Apply :data:`HTTP_BUDGET` to this process and its children, leaving any variable already set alone."""
+    for name, value in HTTP_BUDGET.items():
+        os.environ.setdefault(name, value)
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<secret>[^@/\s]*)@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&](?:[A-Za-z_]*(?:token|password|passwd|secret|key|sig|signature|"
+                           r"credential)[A-Za-z_]*))=(?P<value>[^&#\s\"']*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URI's password (``user:***@``) and secret query parameters (``?token=***``) masked."""
+    if not isinstance(text, str) or "://" not in text and "=" not in text:
+        return text
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}=***", text)
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+_CONNECTION_SIGNS = (
+    ("Connection refused", "connection refused"),
+    ("Max retries exceeded", "no answer after retries"),
+    ("Name or service not known", "host name not resolved"),
+    ("NameResolutionError", "host name not resolved"),
+    ("timed out", "no reply in time"),
+    ("timeout exception", "no reply in time"),
+    ("RemoteDisconnected", "the server closed the connection"),
+    ("Connection reset", "connection reset"),
+    ("ConnectionError", "connection failed"),
+)
+_DISK_ERRNOS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+                errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied", errno.EIO: "I/O error"}
+
+
+def _connection_reason(exc: BaseException) -> str | None:
+    import requests
+
+    links = list(_chain(exc))
+    for link in links:
+        if isinstance(link, TrackingUnavailable):
+            return str(link)
+        if isinstance(link, requests.exceptions.Timeout):
+            return f"no reply within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+    text = " ".join(f"{type(link).__name__}: {link}" for link in links)
+    network = (requests.exceptions.ConnectionError, ConnectionError, TimeoutError)
+    if "API request to" not in text and not any(isinstance(link, network) for link in links):
+        return None
+    found = next((reason for sign, reason in _CONNECTION_SIGNS if sign in text), None)
+    return found or redact(str(links[-1]).splitlines()[0] if str(links[-1]) else type(links[-1]).__name__)[:200]
+
+
+def infrastructure_error(exc: BaseException, tracking_uri: str) -> str | None:
+    """One line for an exception that says the infrastructure failed the command (tracking server unreachable,
+    tracking database unusable, artifact store read-only or full), or None when it is not one of those."""
+    for link in _chain(exc):
+        number = getattr(link, "errno", None)
+        if isinstance(link, OSError) and number in _DISK_ERRNOS:
+            return f"cannot use {link.filename or 'a file'}: {_DISK_ERRNOS[number]}"
+    if tracking_uri.startswith(("http://", "https://")):
+        reason = _connection_reason(exc)
+        if reason is not None:
+            return f"tracking server unreachable at {redact(tracking_uri)}: {reason}"
+    for link in _chain(exc):
+        text = str(link)
+        if type(link).__name__ == "OperationalError" and ("unable to open" in text or "locked" in text
+                                                           or "could not connect" in text):
+            return f"tracking store {redact(tracking_uri)} unusable: {redact(text.splitlines()[0])[:300]}"
+    return None

@@ -1,8 +1,9 @@
 """The ``viops`` command: every subcommand of the product in one parser (``python -m viops`` is the same).
 
-Bad input exits 2 with a one-line error on stderr naming the problem, and changes nothing in the registry; a training
-run that diverged exits 3; ``viops evaluate`` exits 1 when the gate rejects. docs/architecture.md shows which layer
-each command calls.
+Every failure is one line on stderr and an exit code from one table (docs/operations.md#exit-codes): 1 a negative
+verdict, 2 bad input (nothing changed in the registry), 3 training diverged, 4 the tracking server or the disk failed
+the command, 5 another operation on the model holds its lease. docs/architecture.md shows which layer each command
+calls.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 from viops.commands import diagnostics, monitoring, registry, training
-from viops.commands.common import EXIT_BAD_INPUT, EXIT_TRAINING_FAILED
+from viops.commands.common import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INFRASTRUCTURE, EXIT_TRAINING_FAILED
 
 __all__ = ["main", "build_parser", "quiet_libraries"]
 
@@ -41,8 +42,12 @@ def quiet_libraries() -> None:
     """Keep MLflow, Alembic and Lightning start-up chatter out of the command's own output."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from pipelines.tracking import bound_request_time
+
+    bound_request_time()
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pytorch_lightning.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry; the failure is one line
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -55,19 +60,31 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config.base import ConfigError
     from pipelines.diagnostics.compare import CompareError
     from pipelines.diagnostics.posteriordb import PosteriorDBError
+    from pipelines.registry.lease import LeaseHeld
     from pipelines.registry.versions import RegistryError
     from pipelines.tables import DataError
+    from pipelines.tracking import infrastructure_error, redact, resolve_tracking_uri
+    from pipelines.training.durability import RunStillAlive
     from pipelines.training.result import TrainingFailed
 
     try:
         return args.func(args)
+    except (LeaseHeld, RunStillAlive) as exc:
+        print(f"viops {args.command}: busy: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except (ConfigError, DataError, RegistryError, PosteriorDBError, CompareError) as exc:
-        print(f"viops {args.command}: error: {exc}", file=sys.stderr)
+        print(redact(f"viops {args.command}: error: {' '.join(str(exc).split())}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingFailed as exc:
         where = f" (MLflow run {exc.run_id} marked FAILED)" if exc.run_id else ""
-        print(f"viops {args.command}: training failed: {exc}{where}", file=sys.stderr)
+        print(redact(f"viops {args.command}: training failed: {exc}{where}"), file=sys.stderr)
         return EXIT_TRAINING_FAILED
+    except Exception as exc:
+        line = infrastructure_error(exc, resolve_tracking_uri(getattr(args, "tracking_uri", None)))
+        if line is None:
+            raise
+        print(f"viops {args.command}: {line}", file=sys.stderr)
+        return EXIT_INFRASTRUCTURE
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from monitoring.checks.results import WindowReport
 
-__all__ = ["IndicatorError", "check_indicator", "indicator_value", "evidence_for"]
+__all__ = ["IndicatorError", "check_indicator", "indicator_value", "indicator_detail", "evidence_for"]
 
 #: The evidence an indicator needs, by the prefix of its path (the longest prefix wins).
 EVIDENCE_OF = {"drift": "drift", "calibration": "calibration", "vi_health.elbo": "fit", "vi_health.nll": "fit",
@@ -56,10 +56,14 @@ def check_indicator(path: str) -> None:
         elif dataclasses.is_dataclass(hint):
             hints = typing.get_type_hints(hint)
             fields = sorted(f.name for f in dataclasses.fields(hint) if f.metadata.get("json", True))
-            if part not in fields:
+            derived = getattr(hint, part, None)
+            if isinstance(derived, property):  # a number derived from fields (InputsResult.schema_violations)
+                hint = typing.get_type_hints(derived.fget)["return"]
+            elif part not in fields:
                 where = ".".join(walked) or "the window report"
                 raise IndicatorError(f"indicator {path!r}: {where} has no field {part!r}; it has {fields}")
-            hint = hints[part]
+            else:
+                hint = hints[part]
         else:
             raise IndicatorError(f"indicator {path!r}: {'.'.join(walked)} is a number, not a group of fields")
         walked.append(part)
@@ -78,3 +82,10 @@ def indicator_value(report: WindowReport, path: str) -> float | None:
     if node is None or isinstance(node, bool):
         return None
     return float(node)
+
+
+def indicator_detail(report: WindowReport, path: str) -> str:
+    """What a breach of ``path`` should name besides its value (the columns with schema problems), or ""."""
+    if path == "inputs.schema_violations" and report.inputs is not None and report.inputs.schema_problems:
+        return " (" + "; ".join(f"{c}: {p}" for c, p in report.inputs.schema_problems.items()) + ")"
+    return ""

@@ -61,6 +61,9 @@ class InputsResult(_Result):
         rows: rows in the window; finite_rows: those whose features are all finite (only these are scored).
         nonfinite_values: NaN/inf feature values; nonfinite_fraction: share of rows with at least one.
         nonfinite_by_column: NaN/inf count per feature that has any.
+        schema_problems: ``{column: problem}`` for each feature whose values do not match the training schema: a
+            non-numeric dtype or cell (bool, str, object), or a value beyond the reference's bound (±1e6 SDs);
+            those values count as invalid (their rows are not scored); schema_violations: how many such columns.
         labelled_rows: finite rows with a usable label; invalid_labels: finite labels that are not a known class.
         usual_rows: the rows a window usually has (configured, or the median of the last windows that had rows);
         volume_ratio: ``rows / usual_rows`` (0.0 for an empty window even without a usual volume).
@@ -75,6 +78,14 @@ class InputsResult(_Result):
     invalid_labels: int = 0
     usual_rows: float | None = None
     volume_ratio: float | None = None
+    schema_problems: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def schema_violations(self) -> int:
+        return len(self.schema_problems)
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "schema_violations": self.schema_violations}
 
 
 @dataclass(frozen=True)

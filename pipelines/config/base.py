@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
 
-__all__ = ["ConfigError", "StrictModel"]
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+__all__ = ["ConfigError", "StrictModel", "Name"]
+
+def _no_parent_reference(name: str) -> str:
+    if ".." in name:
+        raise ValueError("a name may not contain '..'")
+    return name
+
+
+#: A config, registered model or experiment name: it becomes part of registry names, paths and URLs, so letters,
+#: digits, ``_``, ``.`` and ``-`` only, starting with a letter or digit (no spaces, no ``/``, no ``..``).
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"), AfterValidator(_no_parent_reference)]
 
 
 class ConfigError(ValueError):

@@ -80,8 +80,15 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
         return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{what} {path} is not valid YAML: {problem}{where}") from None
 
 
 def validate_section(model: type[M], raw: Any, source: str | Path, prefix: tuple[str, ...] = (),

@@ -10,24 +10,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from pipelines.config.base import StrictModel
+from pipelines.config.base import Name, StrictModel
 from pipelines.config.model import LinearRegressionConfig, ModelConfig
 
-__all__ = [
-    "SplitConfig",
-    "DataConfig",
-    "FlowConfig",
-    "GuideConfig",
-    "EarlyStoppingConfig",
-    "ScheduleConfig",
-    "TrainSettings",
-    "RegistryConfig",
-    "TrackingConfig",
-    "GateConfig",
-    "ObjectiveConfig",
-    "AmortizationConfig",
-    "TrainConfig",
-]
+__all__ = ["SplitConfig", "DataConfig", "FlowConfig", "GuideConfig", "EarlyStoppingConfig", "ScheduleConfig",
+           "TrainSettings", "RegistryConfig", "TrackingConfig", "GateConfig", "ObjectiveConfig", "AmortizationConfig",
+           "TrainConfig"]
 
 
 class SplitConfig(StrictModel):
@@ -48,7 +36,7 @@ class DataConfig(StrictModel):
     path: str | None = None
     sklearn: Literal["diabetes", "wine", "breast_cancer", "digits"] | None = None
     target: str | None = None
-    features: list[str] | None = None
+    features: Annotated[list[str], Field(min_length=1)] | None = None
     split: SplitConfig = SplitConfig()
     standardize: bool = False
 
@@ -58,6 +46,8 @@ class DataConfig(StrictModel):
             raise ValueError("give exactly one data source: 'path' (csv or parquet) or 'sklearn' (a bundled dataset)")
         if self.path is not None and not self.target:
             raise ValueError("'target' is required with 'path': name the label column")
+        if self.features and len(set(self.features)) < len(self.features):
+            raise ValueError(f"features lists a column more than once: {self.features}")
         return self
 
 
@@ -143,7 +133,8 @@ class TrainSettings(StrictModel):
     val_every_n_steps: PositiveInt = 500
     log_step_metrics: bool = True
     log_every_n_steps: PositiveInt = 500
-    checkpoint_every_seconds: PositiveFloat = 300.0  # last.ckpt is also written when training ends
+    checkpoint_every_seconds: PositiveFloat = 300.0  # last.ckpt is also written when training ends or raises
+    checkpoint_dir: str | None = None  # one folder per run; default $VIOPS_WORK_DIR/checkpoints (docs/training.md)
     accelerator: str = "auto"
     devices: int | str = "auto"
     # ddp: one process per device (Lightning's DDP; gloo on CPU, NCCL on GPU); each rank takes its own shard of every
@@ -171,14 +162,14 @@ class RegistryConfig(StrictModel):
     """Registration after training: the new version becomes ``challenger``. ``promote_first``: when the model has no
     champion yet, the version becomes champion if it passes the gate's absolute thresholds (docs/lifecycle.md)."""
 
-    model_name: str | None = None
+    model_name: Name | None = None
     auto_register: bool = True
     promote_first: bool = True
     predictive_samples: PositiveInt = 500
 
 
 class TrackingConfig(StrictModel):
-    experiment: str | None = None
+    experiment: Name | None = None
 
 
 class GateConfig(StrictModel):
@@ -242,7 +233,8 @@ class ObjectiveConfig(StrictModel):
 
 
 class AmortizationConfig(StrictModel):
-    """Amortized-model diagnostics, measured at validation on a fixed subsample of validation rows (docs/models.md#the-vae).
+    """Amortized-model diagnostics, measured at validation on a fixed subsample of validation rows
+    (docs/models.md#the-vae).
 
     The amortization gap refines each row's encoder output for ``refine_steps`` Adam steps with the decoder frozen
     (Cremer, Li & Duvenaud 2018); log p(x) is estimated with an IWAE bound of ``log_marginal_samples`` draws. The
@@ -260,7 +252,7 @@ class AmortizationConfig(StrictModel):
 class TrainConfig(StrictModel):
     """Everything ``viops train`` needs. ``data.path`` is already resolved to an absolute path."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
+    name: Name
     data: DataConfig
     model: ModelConfig = Field(default_factory=LinearRegressionConfig)
     guide: GuideConfig = GuideConfig()

@@ -7,11 +7,16 @@ pass the same overrides, tags, reason, actor and audit log:
 
 1. ``viops prepare --extra-data <window>``: the config's data plus the window's labelled rows with finite features
    and target, split together;
-2. ``viops train --prepared --no-register``, the reason tagged on the run (``viops.trigger_reason``);
+2. ``viops train --prepared --no-register --resume``, the reason tagged on the run (``viops.trigger_reason``); a
+   retry continues the unfinished run of the same run name from its checkpoint;
 3. ``viops register``: the new version becomes ``challenger`` (idempotent per run);
 4. ``viops evaluate``: the gate against the champion on the new run's held-out split (exit 1 is a rejection);
 5. ``viops promote`` when the gate passed, with the reason, actor and trigger in the audit record. A rejected version
    stays a challenger and the champion is untouched.
+
+The children get the tracking URI through ``MLFLOW_TRACKING_URI`` (never on a command line, which ``ps`` shows).
+:func:`retrain` holds the model's lease (:mod:`pipelines.registry.lease`) throughout: a second retrain of the same
+model, from any host, is refused with :class:`~pipelines.registry.lease.LeaseHeld` while it runs.
 """
 
 from __future__ import annotations
@@ -57,36 +62,40 @@ class RetrainRequest:
     def _sets(self) -> list[str]:
         return [arg for item in self.overrides for arg in ("--set", item)]
 
-    def _tracking(self, uri: str | None = None) -> list[str]:
-        uri = uri or self.tracking_uri
-        return ["--tracking-uri", uri] if uri else []
+    def env(self) -> dict[str, str]:
+        """The children's environment additions: the tracking URI, when the request names one."""
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri} if self.tracking_uri else {}
 
 
 def prepare_data(request: RetrainRequest) -> dict:
     """Step 1: ``viops prepare`` (with the window's rows); its manifest plus ``directory``."""
     extra = ["--extra-data", request.window] if request.window else []
     out = Path(request.workdir) / "prepared"
-    return run_viops(["prepare", "--config", request.config, "--out", str(out), *extra, *request._sets()])
+    return run_viops(["prepare", "--config", request.config, "--out", str(out), *extra, *request._sets()],
+                     env=request.env())
 
 
 def train_candidate(request: RetrainRequest, prepared: dict) -> dict:
-    """Step 2: ``viops train --prepared --no-register``; the training result (run id, model name, metrics)."""
+    """Step 2: ``viops train --prepared --no-register [--resume]``; the training result (run id, model name,
+    metrics)."""
     name = ["--run-name", request.run_name] if request.run_name else []
+    # --resume: a retried step (an Airflow retry, a re-run of the same request) continues the run its first try
+    # started, from that run's last checkpoint, instead of training again from step 0.
+    resume = ["--resume"] if request.run_name else []  # the run name says which run a retry continues
     return run_viops(["train", "--config", request.config, "--prepared", prepared["directory"], "--no-register",
-                      "--reason", request.reason, *name, *request._tracking(), *request._sets()])
+                      "--reason", request.reason, *resume, *name, *request._sets()], env=request.env())
 
 
-def register_candidate(trained: dict) -> dict:
+def register_candidate(request: RetrainRequest, trained: dict) -> dict:
     """Step 3: ``viops register``: the run's model becomes a version with alias ``challenger``."""
-    return run_viops(["register", "--run-id", trained["run_id"], "--model", trained["model_name"],
-                      "--tracking-uri", trained["tracking_uri"]])
+    return run_viops(["register", "--run-id", trained["run_id"], "--model", trained["model_name"]],
+                     env=request.env())
 
 
-def evaluate_candidate(registered: dict) -> dict:
+def evaluate_candidate(request: RetrainRequest, registered: dict) -> dict:
     """Step 4: ``viops evaluate`` against the champion; the verdict (a rejection is a verdict, not a failure)."""
     return run_viops(["evaluate", "--model", registered["model_name"], "--candidate",
-                      str(registered["model_version"]), "--tracking-uri", registered["tracking_uri"]],
-                     ok_codes=(0, 1))
+                      str(registered["model_version"])], ok_codes=(0, 1), env=request.env())
 
 
 def promote_candidate(request: RetrainRequest, verdict: dict) -> dict:
@@ -98,8 +107,8 @@ def promote_candidate(request: RetrainRequest, verdict: dict) -> dict:
     audit = ["--audit-log", request.audit_log] if request.audit_log else []
     trigger = {**request.trigger, "evaluation_run_id": verdict["evaluation_run_id"]}
     return run_viops(["promote", "--model", verdict["model"], "--version", str(verdict["candidate_version"]),
-                      "--reason", request.reason, "--trigger", json.dumps(trigger), *actor, *audit,
-                      "--tracking-uri", verdict["tracking_uri"]])
+                      "--reason", request.reason, "--trigger", json.dumps(trigger), *actor, *audit],
+                     env=request.env())
 
 
 def retrain(request: RetrainRequest) -> dict:
@@ -107,13 +116,24 @@ def retrain(request: RetrainRequest) -> dict:
     evaluation_run_id}, "promoted", "promotion"}``.
 
     Raises:
+        LeaseHeld: a retrain, promotion or rollback of the model is in progress; nothing was done.
         CLIError: a step's command failed (the message carries its exit code and error line).
     """
-    prepared = prepare_data(request)
-    trained = train_candidate(request, prepared)
-    registered = register_candidate(trained)
-    verdict = evaluate_candidate(registered)
-    promotion = promote_candidate(request, verdict) if verdict["passed"] else None
+    from mlflow import MlflowClient
+
+    from pipelines.config.loading import load_config, parse_overrides
+    from pipelines.registry.lease import hold
+    from pipelines.tracking import resolve_tracking_uri
+
+    model = load_config(request.config, parse_overrides(list(request.overrides))).model_name
+    uri = resolve_tracking_uri(request.tracking_uri)
+    with hold(MlflowClient(tracking_uri=uri, registry_uri=uri), model, "retrain",
+              incident=request.trigger.get("incident_id")):
+        prepared = prepare_data(request)
+        trained = train_candidate(request, prepared)
+        registered = register_candidate(request, trained)
+        verdict = evaluate_candidate(request, registered)
+        promotion = promote_candidate(request, verdict) if verdict["passed"] else None
     return {"run_id": trained["run_id"], "version": str(registered["model_version"]),
             "rows": sum(prepared["rows"].values()),
             "verdict": {k: verdict[k] for k in ("passed", "reasons", "evaluation_run_id")},

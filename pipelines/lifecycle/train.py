@@ -26,16 +26,19 @@ def train(
     register: bool | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    resume: bool = False,
 ) -> TrainingResult:
     """Train ``config`` by minibatch SVI, log everything to MLflow, and register the model.
 
-    ``register``: None follows ``registry.auto_register``.
+    ``register``: None follows ``registry.auto_register``. ``resume``: continue the newest unfinished run of the
+    config instead of starting a new one, when one left a checkpoint (:func:`pipelines.training.run.run_training`).
 
     Raises:
         DataError: the data is missing or invalid (before any MLflow run is created).
         TrainingFailed: training diverged (NaN/inf); the run is FAILED and nothing is registered.
     """
-    result = run_training(config, prepared=prepared, tracking_uri=tracking_uri, run_name=run_name, tags=tags)
+    result = run_training(config, prepared=prepared, tracking_uri=tracking_uri, run_name=run_name, tags=tags,
+                          resume=resume)
     if result.rank or not (config.registry.auto_register if register is None else register):
         return result
     from mlflow import MlflowClient

@@ -83,15 +83,30 @@ def _complete_audit(client, model_name: str, version, action: str, audit_log) ->
     return event_id, write_record(client, record, audit_log)
 
 
+#: Seconds a promotion or rollback waits for another operation on the model to release its lease.
+LEASE_WAIT_SECONDS = 30.0
+
+
 def promote(client: MlflowClient, model_name: str, version: str, *, reason: str, actor: str,
             audit_log=None, force: bool = False, trigger: dict | None = None) -> AliasChange:
-    """Make ``version`` the champion; the old champion becomes ``previous-champion``.
+    """Make ``version`` the champion; the old champion becomes ``previous-champion``. Holds the model's lease
+    (:mod:`pipelines.registry.lease`), so two promotions at once are one change and one no-op.
 
     A version the gate rejected is refused unless ``force``. Promoting the current champion changes nothing.
 
     Raises:
         RegistryError: unknown model/version, or a version that failed the gate (without ``force``).
+        LeaseHeld: another operation on the model kept its lease for :data:`LEASE_WAIT_SECONDS`.
     """
+    from pipelines.registry.lease import hold
+
+    with hold(client, model_name, "promote", wait=LEASE_WAIT_SECONDS, incident=(trigger or {}).get("incident_id")):
+        return _promote(client, model_name, version, reason=reason, actor=actor, audit_log=audit_log, force=force,
+                        trigger=trigger)
+
+
+def _promote(client: MlflowClient, model_name: str, version: str, *, reason: str, actor: str,
+             audit_log=None, force: bool = False, trigger: dict | None = None) -> AliasChange:
     from pipelines.registry.audit import AuditRecord, utc_now, write_record
 
     target = resolve_version(client, model_name, version)
@@ -130,11 +145,22 @@ def promote(client: MlflowClient, model_name: str, version: str, *, reason: str,
 def rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str, audit_log=None,
              verdict: dict | None = None, trigger: dict | None = None) -> AliasChange:
     """Point ``champion`` back at ``previous-champion`` and tag the demoted version ``viops.rolled_back=true``.
+    Holds the model's lease, like :func:`promote`.
 
     Raises:
         RegistryError: the model has no champion.
         NothingToRollBack: there is no ``previous-champion`` (and no rollback to repeat); nothing changed.
+        LeaseHeld: another operation on the model kept its lease for :data:`LEASE_WAIT_SECONDS`.
     """
+    from pipelines.registry.lease import hold
+
+    with hold(client, model_name, "rollback", wait=LEASE_WAIT_SECONDS, incident=(trigger or {}).get("incident_id")):
+        return _rollback(client, model_name, reason=reason, actor=actor, audit_log=audit_log, verdict=verdict,
+                         trigger=trigger)
+
+
+def _rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str, audit_log=None,
+              verdict: dict | None = None, trigger: dict | None = None) -> AliasChange:
     from pipelines.registry.audit import AuditRecord, utc_now, write_record
 
     champion_version = alias_version(client, model_name, CHAMPION)

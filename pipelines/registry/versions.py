@@ -47,6 +47,18 @@ class RegistryError(RuntimeError):
     the message says why. Nothing was changed."""
 
 
+#: What the registry answers for a model, version or alias that does not exist (an alias lookup says "invalid
+#: parameter"). Any other failure (the server unreachable, a database error) is not taken for "not found".
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _missing(exc: MlflowException) -> bool:
+    """True when the registry answered that the thing asked for does not exist; re-raises anything else."""
+    if exc.error_code in _MISSING:
+        return True
+    raise exc
+
+
 @dataclass(frozen=True)
 class Registration:
     """Outcome of registering a run.
@@ -69,7 +81,8 @@ class Registration:
 def _existing_version(client: MlflowClient, model_name: str, run_id: str):
     try:
         versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
-    except MlflowException:
+    except MlflowException as exc:
+        _missing(exc)
         return None
     if not versions:
         return None
@@ -100,7 +113,8 @@ def register_run(client: MlflowClient, run_id: str, model_name: str) -> Registra
         raise RegistryError(f"run {run_id} logged no model (tag {MODEL_ID_TAG} missing); nothing to register")
     try:
         client.get_registered_model(model_name)
-    except MlflowException:
+    except MlflowException as exc:
+        _missing(exc)
         client.create_registered_model(model_name, description="Trained by viops (minibatch SVI).")
     # The version carries what identifies its training: the data fingerprint and the config hash of the run.
     inherited = {k: run.data.tags[k] for k in VERSION_TAGS_FROM_RUN if k in run.data.tags}
@@ -128,7 +142,8 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | No
     """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
     try:
         return str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
+    except MlflowException as exc:
+        _missing(exc)
         return None
 
 
@@ -140,21 +155,24 @@ def resolve_version(client: MlflowClient, model_name: str, selector: str):
     """
     try:
         client.get_registered_model(model_name)
-    except MlflowException:
+    except MlflowException as exc:
+        _missing(exc)
         raise RegistryError(f"no registered model named {model_name!r}") from None
     selector = str(selector).strip()
     if selector.startswith("@"):
         alias = selector[1:]
         try:
             found = client.get_model_version_by_alias(model_name, alias)
-        except MlflowException:
+        except MlflowException as exc:
+            _missing(exc)
             raise RegistryError(f"model {model_name!r} has no alias {alias!r}") from None
     else:
         if not selector.isdigit():
             raise RegistryError(f"version must be a number or @alias, got {selector!r}")
         try:
             found = client.get_model_version(model_name, selector)
-        except MlflowException:
+        except MlflowException as exc:
+            _missing(exc)
             raise RegistryError(f"model {model_name!r} has no version {selector}") from None
     if found.status != "READY":
         raise RegistryError(f"version {found.version} of {model_name!r} is {found.status}, not READY")

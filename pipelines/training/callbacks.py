@@ -7,13 +7,14 @@ no tracking request per step.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
 
@@ -38,16 +39,36 @@ class _CachedStateKey:
         return key
 
 
-class LastCheckpoint(_CachedStateKey, ModelCheckpoint):
-    """``ModelCheckpoint`` keeping only ``last.ckpt``, written every ``every_seconds`` of training.
+class LastCheckpoint(pl.Callback):
+    """Write ``last.ckpt`` every ``every_seconds`` of training, atomically (a crash mid-write leaves the previous one).
 
     Time-based rather than per-epoch: with small data an epoch can take milliseconds, and a checkpoint each epoch
-    would cost more than the training.
+    would cost more than the training. (Lightning's ``ModelCheckpoint(train_time_interval=...)`` never fires for a
+    module with manual optimization, as the SVI modules are.) Under DDP rank 0's clock decides for every rank.
     """
 
     def __init__(self, dirpath, every_seconds: float):
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
-                         train_time_interval=timedelta(seconds=every_seconds))
+        self.dirpath, self.every_seconds = Path(dirpath), every_seconds
+        self._last = time.monotonic()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        due = time.monotonic() - self._last >= self.every_seconds
+        if trainer.world_size > 1:
+            due = trainer.strategy.broadcast(due)
+        if due:
+            self.save(trainer)
+
+    def save(self, trainer) -> Path:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        partial, final = self.dirpath / ".last.ckpt.partial", self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            os.replace(partial, final)
+        self._last = time.monotonic()
+        return final
 
 
 class GradientNorms(pl.Callback):
@@ -161,6 +182,19 @@ class IterateAveraging(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         total = int(getattr(pl_module, "planned_steps", trainer.estimated_stepping_batches))
         self.start_step = int(total * (1.0 - self.fraction)) if self.fraction > 0 else None
+        restored, self._restored = getattr(self, "_restored", None), None
+        if restored is not None:  # resumed from a checkpoint taken while averaging
+            self.averaged = AveragedModel(pl_module.family, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
+            self.averaged.load_state_dict(restored)
+
+    def state_dict(self) -> dict:
+        """The running average, so that a resumed run goes on averaging where it stopped."""
+        return {"num_averaged": self.num_averaged,
+                "averaged": None if self.averaged is None else self.averaged.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.num_averaged = state_dict.get("num_averaged", 0)
+        self._restored = state_dict.get("averaged")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # The parameters here are the iterate produced by the previous step.

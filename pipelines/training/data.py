@@ -26,6 +26,8 @@ __all__ = [
     "load_prepared",
     "count_classes",
     "check_counts",
+    "check_informative",
+    "check_trainable",
 ]
 
 MANIFEST = "manifest.json"
@@ -226,3 +228,32 @@ def check_counts(data: PreparedData, total_count: int) -> None:
                 f"data {data.source}: column {data.features[col]!r} must hold counts 0..{total_count} for this "
                 f"likelihood; found {values[row, col]!r} in the {split} split (row {row} of that split)"
             )
+
+
+def check_trainable(data: PreparedData, model) -> None:
+    """The checks of ``data`` that depend on the model (``model``: the config's ``model:`` section), made before any
+    MLflow run exists: counts for the VAE's likelihood, something to learn for a supervised model.
+
+    Raises:
+        DataError: see :func:`check_counts` and :func:`check_informative`.
+    """
+    if model.kind == "vae":
+        check_counts(data, model.max_count)
+    else:
+        check_informative(data)
+
+
+def check_informative(data: PreparedData) -> None:
+    """Check that a supervised model has something to learn: no feature and not the target is constant over the
+    training split (a constant feature is collinear with the intercept, a constant target has nothing to explain).
+
+    Raises:
+        DataError: naming the constant column(s) and their value.
+    """
+    train = data.train
+    constant = [c for c in [*data.features, data.target] if len(train) and train[c].nunique(dropna=False) <= 1]
+    if constant:
+        values = ", ".join(f"{c!r} = {train[c].iloc[0]:.6g}" for c in constant)
+        what = "the target is" if constant == [data.target] else "column(s) are"
+        raise DataError(f"data {data.source}: {what} constant over the {len(train)} training rows ({values}); "
+                        f"a constant column carries no information: drop it from data.features or fix the data")

@@ -58,8 +58,10 @@ class Fit:
 
 
 def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, sink, workdir: Path,
-        num_classes: int | None, rank: int = 0) -> Fit:
-    """Build the model, family and Lightning module of ``config`` and run SVI on ``data``.
+        num_classes: int | None, rank: int = 0, checkpoints: Path | None = None,
+        resume_from: Path | None = None) -> Fit:
+    """Build the model, family and Lightning module of ``config`` and run SVI on ``data``, writing ``last.ckpt``
+    (and ``on_exception.ckpt``) to ``checkpoints``; with ``resume_from``, continue from that checkpoint.
 
     Raises:
         TrainingFailed: the NaN/inf guard stopped the fit.
@@ -94,7 +96,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
             if laplace is not None and config.guide.precondition == "auto":
                 family.precondition(laplace.mode, laplace.marginal_sd, laplace.scale_tril)
         module = SVIModule(model, family, settings, train_xy, validation)
-    callbacks = _Callbacks(config, module, sink, validation, workdir)
+    callbacks = _Callbacks(config, module, sink, validation, checkpoints or workdir / CHECKPOINTS_DIR)
     trainer = pl.Trainer(
         accelerator=settings.accelerator,
         devices=settings.devices,
@@ -119,7 +121,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         client.set_tag(run_id, "viops.world_size", str(settings.world_size))
     started = time.perf_counter()
     with _tuned_for_training(sink):
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
         sink.close()  # every step's metrics are delivered before the run can be registered
     seconds = time.perf_counter() - started
     if callbacks.guard.failure_reason:
@@ -131,10 +133,11 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
 
 class _Callbacks:
     """The callbacks of one fit: gradient norms, the NaN/inf guard, step telemetry, iterate averaging (global
-    latents), early stopping, the amortization gaps (amortized models), a progress bar on a terminal, checkpoints."""
+    latents), early stopping, the amortization gaps (amortized models), a progress bar on a terminal, checkpoints
+    (every ``checkpoint_every_seconds``, and when training raises)."""
 
-    def __init__(self, config: TrainConfig, module, sink, validation, workdir: Path):
-        from pytorch_lightning.callbacks import EarlyStopping, TQDMProgressBar
+    def __init__(self, config: TrainConfig, module, sink, validation, checkpoints: Path):
+        from pytorch_lightning.callbacks import EarlyStopping, OnExceptionCheckpoint, TQDMProgressBar
 
         from pipelines.training.callbacks import (
             ConvergenceEarlyStopping,
@@ -173,7 +176,8 @@ class _Callbacks:
         if self.show_progress:
             batches_per_epoch = -(-module.steps_per_epoch // settings.steps_per_batch)
             self.all.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
-        self.all.append(LastCheckpoint(workdir / CHECKPOINTS_DIR, every_seconds=settings.checkpoint_every_seconds))
+        self.all.append(LastCheckpoint(checkpoints, every_seconds=settings.checkpoint_every_seconds))
+        self.all.append(OnExceptionCheckpoint(checkpoints))
 
 
 #: Validate at least this many times per run, however short, so that every run has a validation curve.

@@ -43,6 +43,8 @@ class TrainingResult:
     registration: str = ""
     #: The DDP rank that returned this (workers > 0 train but log nothing; rank 0 logs, evaluates and registers).
     rank: int = 0
+    #: The step of the checkpoint a resumed run continued from (``viops train --resume``); None for a new run.
+    resumed_from_step: int | None = None
 
     def to_json(self) -> dict:
         return {
@@ -56,4 +58,5 @@ class TrainingResult:
             "data_fingerprint": self.data_fingerprint,
             "stopped_reason": self.stopped_reason,
             "registration": self.registration,
+            "resumed_from_step": self.resumed_from_step,
         }

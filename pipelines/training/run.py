@@ -20,12 +20,24 @@ from pipelines.config.schema import TrainConfig
 from pipelines.run_artifacts import DIAGNOSTICS_DIR, write_resolved_config
 from pipelines.tracking import resolve_tracking_uri
 from pipelines.training.artifacts import log_training_artifacts
-from pipelines.training.data import PreparedData, check_counts, count_classes, prepare
+from pipelines.training.data import PreparedData, check_trainable, count_classes, prepare
+from pipelines.training.durability import (
+    Heartbeat,
+    Resumable,
+    checkpoint_root,
+    find_resumable,
+    reap,
+    run_checkpoint_dir,
+)
 from pipelines.training.final_metrics import final_metrics
 from pipelines.training.fit import Fit, fit
 from pipelines.training.result import DDP_RUN_ID_ENV, TrainingFailed, TrainingResult
+from pipelines.training.telemetry import SPOOL
 
 __all__ = ["run_training"]
+
+#: The checkpoint a resumed DDP run continues from, for the ranks Lightning's launcher starts.
+RESUME_ENV = "VIOPS_RESUME_CHECKPOINT"
 
 
 def run_training(
@@ -35,11 +47,17 @@ def run_training(
     tracking_uri: str | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    resume: bool = False,
 ) -> TrainingResult:
     """Train ``config`` by minibatch SVI in a new MLflow run and log everything; registers nothing.
 
+    Runs of the experiment whose process died (stale heartbeat) are marked FAILED first. With ``resume``, the newest
+    unfinished run of the same config (and ``run_name``) that left a checkpoint is continued in its own MLflow run
+    (:mod:`pipelines.training.durability`); without one, a new run starts.
+
     Raises:
-        DataError: the data is missing or invalid (before any MLflow run is created).
+        DataError: the data is missing or invalid, or changed since the run to resume (before any run is touched).
+        RunStillAlive: the run to resume is still training in another process.
         TrainingFailed: training diverged (NaN/inf); the run is FAILED.
     """
     import mlflow
@@ -48,14 +66,15 @@ def run_training(
     data = prepared if prepared is not None else prepare(config.data)
     task = config.model.task
     num_classes = count_classes(data, getattr(config.model, "num_classes", None)) if task == "classification" else None
-    if config.model.kind == "vae":
-        check_counts(data, config.model.max_count)
+    check_trainable(data, config.model)
     uri = resolve_tracking_uri(tracking_uri)
     worker = _ddp_worker_rank()
     if worker:
         # Lightning's DDP launcher re-ran this command for another device: join the run that rank 0 created.
         run_id = os.environ[DDP_RUN_ID_ENV]
-        return _train_in_run(config, data, None, uri, run_id, "", num_classes, rank=worker)
+        checkpoint = os.environ.get(RESUME_ENV)
+        resume = Resumable(run_id, Path(checkpoint), 0) if checkpoint else None
+        return _train_in_run(config, data, None, uri, run_id, "", num_classes, rank=worker, resume=resume)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -74,19 +93,45 @@ def run_training(
         "git_commit": commit,
         **(tags or {}),
     }
-    run = client.create_run(experiment_id, run_name=run_name or f"{config.name}-train", tags=tags)
-    run_id = run.info.run_id
+    reap(client, [experiment_id], by=f"viops train ({run_name or config.name})")
+    found = find_resumable(client, experiment_id, tags["viops.config_hash"], config.train.checkpoint_dir,
+                           run_name) if resume else None
+    if found is None:
+        run_id = client.create_run(experiment_id, run_name=run_name or f"{config.name}-train", tags=tags).info.run_id
+    else:
+        run_id = _reopen(client, found, data.fingerprint)
+    heartbeat = Heartbeat(client, run_id)
     try:
-        result = _train_in_run(config, data, client, uri, run_id, experiment_id, num_classes)
+        result = _train_in_run(config, data, client, uri, run_id, experiment_id, num_classes, resume=found)
     except BaseException as exc:
+        heartbeat.stop()
         reason = str(exc) or type(exc).__name__
         client.set_tag(run_id, "viops.failure_reason", reason[:5000])
         client.set_terminated(run_id, status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
         if isinstance(exc, TrainingFailed):
             exc.run_id = run_id
         raise
+    heartbeat.stop()
     client.set_terminated(run_id, status="FINISHED")
+    shutil.rmtree(checkpoint_root(config.train.checkpoint_dir) / run_id, ignore_errors=True)
     return result
+
+
+def _reopen(client, found: Resumable, fingerprint: str) -> str:
+    """Set the run to resume RUNNING again, once its data is known to be the same; replay its telemetry spool."""
+    from pipelines.tables import DataError
+    from pipelines.training.telemetry import replay_spool
+
+    run = client.get_run(found.run_id)
+    trained_on = run.data.tags.get("viops.data_fingerprint")
+    if trained_on != fingerprint:
+        raise DataError(f"cannot resume run {found.run_id}: its data fingerprint is {trained_on}, the data now is "
+                        f"{fingerprint}; train a new run instead (without --resume)")
+    replay_spool(client, found.run_id, found.checkpoint.parent)
+    client.update_run(found.run_id, status="RUNNING")
+    client.set_tag(found.run_id, "viops.resumed_from_step", str(found.step))
+    client.set_tag(found.run_id, "viops.failure_reason", "")
+    return found.run_id
 
 
 def _ddp_worker_rank() -> int:
@@ -97,18 +142,22 @@ def _ddp_worker_rank() -> int:
 
 
 def _train_in_run(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, experiment_id: str,
-                  num_classes: int | None, rank: int = 0) -> TrainingResult:
+                  num_classes: int | None, rank: int = 0, resume: Resumable | None = None) -> TrainingResult:
     from pipelines.training.svi_module import planned_steps
     from pipelines.training.telemetry import make_sink
 
+    checkpoints = run_checkpoint_dir(config.train.checkpoint_dir, run_id)
+    if resume is not None and rank == 0 and config.train.world_size > 1:
+        os.environ[RESUME_ENV] = str(resume.checkpoint)  # the DDP ranks Lightning launches resume from it too
     # Start the writer now: a writer process's start-up then overlaps the set-up below.
     sink = make_sink(uri, run_id, planned_steps=planned_steps(len(data.train), config.train, config.train.world_size),
-                     enabled=config.train.log_step_metrics and rank == 0)
-    workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))  # checkpoints and artifacts before upload
+                     enabled=config.train.log_step_metrics and rank == 0, spool=checkpoints / SPOOL)
+    workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))  # artifacts before upload
     try:
-        if rank == 0:
+        if rank == 0 and resume is None:
             _log_inputs(client, run_id, config, data)
-        done = fit(config, data, client, uri, run_id, sink, workdir, num_classes, rank)
+        done = fit(config, data, client, uri, run_id, sink, workdir, num_classes, rank, checkpoints=checkpoints,
+                   resume_from=resume.checkpoint if resume else None)
         if done.trainer.global_rank != 0:
             return TrainingResult(run_id, experiment_id, uri, config.model_name, None, (), {}, data.fingerprint,
                                   registration=f"DDP rank {done.trainer.global_rank}: rank 0 logs and registers",
@@ -120,7 +169,8 @@ def _train_in_run(config: TrainConfig, data: PreparedData, client, uri: str, run
         shutil.rmtree(workdir, ignore_errors=True)
     return TrainingResult(run_id=run_id, experiment_id=experiment_id, tracking_uri=uri, model_name=config.model_name,
                           model_version=None, aliases=(), metrics=metrics, data_fingerprint=data.fingerprint,
-                          stopped_reason=stopped, registration="registration disabled")
+                          stopped_reason=stopped, registration="registration disabled",
+                          resumed_from_step=resume.step if resume else None)
 
 
 def _log_inputs(client, run_id: str, config: TrainConfig, data: PreparedData) -> None:

@@ -5,6 +5,11 @@ in SQLAlchemy), so steps are sent in batches of up to 1,000 values per ``log_bat
 (``python -m pipelines.training.telemetry``, told where to write through its environment) that reads JSON lines on
 stdin. The training process only serialises; the writes run on another core. :meth:`MlflowMetricSink.close` waits
 for delivery and raises if any write failed.
+
+When the tracking server stops answering, the batches not delivered are appended to a spool file in the run's
+checkpoint folder (:data:`SPOOL`) and the writer gives up, which stops training within its retry budget (the run is
+then FAILED, or left for the reaper when the server cannot be told). ``viops train --resume`` replays the spool
+into the same run before it continues (:func:`replay_spool`), so no step's metrics are lost.
 """
 
 from __future__ import annotations
@@ -18,13 +23,39 @@ import sys
 import threading
 import time
 
-__all__ = ["MlflowMetricSink", "ThreadedMetricSink", "NullSink", "make_sink", "TelemetryError"]
+__all__ = ["MlflowMetricSink", "ThreadedMetricSink", "NullSink", "make_sink", "replay_spool", "TelemetryError",
+           "SPOOL"]
 
 MAX_METRICS_PER_REQUEST = 1000
 #: The writer process reads the run id from here (and the tracking URI from ``MLFLOW_TRACKING_URI``).
 RUN_ID_ENV = "VIOPS_TELEMETRY_RUN_ID"
 #: Runs with at least this many planned steps write their telemetry from a separate process.
 PROCESS_SINK_MIN_STEPS = 1000
+#: Undelivered batches (JSON lines ``{"names": [...], "rows": [...]}``) in the run's checkpoint folder.
+SPOOL = "telemetry.spool.jsonl"
+SPOOL_ENV = "VIOPS_TELEMETRY_SPOOL"
+
+
+def _spool(path, lines: list[str]) -> None:
+    if path is None or not lines:
+        return
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.writelines(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def replay_spool(client, run_id: str, directory) -> int:
+    """Send the batches spooled in ``directory`` to ``run_id`` and remove the spool; returns how many batches."""
+    from pathlib import Path
+
+    path = Path(directory) / SPOOL
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for line in lines:
+        batch = json.loads(line)
+        _send(client, run_id, _metrics(batch["names"], batch["rows"]))
+    path.unlink()
+    return len(lines)
 
 
 class TelemetryError(RuntimeError):
@@ -65,29 +96,42 @@ class NullSink:
         pass
 
 
-def make_sink(tracking_uri: str, run_id: str, planned_steps: int, enabled: bool = True):
-    """A writer process for long runs (its start-up costs ~2 s of CPU), a background thread for short ones."""
+def make_sink(tracking_uri: str, run_id: str, planned_steps: int, enabled: bool = True, spool=None):
+    """A writer process for long runs (its start-up costs ~2 s of CPU), a background thread for short ones; both
+    spool what they cannot deliver to ``spool``."""
     if not enabled:
         return NullSink()
     if planned_steps >= PROCESS_SINK_MIN_STEPS:
-        return MlflowMetricSink(tracking_uri, run_id)
-    return ThreadedMetricSink(tracking_uri, run_id)
+        return MlflowMetricSink(tracking_uri, run_id, spool)
+    return ThreadedMetricSink(tracking_uri, run_id, spool)
 
 
 class ThreadedMetricSink:
     """In-process sink: batches are written by one background thread. Fine for short runs."""
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, spool=None):
         from concurrent.futures import ThreadPoolExecutor
 
         from mlflow import MlflowClient
 
-        self.client, self.run_id = MlflowClient(tracking_uri=tracking_uri), run_id
+        self.client, self.run_id, self.spool = MlflowClient(tracking_uri=tracking_uri), run_id, spool
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="viops-telemetry")
         self._pending: list = []
+        self._failed = False
+
+    def _deliver(self, names: list[str], rows: list) -> None:
+        if not self._failed:
+            try:
+                _send(self.client, self.run_id, _metrics(names, rows))
+                return
+            except TelemetryError:
+                self._failed = True
+                _spool(self.spool, [json.dumps({"names": names, "rows": rows})])
+                raise
+        _spool(self.spool, [json.dumps({"names": names, "rows": rows})])
 
     def __call__(self, names: list[str], rows: list) -> None:
-        self._pending.append(self._executor.submit(lambda: _send(self.client, self.run_id, _metrics(names, rows))))
+        self._pending.append(self._executor.submit(self._deliver, names, rows))
 
     def close(self) -> None:
         try:
@@ -106,10 +150,11 @@ class MlflowMetricSink:
         run_id: the run the metrics belong to.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, spool=None):
         self.run_id = run_id
         # Where to write goes through the environment, not the command line (which `ps` shows to every user).
-        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, RUN_ID_ENV: run_id}
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, RUN_ID_ENV: run_id,
+               **({SPOOL_ENV: str(spool)} if spool is not None else {})}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "pipelines.training.telemetry"],
             stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
@@ -148,8 +193,9 @@ class MlflowMetricSink:
             raise TelemetryError(f"telemetry writer failed (exit {code}): {''.join(self._stderr)[-2000:].strip()}")
 
 
-def _deliver(tracking_uri: str, run_id: str) -> int:
-    """Writer process: read JSON lines from stdin, send them with ``log_batch``; retry transient failures."""
+def _deliver(tracking_uri: str, run_id: str, spool: str | None = None) -> int:
+    """Writer process: read JSON lines from stdin, send them with ``log_batch``; retry transient failures. When a
+    batch cannot be delivered, it and every batch queued behind it go to ``spool``, and the writer exits 1."""
     lines: queue.Queue = queue.Queue()
 
     def reader() -> None:  # drain the pipe from the start, so the trainer never blocks on a write
@@ -174,10 +220,15 @@ def _deliver(tracking_uri: str, run_id: str) -> int:
         try:
             _send(client, run_id, _metrics(batch["names"], batch["rows"]))
         except TelemetryError as exc:
-            print(str(exc), file=sys.stderr)
+            undelivered = [line]
+            while not lines.empty() and (queued := lines.get_nowait()) is not None:
+                undelivered.append(queued)
+            _spool(spool, undelivered)
+            where = f"; {len(undelivered)} batch(es) spooled to {spool}" if spool else ""
+            print(f"{exc}{where}", file=sys.stderr)
             return 1
     return 0
 
 
 if __name__ == "__main__":  # the writer process that MlflowMetricSink starts
-    sys.exit(_deliver(os.environ["MLFLOW_TRACKING_URI"], os.environ[RUN_ID_ENV]))
+    sys.exit(_deliver(os.environ["MLFLOW_TRACKING_URI"], os.environ[RUN_ID_ENV], os.environ.get(SPOOL_ENV)))

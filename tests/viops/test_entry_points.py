@@ -10,8 +10,8 @@ from pathlib import Path
 
 from viops.cli import build_parser
 
-COMMANDS = ["prepare", "train", "register", "conformance", "compare", "diagnose", "evaluate", "promote", "rollback",
-            "score", "simulate", "monitor", "alerts"]
+COMMANDS = ["prepare", "train", "runs", "register", "conformance", "compare", "diagnose", "evaluate", "promote",
+            "rollback", "score", "simulate", "monitor", "alerts"]
 
 
 def _commands(help_text: str) -> list[str]:

@@ -11,19 +11,28 @@ import sys
 
 from viops import REPO
 
-__all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_BAD_INPUT", "EXIT_TRAINING_FAILED", "REPO", "common", "client", "emit"]
+__all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_BAD_INPUT", "EXIT_TRAINING_FAILED", "EXIT_INFRASTRUCTURE", "EXIT_BUSY",
+           "EXIT_CODES", "REPO", "common", "client", "emit"]
 
+#: The exit codes of every command (docs/operations.md#exit-codes).
 EXIT_OK = 0
-EXIT_REJECTED = 1  # viops evaluate: the gate rejected the candidate (the verdict is printed all the same)
-EXIT_BAD_INPUT = 2
-EXIT_TRAINING_FAILED = 3
+EXIT_REJECTED = 1  # a negative verdict: the gate rejected the candidate (the verdict is printed all the same)
+EXIT_BAD_INPUT = 2  # bad config, data, window or arguments; nothing was trained, registered or changed
+EXIT_TRAINING_FAILED = 3  # training diverged; the MLflow run is FAILED
+EXIT_INFRASTRUCTURE = 4  # tracking server unreachable, tracking store unusable, disk read-only or full
+EXIT_BUSY = 5  # another retrain/promote/rollback of the same model holds its lease; nothing was done
+EXIT_CODES = (EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INFRASTRUCTURE, EXIT_BUSY)
 
 
 def emit(payload: dict, as_json: bool, human: str) -> None:
-    """Print a command's result: ``human`` on stdout, or on stderr with ``payload`` as the last line of stdout."""
+    """Print a command's result: ``human`` on stdout, or on stderr with ``payload`` as the last line of stdout.
+    Passwords and tokens in URIs are masked in both."""
+    from pipelines.tracking import redact
+
+    human = redact(human)
     if as_json:
         print(human, file=sys.stderr)
-        print(json.dumps(payload, default=str))
+        print(redact(json.dumps(payload, default=str)))
     else:
         print(human)
 

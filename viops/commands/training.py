@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
-from viops.commands.common import common, emit
+from viops.commands.common import client, common, emit
 
 
 def _cmd_prepare(args) -> int:
     from pipelines.config.loading import load_config, parse_overrides
-    from pipelines.training.data import prepare
+    from pipelines.training.data import check_trainable, prepare
 
     config = load_config(args.config, parse_overrides(args.set))
     data = prepare(config.data, extra=args.extra_data or ())
+    check_trainable(data, config.model)  # what `viops train` would refuse, refused here already
     out = data.save(args.out)
     manifest = {**data.manifest(), "directory": str(out)}
     emit(manifest, args.json, f"prepared {data.num_rows} rows from {data.source} into {out} "
@@ -35,18 +36,42 @@ def _cmd_train(args) -> int:
         register=False if args.no_register else None,
         run_name=args.run_name,
         tags={"viops.trigger_reason": args.reason} if args.reason else None,
+        resume=args.resume,
     )
     if result.rank:
         return 0  # a DDP worker: rank 0 reports
     version = f"version {result.model_version} of {result.model_name}" if result.model_version else "not registered"
+    resumed = f" (resumed from step {result.resumed_from_step})" if result.resumed_from_step is not None else ""
     human = (
-        f"run {result.run_id} finished: val ELBO/datum "
+        f"run {result.run_id}{resumed} finished: val ELBO/datum "
         f"{result.metrics.get('validation_elbo_per_datum', float('nan')):.4f}, "
         f"{result.metrics['steps']:.0f} steps in {result.metrics['train_seconds']:.1f}s; {version}"
         + (f" ({', '.join(result.aliases)})" if result.aliases else "")
         + f"\n  look: mlflow ui --backend-store-uri {result.tracking_uri}"
     )
     emit(result.to_json(), args.json, human)
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from pipelines.config.base import ConfigError
+    from pipelines.registry.audit import default_actor
+    from pipelines.training.durability import STALE_AFTER_SECONDS, reap
+
+    mlflow_client, uri = client(args)
+    if args.experiment:
+        found = {name: mlflow_client.get_experiment_by_name(name) for name in args.experiment}
+        unknown = [name for name, experiment in found.items() if experiment is None]
+        if unknown:
+            raise ConfigError(f"no experiment named {', '.join(map(repr, unknown))}")
+        ids = [experiment.experiment_id for experiment in found.values()]
+    else:
+        ids = [e.experiment_id for e in mlflow_client.search_experiments()]
+    reaped = reap(mlflow_client, ids, stale_after=args.stale_after or STALE_AFTER_SECONDS,
+                  by=f"viops runs reap ({default_actor()})")
+    payload = {"reaped": [{"run_id": run_id, "reason": reason} for run_id, reason in reaped], "tracking_uri": uri}
+    emit(payload, args.json, "\n".join(f"run {run_id}: {reason}" for run_id, reason in reaped)
+         or "no run has a stale heartbeat")
     return 0
 
 
@@ -119,7 +144,18 @@ def add_commands(sub) -> None:
     p.add_argument("--no-register", action="store_true", help="log the run but do not register a model version")
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--reason", help="why this training runs (tagged on the MLflow run as viops.trigger_reason)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest unfinished run of this config (and --run-name) from its last checkpoint, "
+                        "in the same MLflow run; start a new run when there is none")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("runs", help="training runs: 'reap' marks runs whose process died FAILED")
+    p.add_argument("action", choices=["reap"])
+    common(p, config=False)
+    p.add_argument("--experiment", action="append", help="experiment name (repeatable; default: every experiment)")
+    p.add_argument("--stale-after", type=float, help="seconds without a heartbeat (default $VIOPS_STALE_AFTER_SECONDS "
+                                                     "or 300)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=_cmd_runs)
     p = sub.add_parser("register", help="register a finished training run (idempotent per run)")
     common(p, config=False)
     p.add_argument("--run-id", required=True)

@@ -1,0 +1,105 @@
+"""The fault suite: each test breaks one thing a production deployment meets (the tracking server, a process, the
+disk, the input) and checks what viops does: a documented exit code, one line saying what failed, nothing changed
+that should not be. Commands run as real processes, against real MLflow stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+
+#: The exit codes docs/operations.md#exit-codes documents.
+DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5}
+
+
+@dataclass
+class Ran:
+    """One finished ``viops`` process."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def result(self) -> dict:
+        """The ``--json`` object on the last stdout line."""
+        return json.loads(self.stdout.strip().splitlines()[-1])
+
+    @property
+    def last_line(self) -> str:
+        lines = [line for line in self.stderr.strip().splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+def start(args: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """``viops <args> --json`` as a background process."""
+    return subprocess.Popen([sys.executable, "-m", "viops", *args, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def finish(proc: subprocess.Popen, started: float, timeout: float = 300) -> Ran:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"viops {proc.args[3]} did not finish within {timeout:.0f} s: {err[-3000:]}")
+    return Ran(proc.returncode, out, err, time.monotonic() - started)
+
+
+def viops(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> Ran:
+    """Run ``viops <args> --json`` to the end."""
+    started = time.monotonic()
+    return finish(start(list(args), env, cwd), started, timeout)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    """The README's example config and data in a folder, trained once into a SQLite store: version 1 is champion.
+    Returns ``(folder, tracking URI)``."""
+    root = tmp_path_factory.mktemp("faults")
+    (root / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    make_regression_csv(root / "data.csv")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    ran = viops("train", "--config", str(root / "blr_csv.yaml"), env={"MLFLOW_TRACKING_URI": uri}, cwd=root)
+    assert ran.code == 0, ran.stderr[-3000:]
+    return root, uri
+
+
+def start_mlflow_server(root: Path) -> tuple[str, subprocess.Popen]:
+    """A real ``mlflow server`` on SQLite under ``root`` that the test may kill; returns ``(url, process)``."""
+    from tests.conftest import free_port
+    from tests.integration.conftest import wait_healthy
+
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'backend.db'}",
+         "--artifacts-destination", str(root / "artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, proc, root / "server.log")
+    return url, proc
+
+
+def kill_server(proc: subprocess.Popen) -> None:
+    """SIGKILL the server and every worker it started."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)

@@ -1,0 +1,104 @@
+"""The tracking server is down, or dies mid-run: every command fails within ~30 s with one line and exit 4, never
+hangs, never mistakes the outage for a missing model, and never prints the password in the URI."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import free_port
+from tests.faults.conftest import finish, kill_server, start, start_mlflow_server, viops
+
+SECRET = "s3cret-pw"
+
+
+def test_every_command_fails_fast_and_says_the_server_is_unreachable(example):
+    root, _ = example
+    dead = f"http://alice:{SECRET}@127.0.0.1:{free_port()}"
+    window = root / "window.csv"
+    window.write_text((root / "data.csv").read_text())
+    commands = {
+        "train": ["train", "--config", str(root / "blr_csv.yaml")],
+        "register": ["register", "--run-id", "0" * 32, "--model", "blr-example"],
+        "evaluate": ["evaluate", "--model", "blr-example"],
+        "promote": ["promote", "--model", "blr-example", "--version", "1"],
+        "rollback": ["rollback", "--model", "blr-example", "--reason", "outage drill"],
+        "score": ["score", "--model", "blr-example", "--input", str(window), "--output", str(root / "o.csv")],
+        "monitor": ["monitor", "--model", "blr-example", "--window", str(window), "--state-dir", str(root / "st")],
+        "compare": ["compare", "--experiment", "blr-example"],
+    }
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ran = dict(zip(commands, pool.map(lambda args: viops(*args, env={"MLFLOW_TRACKING_URI": dead}, cwd=root,
+                                                              timeout=120), commands.values())))
+    for name, r in ran.items():
+        assert r.code == 4, f"{name}: exit {r.code}: {r.stderr[-2000:]}"
+        assert r.seconds < 30 * 1.5, f"{name} took {r.seconds:.0f} s"  # 4 in parallel on 2 cores: some slack
+        assert r.last_line.startswith(f"viops {name}: tracking server unreachable at http://alice:***@127.0.0.1"), (
+            r.last_line)
+        assert "Traceback" not in r.stderr and SECRET not in r.stderr + r.stdout
+
+
+@pytest.fixture
+def server(tmp_path):
+    url, proc = start_mlflow_server(tmp_path)
+    yield url, proc
+    kill_server(proc)
+    if "restarted" in proc.__dict__:
+        kill_server(proc.__dict__["restarted"])
+
+
+def test_not_found_is_said_only_when_the_server_answered_it(server):
+    url, _ = server
+    ran = viops("promote", "--model", "no-such-model", "--version", "1", env={"MLFLOW_TRACKING_URI": url})
+    assert ran.code == 2 and "no registered model named 'no-such-model'" in ran.last_line, ran.stderr[-2000:]
+
+
+def test_a_server_killed_during_training_ends_the_command_in_bounded_time(server, tmp_path):
+    from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+
+    url, proc = server
+    (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
+    make_regression_csv(tmp_path / "data.csv")
+    # Long enough to still be training when the server dies (thousands of steps: the writer-process sink).
+    args = ["train", "--config", str(tmp_path / "blr_csv.yaml"), "--set", "train.max_epochs=1200",
+            "--set", "train.early_stopping.enabled=false", "--set", "train.log_every_n_steps=50",
+            "--set", "train.checkpoint_every_seconds=1"]
+    env = {"MLFLOW_TRACKING_URI": url, "VIOPS_WORK_DIR": str(tmp_path / "work")}
+    started = time.monotonic()
+    trainer = start(args, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("work/checkpoints/*/last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    assert trainer.poll() is None, "training ended before the server was killed"
+    kill_server(proc)
+    killed = time.monotonic()
+    ran = finish(trainer, started, timeout=300)
+    after_kill = time.monotonic() - killed
+    print(f"trainer gave up {after_kill:.1f} s after the server was killed")
+    assert ran.code == 4, f"exit {ran.code}: {ran.stderr[-3000:]}"
+    assert after_kill < 120, f"the trainer took {after_kill:.0f} s to give up after the server died"
+    assert ran.last_line.startswith("viops train: tracking server unreachable at http://127.0.0.1"), ran.last_line
+    assert "Traceback" not in ran.stderr
+    # What could not be delivered is kept: the checkpoint taken when training stopped, and the spooled telemetry.
+    (folder,) = (tmp_path / "work" / "checkpoints").iterdir()
+    assert (folder / "on_exception.ckpt").is_file() and (folder / "telemetry.spool.jsonl").is_file()
+    spooled = [json.loads(line)["rows"] for line in (folder / "telemetry.spool.jsonl").read_text().splitlines()]
+    spooled_steps = {row[0] for rows in spooled for row in rows}
+
+    # The server comes back (same database, new port): reap the orphaned run, resume it, and the spool is replayed.
+    url, proc = start_mlflow_server(tmp_path)
+    server[1].__dict__["restarted"] = proc  # stopped by the fixture's teardown below
+    env["MLFLOW_TRACKING_URI"] = url
+    reaped = viops("runs", "reap", "--stale-after", "1", env=env, cwd=tmp_path)
+    assert [r["run_id"] for r in reaped.result["reaped"]] == [folder.name], reaped.stderr[-2000:]
+    resumed = viops(*args, "--resume", env=env, cwd=tmp_path, timeout=600)
+    assert resumed.code == 0 and resumed.result["run_id"] == folder.name, resumed.stderr[-3000:]
+    client = MlflowClient(url, url)
+    assert client.get_run(folder.name).info.status == "FINISHED"
+    logged = {m.step for m in client.get_metric_history(folder.name, "elbo")}
+    assert spooled_steps and spooled_steps <= logged
