@@ -98,13 +98,31 @@ def _connection_reason(exc: BaseException) -> str | None:
     return found or redact(str(links[-1]).splitlines()[0] if str(links[-1]) else type(links[-1]).__name__)[:200]
 
 
+def _path_of(error: OSError) -> str:
+    """The file an OS error is about: its ``filename``, else the destination the failing call was writing (a write
+    that runs out of space names no file), found in the innermost frames of its traceback."""
+    if error.filename:
+        return str(error.filename)
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for name in ("destination_file_path", "dst", "dest", "destination", "target"):
+            value = frame.f_locals.get(name)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                return os.fspath(value)
+    return "a file"
+
+
 def infrastructure_error(exc: BaseException, tracking_uri: str) -> str | None:
     """One line for an exception that says the infrastructure failed the command (tracking server unreachable,
     tracking database unusable, artifact store read-only or full), or None when it is not one of those."""
     for link in _chain(exc):
         number = getattr(link, "errno", None)
         if isinstance(link, OSError) and number in _DISK_ERRNOS:
-            return f"cannot use {link.filename or 'a file'}: {_DISK_ERRNOS[number]}"
+            return f"cannot use {_path_of(link)}: {_DISK_ERRNOS[number]}"
     if tracking_uri.startswith(("http://", "https://")):
         reason = _connection_reason(exc)
         if reason is not None:

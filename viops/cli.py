@@ -42,6 +42,8 @@ def quiet_libraries() -> None:
     """Keep MLflow, Alembic and Lightning start-up chatter out of the command's own output."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow writes "View run ... at: <tracking URI>" to stdout, password included.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from pipelines.tracking import bound_request_time
 
     bound_request_time()
@@ -52,10 +54,25 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _redact_record(record: logging.LogRecord) -> bool:
+    """A logging filter: the formatted message with passwords and tokens in URIs masked."""
+    from pipelines.tracking import redact
+
+    message = record.getMessage()
+    masked = redact(message)
+    if masked != message:
+        record.msg, record.args = masked, None
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redact_record)
+
+    from mlflow.exceptions import MlflowException
 
     from pipelines.config.base import ConfigError
     from pipelines.diagnostics.compare import CompareError
@@ -79,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (MLflow run {exc.run_id} marked FAILED)" if exc.run_id else ""
         print(redact(f"viops {args.command}: training failed: {exc}{where}"), file=sys.stderr)
         return EXIT_TRAINING_FAILED
+    except MlflowException as exc:
+        uri = resolve_tracking_uri(getattr(args, "tracking_uri", None))
+        if exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):  # refused: nothing was changed by it
+            print(redact(f"viops {args.command}: permission denied by the tracking server at {uri}: "
+                         f"{' '.join(exc.message.split())}"), file=sys.stderr)
+            return EXIT_BAD_INPUT
+        line = infrastructure_error(exc, uri)
+        if line is None:
+            raise
+        print(f"viops {args.command}: {line}", file=sys.stderr)
+        return EXIT_INFRASTRUCTURE
     except Exception as exc:
         line = infrastructure_error(exc, resolve_tracking_uri(getattr(args, "tracking_uri", None)))
         if line is None:

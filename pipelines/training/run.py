@@ -107,6 +107,7 @@ def run_training(
         heartbeat.stop()
         reason = str(exc) or type(exc).__name__
         client.set_tag(run_id, "viops.failure_reason", reason[:5000])
+        client.set_tag(run_id, "viops.artifacts_incomplete", "true")  # whatever was uploaded is not a whole model
         client.set_terminated(run_id, status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
         if isinstance(exc, TrainingFailed):
             exc.run_id = run_id
