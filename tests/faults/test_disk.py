@@ -3,6 +3,7 @@ is registered, the champion is untouched."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 
@@ -13,15 +14,24 @@ from tests.conftest import require
 from tests.faults.conftest import viops
 
 
+def _as_root(*command: str) -> subprocess.CompletedProcess:
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    return subprocess.run([*prefix, *command], capture_output=True, text=True)
+
+
 @pytest.fixture
 def mount(tmp_path):
-    """A small tmpfs of its own (root only: the permission bits do not stop root, a mount does)."""
+    """A small tmpfs of its own (permission bits do not stop root; a read-only or full mount stops everyone)."""
     path = tmp_path / "store"
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)], capture_output=True)
-    require(mounted.returncode == 0, f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    mounted = _as_root("mount", "-t", "tmpfs", "-o", "size=256k,mode=1777", "tmpfs", str(path))
+    require(mounted.returncode == 0, f"cannot mount a tmpfs here (needs root or sudo): {mounted.stderr.strip()}")
     yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    _as_root("umount", "-l", str(path))
+
+
+def _read_only(path) -> None:
+    assert _as_root("mount", "-o", "remount,ro", str(path)).returncode == 0
 
 
 @pytest.mark.parametrize("fault, problem", [("read-only", "read-only file system"),
@@ -32,7 +42,7 @@ def test_an_artifact_store_that_cannot_be_written_fails_training_with_exit_4(exa
     experiment = f"disk-{fault}-{uuid.uuid4().hex[:6]}"
     client.create_experiment(experiment, artifact_location=str(mount))
     if fault == "read-only":
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        _read_only(mount)
     else:
         (mount / "filler").write_bytes(b"\0" * (256 * 1024 - 4096))
     versions = sorted(v.version for v in client.search_model_versions("name='blr-example'"))
@@ -52,7 +62,7 @@ def test_an_artifact_store_that_cannot_be_written_fails_training_with_exit_4(exa
 
 def test_scoring_into_a_read_only_folder_is_exit_4_naming_it(example, mount):
     root, uri = example
-    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    _read_only(mount)
     ran = viops("score", "--model", "blr-example", "--input", str(root / "data.csv"), "--output",
                 str(mount / "scores.csv"), env={"MLFLOW_TRACKING_URI": uri}, cwd=root)
     expected = f"viops score: cannot use {mount / 'scores.csv'}: read-only file system"
