@@ -7,13 +7,15 @@ import os
 import signal
 import time
 
+import pytest
 from mlflow import MlflowClient
 
+from pipelines.training.durability import RunStillAlive, find_resumable, reap
 from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
 from tests.faults.conftest import start, viops
 
 LONG = ["--set", "train.max_epochs=600", "--set", "train.early_stopping.enabled=false",
-        "--set", "train.checkpoint_every_seconds=1"]
+        "--set", "train.checkpoint_every_seconds=1", "--set", "train.log_every_n_steps=50"]
 
 
 def _wait_for(path_glob, root, timeout: float = 120):
@@ -35,16 +37,21 @@ def test_a_killed_training_is_reaped_and_resumed_in_the_same_run(tmp_path):
     trainer = start(["train", "--config", config, *LONG], env=env, cwd=tmp_path)
     checkpoint = _wait_for("work/checkpoints/*/last.ckpt", tmp_path)
     run_id = checkpoint.parent.name
+    client = MlflowClient(uri, uri)
+    deadline = time.monotonic() + 60
+    while not client.get_metric_history(run_id, "elbo") and time.monotonic() < deadline:
+        time.sleep(0.2)  # some steps' telemetry has reached MLflow
 
-    # While it trains, resuming it is refused (its heartbeat is fresh and its process alive) and reaping spares it.
-    busy = viops("train", "--config", config, *LONG, "--resume", env=env, cwd=tmp_path)
-    assert busy.code == 5 and f"run {run_id} is still training" in busy.last_line, busy.stderr[-2000:]
+    # While it trains (checked in this process: quick enough to catch it training), resuming it is refused and
+    # reaping spares it.
+    experiment = client.get_run(run_id).info.experiment_id
+    config_hash = client.get_run(run_id).data.tags["viops.config_hash"]
+    with pytest.raises(RunStillAlive, match=f"run {run_id} is still training"):
+        find_resumable(client, experiment, config_hash, str(tmp_path / "work" / "checkpoints"))
+    assert reap(client, [experiment]) == []
     assert trainer.poll() is None, "training ended before it was killed"
-    assert viops("runs", "reap", env=env, cwd=tmp_path).result["reaped"] == []
-
     os.kill(trainer.pid, signal.SIGKILL)
     trainer.wait()
-    client = MlflowClient(uri, uri)
     assert client.get_run(run_id).info.status == "RUNNING"  # nobody could end it
 
     # Its process is gone (same host): the reaper need not wait for the heartbeat to go stale.
