@@ -16,7 +16,7 @@ import os
 import re
 
 __all__ = ["DEFAULT_TRACKING_URI", "HTTP_BUDGET", "resolve_tracking_uri", "bound_request_time", "redact",
-           "infrastructure_error", "TrackingUnavailable"]
+           "infrastructure_error"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -28,10 +28,6 @@ HTTP_BUDGET = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server could not be reached (or stopped answering); nothing was changed by the failed call."""
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -86,8 +82,6 @@ def _connection_reason(exc: BaseException) -> str | None:
 
     links = list(_chain(exc))
     for link in links:
-        if isinstance(link, TrackingUnavailable):
-            return str(link)
         if isinstance(link, requests.exceptions.Timeout):
             return f"no reply within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
     text = " ".join(f"{type(link).__name__}: {link}" for link in links)

@@ -96,19 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (MLflow run {exc.run_id} marked FAILED)" if exc.run_id else ""
         print(redact(f"viops {args.command}: training failed: {exc}{where}"), file=sys.stderr)
         return EXIT_TRAINING_FAILED
-    except MlflowException as exc:
+    except Exception as exc:
         uri = resolve_tracking_uri(getattr(args, "tracking_uri", None))
-        if exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):  # refused: nothing was changed by it
+        if isinstance(exc, MlflowException) and exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
             print(redact(f"viops {args.command}: permission denied by the tracking server at {uri}: "
-                         f"{' '.join(exc.message.split())}"), file=sys.stderr)
+                         f"{' '.join(exc.message.split())}"), file=sys.stderr)  # refused: nothing was changed
             return EXIT_BAD_INPUT
         line = infrastructure_error(exc, uri)
-        if line is None:
-            raise
-        print(f"viops {args.command}: {line}", file=sys.stderr)
-        return EXIT_INFRASTRUCTURE
-    except Exception as exc:
-        line = infrastructure_error(exc, resolve_tracking_uri(getattr(args, "tracking_uri", None)))
         if line is None:
             raise
         print(f"viops {args.command}: {line}", file=sys.stderr)
