@@ -11,6 +11,8 @@ Three kinds of alert:
   The error ratio over a range is ``1 - avg_over_time(viops_slo_<objective>_good[range])``; the burn rate divides
   it by the objective's budget ``1 - target``.
 - **Staleness**: the monitor has not pushed for 2 hours (``push_time_seconds``, set by the Pushgateway).
+- **Integrity**: a command refused a version whose files fail their signature check
+  (``viops_model_signature_valid == 0``, pushed by the refusing command; :mod:`pipelines.registry.signing`).
 
 Every alert carries a ``runbook`` annotation naming ``runbooks/<AlertName>.md``; tests check that each alert has one
 and each runbook names an alert. After editing the SLOs, regenerate the file::
@@ -65,6 +67,7 @@ BURN_RATE_TIERS = {
 
 STALE_ALERT = "ViopsMetricsStale"
 STALE_SECONDS = 2 * 3600
+SIGNATURE_ALERT = "ViopsModelSignatureInvalid"
 
 
 def _annotations(alert: str, summary: str, description: str) -> dict:
@@ -115,10 +118,18 @@ def render_rules(slos: SLOConfig) -> dict:
                                     "The monitor has not pushed metrics for this model and alias for over "
                                     f"{STALE_SECONDS // 3600} hours; every other alert is blind meanwhile."),
     }
+    integrity = {
+        "alert": SIGNATURE_ALERT, "expr": "viops_model_signature_valid == 0", "labels": {"severity": "page"},
+        "annotations": _annotations(SIGNATURE_ALERT, "Version {{ $labels.version }} of {{ $labels.model }} fails "
+                                    "its signature check",
+                                    "A viops command refused the version: its model files are unsigned, signed by "
+                                    "another key, or changed since they were signed. Nothing loaded it."),
+    }
     return {"groups": [
         {"name": "viops-thresholds", "rules": thresholds},
         {"name": "viops-burn-rates", "rules": burn},
         {"name": "viops-staleness", "rules": [stale]},
+        {"name": "viops-integrity", "rules": [integrity]},
     ]}
 
 

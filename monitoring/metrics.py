@@ -24,12 +24,17 @@ from prometheus_client import CollectorRegistry, Enum, Gauge, push_to_gateway, w
 from monitoring.checks.indicators import indicator_value
 from monitoring.checks.results import WindowReport
 
-__all__ = ["JOB", "GAUGES", "DECISIONS", "build_registry", "export_metrics", "ExportResult"]
+__all__ = ["JOB", "GAUGES", "DECISIONS", "build_registry", "export_metrics", "ExportResult", "INTEGRITY_JOB",
+           "SIGNATURE_GAUGE", "export_signature_status"]
 
 log = logging.getLogger(__name__)
 
 JOB = "viops_monitor"
 LABELS = ("model", "alias", "version")
+#: Where a command that checked a version's signature pushes the outcome (grouped by model and version).
+INTEGRITY_JOB = "viops_integrity"
+SIGNATURE_GAUGE = "viops_model_signature_valid"
+SIGNATURE_HELP = "1 when the version's model files matched its signature by the trusted key, 0 when refused."
 
 #: metric name -> (indicator path in the window report's typed results, help text); a test resolves every path.
 GAUGES = {
@@ -68,9 +73,11 @@ DECISIONS = ("none", "ticket", "page", "retrain", "rollback")
 
 
 def build_registry(report: WindowReport, slo_statuses, *, model: str, alias: str, version: str,
-                   window_start: float | None = None, decision: str | None = None) -> CollectorRegistry:
-    """A fresh registry holding this window's gauges (indicators absent from the report are not exported) and, when
-    given, the window's decision (a ticket is an incident Prometheus can see, not only a file)."""
+                   window_start: float | None = None, decision: str | None = None,
+                   signature_verified: bool = False) -> CollectorRegistry:
+    """A fresh registry holding this window's gauges (indicators absent from the report are not exported), when
+    given the window's decision (a ticket is an incident Prometheus can see, not only a file), and
+    :data:`SIGNATURE_GAUGE` 1 when the champion's signature was verified on loading."""
     registry = CollectorRegistry()
     labels = {"model": model, "alias": alias, "version": str(version)}
 
@@ -86,6 +93,7 @@ def build_registry(report: WindowReport, slo_statuses, *, model: str, alias: str
           None if latency_ms is None else latency_ms / 1000.0)
     gauge("viops_window_start_timestamp_seconds", "Start of the window these values describe (Unix time).",
           window_start)
+    gauge(SIGNATURE_GAUGE, SIGNATURE_HELP, 1.0 if signature_verified else None)
     if decision is not None:
         Enum("viops_decision", "The monitor's decision on the last window.", LABELS, states=list(DECISIONS),
              registry=registry).labels(**labels).state(decision)
@@ -134,3 +142,22 @@ def export_metrics(registry: CollectorRegistry, *, grouping_key: dict[str, str],
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)  # atomic: a temporary file renamed into place
     return ExportResult(False, str(path), attempts, error)
+
+
+def export_signature_status(model: str, version: str, valid: bool, pushgateway: str | None) -> ExportResult:
+    """Push :data:`SIGNATURE_GAUGE` for one version (job :data:`INTEGRITY_JOB`). A 0 pages
+    (``ViopsModelSignatureInvalid``); ``viops verify`` pushing 1 for the same version resolves it."""
+    registry = CollectorRegistry()
+    Gauge(SIGNATURE_GAUGE, SIGNATURE_HELP, ("model", "version"), registry=registry).labels(
+        model=model, version=str(version)).set(1.0 if valid else 0.0)
+    if not pushgateway:
+        return ExportResult(False, None, 0, "no Pushgateway configured (set VIOPS_PUSHGATEWAY)")
+    for attempts in range(1, 4):
+        try:
+            push_to_gateway(pushgateway, job=INTEGRITY_JOB, registry=registry, timeout=5.0,
+                            grouping_key={"model": model, "version": str(version)})
+            return ExportResult(True, None, attempts)
+        except (OSError, HTTPException, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.5 * attempts)
+    return ExportResult(False, None, attempts, error)

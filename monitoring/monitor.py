@@ -180,7 +180,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     body["facts"] = facts
 
     registry = build_registry(report, statuses, model=model, alias=alias, version=champion.loaded.version,
-                              decision=decision.action)
+                              decision=decision.action, signature_verified=champion.loaded.verified)
     export = export_metrics(registry, grouping_key={"model": model, "alias": alias}, pushgateway=pushgateway,
                             textfile=textfile or state_dir / f"{model}@{alias}.prom")
     body["metrics"] = export.to_json()
@@ -227,10 +227,10 @@ def _execute(client, decision, champion: Champion, current: Window, report: Wind
                           verdict={"decision": body["decision"], "incident_id": body["incident_id"]}, trigger=trigger)
         return change.to_json()
     from pipelines.lifecycle.retrain import RetrainRequest, retrain
-    from pipelines.run_artifacts import RESOLVED_CONFIG, RunArtifacts
+    from pipelines.run_artifacts import RESOLVED_CONFIG
 
     workdir = state_dir / "retrain" / window.replace(":", "-")
-    config = RunArtifacts(tracking_uri, champion.loaded.run_id).download(RESOLVED_CONFIG, workdir)
+    config = champion.loaded.artifacts(tracking_uri).download(RESOLVED_CONFIG, workdir)
     request = RetrainRequest(config=str(config), reason=reason, workdir=str(workdir), tracking_uri=tracking_uri,
                              window=str(current.path), run_name=f"viops-monitor/{window}", actor=actor,
                              trigger=trigger)

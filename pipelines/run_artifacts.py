@@ -57,18 +57,62 @@ def write_resolved_config(client, run_id: str, config: TrainConfig) -> None:
     client.log_text(run_id, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), RESOLVED_CONFIG)
 
 
-class RunArtifacts:
-    """Read one run's artifacts from the tracking server at ``tracking_uri``."""
+#: What the gate and the monitor decide from besides the model: signed with each version registered from the run
+#: (:mod:`pipelines.registry.signing`), and checked together before any of them is read.
+EVIDENCE = (RESOLVED_CONFIG, REFERENCE_DIR, HOLDOUT_DIR)
 
-    def __init__(self, tracking_uri: str, run_id: str):
+
+class RunArtifacts:
+    """Read one run's artifacts from the tracking server at ``tracking_uri``.
+
+    With ``verify`` (a callable that raises when a folder's files fail their signature), the :data:`EVIDENCE`
+    artifacts are downloaded together on first use, checked, and read from that checked copy.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, verify=None):
         self.tracking_uri, self.run_id = tracking_uri, run_id
+        self._verify, self._checked = verify, None
+
+    def download_evidence(self, dst: str | Path) -> Path:
+        """Every :data:`EVIDENCE` artifact the run logged, under ``dst`` at its artifact path."""
+        root = Path(dst)
+        root.mkdir(parents=True, exist_ok=True)
+        for path in EVIDENCE:
+            try:
+                self._fetch(path, root / Path(path).parent)
+            except ArtifactMissing:
+                continue  # e.g. no held-out split: the signature then lists no such file either
+        return root
+
+    def _checked_copy(self) -> Path:
+        if self._checked is None:
+            import tempfile
+
+            folder = tempfile.TemporaryDirectory(prefix="viops-evidence-")  # removed with this object
+            self._verify(self.download_evidence(folder.name))
+            self._checked = folder
+        return Path(self._checked.name)
 
     def download(self, path: str, dst: str | Path | None = None) -> Path:
-        """The local copy of artifact ``path`` (into ``dst`` when given).
+        """The local copy of artifact ``path`` (into ``dst`` when given); from the checked copy for evidence.
 
         Raises:
             ArtifactMissing: the run did not log it.
+            SignatureInvalid: with ``verify``, the evidence artifacts fail their signature.
         """
+        if self._verify is None or path.split("/")[0] not in {p.split("/")[0] for p in EVIDENCE}:
+            return self._fetch(path, dst)
+        local = self._checked_copy() / path
+        if not local.exists():
+            raise ArtifactMissing(f"run {self.run_id} has no artifact {path}")
+        if dst is None:
+            return local
+        import shutil
+
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(local, Path(dst) / local.name))
+
+    def _fetch(self, path: str, dst: str | Path | None = None) -> Path:
         import mlflow
 
         try:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +34,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def pushgateway(log: Path):
+    """A real Prometheus Pushgateway on a free port (Debian package ``prometheus-pushgateway``); yields its URL."""
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    require(binary is not None, "prometheus-pushgateway is not installed (Debian package 'prometheus-pushgateway')")
+    url = f"http://127.0.0.1:{free_port()}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([binary, f"--web.listen-address={url.removeprefix('http://')}"], stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def make_regression_csv(path: Path, n: int = 4000, seed: int = 0, weights=(0.5, -1.0, 2.0), noise=0.3) -> Path:

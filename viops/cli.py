@@ -2,8 +2,8 @@
 
 Every failure is one line on stderr and an exit code from one table (docs/operations.md#exit-codes): 1 a negative
 verdict, 2 bad input (nothing changed in the registry), 3 training diverged, 4 the tracking server or the disk failed
-the command, 5 another operation on the model holds its lease. docs/architecture.md shows which layer each command
-calls.
+the command, 5 another operation on the model holds its lease, 6 a version's files fail their signature check.
+docs/architecture.md shows which layer each command calls.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 from viops.commands import diagnostics, monitoring, registry, training
-from viops.commands.common import EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INFRASTRUCTURE, EXIT_TRAINING_FAILED
+from viops.commands.common import (
+    EXIT_BAD_INPUT,
+    EXIT_BUSY,
+    EXIT_INFRASTRUCTURE,
+    EXIT_TRAINING_FAILED,
+    EXIT_UNTRUSTED,
+)
 
 __all__ = ["main", "build_parser", "quiet_libraries"]
 
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.diagnostics.compare import CompareError
     from pipelines.diagnostics.posteriordb import PosteriorDBError
     from pipelines.registry.lease import LeaseHeld
+    from pipelines.registry.signing import SignatureInvalid, SigningKeyError
     from pipelines.registry.versions import RegistryError
     from pipelines.tables import DataError
     from pipelines.tracking import infrastructure_error, redact, resolve_tracking_uri
@@ -89,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LeaseHeld, RunStillAlive) as exc:
         print(f"viops {args.command}: busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except (ConfigError, DataError, RegistryError, PosteriorDBError, CompareError) as exc:
+    except SignatureInvalid as exc:
+        print(redact(f"viops {args.command}: {exc}; {_page(exc, args)}"), file=sys.stderr)
+        return EXIT_UNTRUSTED
+    except (ConfigError, DataError, RegistryError, PosteriorDBError, CompareError, SigningKeyError) as exc:
         print(redact(f"viops {args.command}: error: {' '.join(str(exc).split())}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingFailed as exc:
@@ -102,11 +112,26 @@ def main(argv: list[str] | None = None) -> int:
             print(redact(f"viops {args.command}: permission denied by the tracking server at {uri}: "
                          f"{' '.join(exc.message.split())}"), file=sys.stderr)  # refused: nothing was changed
             return EXIT_BAD_INPUT
+        if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            print(redact(f"viops {args.command}: not found by the tracking server at {uri}: "
+                         f"{' '.join(exc.message.split())}"), file=sys.stderr)  # e.g. an unknown --run-id
+            return EXIT_BAD_INPUT
         line = infrastructure_error(exc, uri)
         if line is None:
             raise
         print(f"viops {args.command}: {line}", file=sys.stderr)
         return EXIT_INFRASTRUCTURE
+
+
+def _page(exc, args) -> str:
+    """Push the refusal to the Pushgateway (``ViopsModelSignatureInvalid`` pages); say where it went."""
+    from monitoring.metrics import export_signature_status
+
+    gateway = getattr(args, "pushgateway", None) or os.environ.get("VIOPS_PUSHGATEWAY")
+    export = export_signature_status(exc.model, exc.version, False, gateway)
+    if export.pushed:
+        return f"paged: viops_model_signature_valid=0 pushed to {gateway} (runbooks/ViopsModelSignatureInvalid.md)"
+    return f"NOT paged: {export.error}; see runbooks/ViopsModelSignatureInvalid.md"
 
 
 if __name__ == "__main__":

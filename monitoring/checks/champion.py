@@ -13,7 +13,7 @@ import pandas as pd
 
 from monitoring.checks.config import ChecksConfig
 from monitoring.checks.sensitivity import feature_weights
-from pipelines.run_artifacts import REFERENCE_FEATURES, RunArtifacts
+from pipelines.run_artifacts import REFERENCE_FEATURES
 from pipelines.serving.loading import LoadedVersion, load_version
 from pipelines.serving.predictive_metrics import predictive_metrics
 from pipelines.tables import DataError
@@ -80,7 +80,7 @@ def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "c
     """
     checks = checks or ChecksConfig()
     loaded = load_version(client, model_name, f"@{alias}", tracking_uri=tracking_uri)
-    artifacts = RunArtifacts(tracking_uri, loaded.run_id)
+    artifacts = loaded.artifacts(tracking_uri)  # its evidence checked against the version's signature
     reference = artifacts.reference_features()
     if reference is None:
         raise DataError(f"run {loaded.run_id} of {model_name} v{loaded.version} logged no reference snapshot "

@@ -40,7 +40,7 @@ EVALUATION_EXPERIMENT = "viops-evaluation"
 
 
 def _holdout(candidate: LoadedVersion, tracking_uri: str) -> tuple[pd.DataFrame, str]:
-    frame = RunArtifacts(tracking_uri, candidate.run_id).holdout()
+    frame = candidate.artifacts(tracking_uri).holdout()
     if frame is None:
         raise DataError(f"run {candidate.run_id} of version {candidate.version} logged no held-out split "
                         f"({HOLDOUT}); pass --data FILE with features and target")
@@ -125,7 +125,7 @@ def evaluate(client, model_name: str, *, tracking_uri: str, candidate: str | Non
         champ = None  # the first model: absolute thresholds only
     else:
         champ = load_version(client, model_name, champion_selector, tracking_uri=tracking_uri)
-    gate = gate or RunArtifacts(tracking_uri, cand.run_id).gate_config()
+    gate = gate or cand.artifacts(tracking_uri).gate_config()
 
     if data is None:
         frame, source = _holdout(cand, tracking_uri)

@@ -96,6 +96,7 @@ def promote(client: MlflowClient, model_name: str, version: str, *, reason: str,
 
     Raises:
         RegistryError: unknown model/version, or a version that failed the gate (without ``force``).
+        SignatureInvalid: the version's files fail signature verification (:mod:`pipelines.registry.signing`).
         LeaseHeld: another operation on the model kept its lease for :data:`LEASE_WAIT_SECONDS`.
     """
     from pipelines.registry.lease import hold
@@ -108,6 +109,7 @@ def promote(client: MlflowClient, model_name: str, version: str, *, reason: str,
 def _promote(client: MlflowClient, model_name: str, version: str, *, reason: str, actor: str,
              audit_log=None, force: bool = False, trigger: dict | None = None) -> AliasChange:
     from pipelines.registry.audit import AuditRecord, utc_now, write_record
+    from pipelines.registry.signing import verify_version
 
     target = resolve_version(client, model_name, version)
     new = str(target.version)
@@ -122,6 +124,7 @@ def _promote(client: MlflowClient, model_name: str, version: str, *, reason: str
         raise RegistryError(f"version {new} of {model_name} failed the evaluation gate "
                             f"({'; '.join(verdict['reasons']) or 'no reasons recorded'}); not promoted. "
                             f"Re-evaluate it, or promote with --force to override the gate")
+    verify_version(client, model_name, target)  # a version whose files changed since it was signed is refused
     event_id, now = uuid.uuid4().hex, utc_now()
     _set_tags(client, model_name, new, {
         "viops.promote.event_id": event_id, "viops.promote.at": now, "viops.promote.by": actor,
@@ -150,6 +153,7 @@ def rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str, 
     Raises:
         RegistryError: the model has no champion.
         NothingToRollBack: there is no ``previous-champion`` (and no rollback to repeat); nothing changed.
+        SignatureInvalid: the previous champion's files fail signature verification; nothing changed.
         LeaseHeld: another operation on the model kept its lease for :data:`LEASE_WAIT_SECONDS`.
     """
     from pipelines.registry.lease import hold
@@ -162,6 +166,7 @@ def rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str, 
 def _rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str, audit_log=None,
               verdict: dict | None = None, trigger: dict | None = None) -> AliasChange:
     from pipelines.registry.audit import AuditRecord, utc_now, write_record
+    from pipelines.registry.signing import verify_version
 
     champion_version = alias_version(client, model_name, CHAMPION)
     if champion_version is None:
@@ -183,7 +188,9 @@ def _rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str,
         return AliasChange("rollback", model_name, source, champion_version, False,
                            f"already rolled back: version {champion_version} of {model_name} is {CHAMPION} again "
                            f"(restored from version {source}); nothing changed", event_id, audit_run)
-    restored = str(resolve_version(client, model_name, previous).version)
+    restored_version = resolve_version(client, model_name, previous)
+    verify_version(client, model_name, restored_version)  # never roll back onto files changed since they were signed
+    restored = str(restored_version.version)
     event_id, now = uuid.uuid4().hex, utc_now()
     _set_tags(client, model_name, champion_version, {
         "viops.rolled_back": "true", "viops.rolled_back_at": now, "viops.rolled_back_by": actor,

@@ -5,7 +5,7 @@ predictor inside, resolved through the client's own registry.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipelines.registry.versions import CHAMPION, parse_model_ref, resolve_version
 
@@ -19,6 +19,8 @@ class LoadedVersion:
     Attributes:
         pyfunc: the MLflow pyfunc model (signature enforcement included), as ``mlflow models serve`` runs it.
         predictor: the viops predictor inside it: ``bundle`` (features, target, standardisation), ``model``, ``family``.
+        verified: whether its files were checked against its signature (False when no key is configured).
+        tags: the version's registry tags (its signatures among them).
     """
 
     name: str
@@ -27,6 +29,8 @@ class LoadedVersion:
     aliases: tuple[str, ...]
     pyfunc: object
     predictor: object
+    verified: bool = False
+    tags: dict = field(default_factory=dict)
 
     @property
     def bundle(self):
@@ -36,24 +40,38 @@ class LoadedVersion:
     def ref(self) -> str:
         return f"{self.name}/{self.version}"
 
+    def artifacts(self, tracking_uri: str):
+        """The version's run artifacts (:class:`~pipelines.run_artifacts.RunArtifacts`). When a verification key is
+        configured, the evidence the gate and the monitor read (config, reference, held-out split) is checked
+        against the version's signature before any of it is read."""
+        from pipelines.registry.signing import EVIDENCE_SIGNATURE_TAG, check_files, verification_key
+        from pipelines.run_artifacts import RunArtifacts
+
+        def verify(folder) -> None:
+            check_files(self.name, self.version, self.tags, folder, tag=EVIDENCE_SIGNATURE_TAG)
+
+        return RunArtifacts(tracking_uri, self.run_id, verify=verify if verification_key() is not None else None)
+
 
 def load_version(client, model_name: str, selector: str | None = None, *, tracking_uri: str) -> LoadedVersion:
-    """Download and load a version (``selector``: a number or ``@alias``; default ``@champion``).
+    """Download a version (``selector``: a number or ``@alias``; default ``@champion``), check its signature, and
+    load it. Nothing of a refused version is loaded (unpickling its files would run them).
 
     Raises:
         RegistryError: no such model, version or alias.
+        SignatureInvalid: a verification key is configured and the version's files are unsigned or changed.
     """
     import mlflow
 
+    from pipelines.registry.signing import check_files, download_model
+
     version = resolve_version(client, model_name, selector or f"@{CHAMPION}")
-    # Resolve the version's storage location with this client: MLflow's own models:/ resolution consults the
-    # process-global registry URI, which may point at another store.
-    source = client.get_model_version_download_uri(model_name, str(version.version))
-    local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri,
-                                                dst_path=tempfile.mkdtemp(prefix="viops-model-"))
-    pyfunc = mlflow.pyfunc.load_model(local)
+    local = download_model(client, model_name, str(version.version), tempfile.mkdtemp(prefix="viops-model-"),
+                           tracking_uri)
+    verified = check_files(model_name, version.version, version.tags, local)
+    pyfunc = mlflow.pyfunc.load_model(str(local))
     return LoadedVersion(model_name, str(version.version), version.run_id, tuple(version.aliases), pyfunc,
-                         pyfunc.unwrap_python_model())
+                         pyfunc.unwrap_python_model(), verified, dict(version.tags or {}))
 
 
 def load_ref(client, ref: str, *, tracking_uri: str) -> LoadedVersion:

@@ -154,3 +154,12 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
     (tmp_path / "c.yaml").write_text("name: c\ndata: {path: latin1.csv, target: y}\n")
     code, _, err = run(["prepare", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "p")])
     assert code == 2 and "latin1.csv" in err and err.strip().count("\n") == 0, err
+
+
+def test_an_unknown_run_id_is_bad_input_not_a_traceback(example):
+    _, uri = example
+    before = _state(uri)
+    code, result, err = run(["register", "--run-id", "0" * 32, "--model", "blr-example", "--tracking-uri", uri])
+    assert code == 2 and result is None and "Traceback" not in err
+    assert err.strip() == f"viops register: not found by the tracking server at {uri}: Run with id={'0' * 32} not found"
+    assert _state(uri) == before

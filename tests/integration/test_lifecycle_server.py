@@ -1,5 +1,6 @@
 """Champion/challenger against a real ``mlflow server``, every step through the ``viops`` CLI in its own process,
-and HTTP predictions from a real ``mlflow models serve`` of ``models:/NAME@champion``."""
+and HTTP predictions from ``viops serve NAME@champion`` (a real ``mlflow models serve`` of the champion's files).
+Every version is signed, and checked before it is promoted, rolled back to, evaluated or served."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipelines.registry.signing import generate_keys
 from tests.conftest import EXAMPLE_CONFIG, free_port, make_regression_csv, require
 from tests.integration.conftest import stop, wait_healthy
 
@@ -34,10 +36,12 @@ def env(mlflow_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("lifecycle-server")
     (root / "blr.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(root / "data.csv", n=1200)
-    # Both URIs: an in-process mlflow.set_*_uri elsewhere in the session writes them into os.environ.
+    private, public = generate_keys(root / "keys")
+    # Both URIs: an in-process mlflow.set_*_uri elsewhere in the session writes them into os.environ. Every version
+    # is signed when registered and checked (through the server's artifact proxy) before it is used.
     return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_REGISTRY_URI": mlflow_server,
-            "VIOPS_AUDIT_LOG": str(root / "audit.jsonl"),
-            "VIOPS_ACTOR": "pytest-oncall"}, root
+            "VIOPS_AUDIT_LOG": str(root / "audit.jsonl"), "VIOPS_ACTOR": "pytest-oncall",
+            "VIOPS_SIGNING_KEY": str(private), "VIOPS_VERIFY_KEY": str(public)}, root
 
 
 def aliases(client, version: str) -> set[str]:
@@ -108,7 +112,7 @@ def test_gate_promotion_rollback_and_audit_against_a_real_server(mlflow_server, 
     assert client.get_model_version_by_alias("blr-solo", "champion").version in (1, "1")
 
 
-def test_mlflow_models_serve_returns_predictive_mean_and_uncertainty(mlflow_server, env):
+def test_viops_serve_verifies_then_returns_predictive_mean_and_uncertainty(mlflow_server, env):
     env, root = env
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     if not client.search_model_versions(f"name='{MODEL}'"):  # run alone: train a champion first
@@ -119,9 +123,8 @@ def test_mlflow_models_serve_returns_predictive_mean_and_uncertainty(mlflow_serv
     port = free_port()
     log_path = root / "serve.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(mlflow_bin), "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port)],
+        proc = subprocess.Popen(  # checks the champion's signature, then execs `mlflow models serve` on its files
+            [sys.executable, "-m", "viops", "serve", "--model", f"{MODEL}@champion", "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, cwd=root,
             # The server execs `uvicorn` from PATH: the venv's bin must be on it, as it is once the venv is active.
             env={**env, "PATH": f"{mlflow_bin.parent}{os.pathsep}{env.get('PATH', '')}",
@@ -137,6 +140,7 @@ def test_mlflow_models_serve_returns_predictive_mean_and_uncertainty(mlflow_serv
                 predictions = json.loads(resp.read())["predictions"]
         finally:
             stop(proc)
+    assert f"of {MODEL} (signature verified) from " in log_path.read_text()
     assert [sorted(p) for p in predictions] == [["mean", "q05", "q95", "sd"]] * 2
     first, second = predictions
     assert first["mean"] == pytest.approx(0.7, abs=0.1) and second["mean"] == pytest.approx(3.2, abs=0.1)

@@ -4,9 +4,6 @@ Pushgateway: what the issue's acceptance asks of the decisions."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -15,7 +12,7 @@ from mlflow import MlflowClient
 from pipelines.config.loading import load_config, parse_overrides
 from pipelines.lifecycle.train import train
 from pipelines.registry.promotion import promote
-from tests.conftest import REPO, free_port, require
+from tests.conftest import REPO, pushgateway
 from viops.cli import main
 
 pytestmark = pytest.mark.integration
@@ -113,27 +110,13 @@ def test_a_bad_promotion_is_rolled_back_within_one_window(server_model, capsys, 
 def test_metrics_reach_a_real_pushgateway(server_model, capsys, monkeypatch, tmp_path):
     uri, _ = server_model
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    binary = shutil.which("prometheus-pushgateway")
-    require(binary is not None, "prometheus-pushgateway is not installed (Debian package 'prometheus-pushgateway')")
-    port = free_port()
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        gateway = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{gateway}/-/ready", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+    with pushgateway(tmp_path / "pushgateway.log") as gateway:
         window = _simulate("diabetes_covariate_shift", tmp_path / "w", capsys)[7]
         result = _monitor(capsys, window, "--pushgateway", gateway)
         assert result["metrics"]["pushed"]
         scraped = urllib.request.urlopen(f"{gateway}/metrics", timeout=5).read().decode()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert 'viops_slo_feature_drift_good{alias="champion",instance="",job="viops_monitor",model="blr-diabetes"' in scraped
+    assert ('viops_slo_feature_drift_good{alias="champion",instance="",job="viops_monitor",model="blr-diabetes"'
+            in scraped)
     assert 'viops_feature_drift_share_ratio{alias="champion"' in scraped
 
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitoring.checks.indicators import check_indicator
 from monitoring.metrics import GAUGES, JOB, build_registry, export_metrics
 from monitoring.slo import SLOConfig, evaluate_slos
-from tests.conftest import free_port, require
+from tests.conftest import free_port, pushgateway, require
 from tests.monitoring.reports import make_report
 
 REPORT = make_report(
@@ -75,30 +75,12 @@ def test_a_failed_push_is_retried_then_written_to_the_textfile(tmp_path, caplog)
 
 @pytest.mark.integration
 def test_push_to_a_real_pushgateway_and_read_it_back(tmp_path):
-    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
-    require(binary is not None, "prometheus-pushgateway is not installed (Debian package 'prometheus-pushgateway')")
-    port = free_port()
-    log = open(tmp_path / "pushgateway.log", "w")
-    proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/-/ready", timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "pushgateway.log").read_text()
-                time.sleep(0.2)
+    with pushgateway(tmp_path / "pushgateway.log") as url:
         result = export_metrics(_registry(), grouping_key={"model": "blr-diabetes", "alias": "champion"},
                                 pushgateway=url, textfile=tmp_path / "unused.prom")
         assert result.pushed and result.attempts == 1 and not (tmp_path / "unused.prom").exists()
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
             scraped = resp.read().decode()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
     families = {f.name: f for f in text_string_to_metric_families(scraped)}
     (drift,) = families["viops_feature_drift_share_ratio"].samples
     assert drift.value == 0.2 and drift.labels["job"] == JOB and drift.labels["version"] == "3"

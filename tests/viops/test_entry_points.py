@@ -11,7 +11,7 @@ from pathlib import Path
 from viops.cli import build_parser
 
 COMMANDS = ["prepare", "train", "runs", "register", "conformance", "compare", "diagnose", "evaluate", "promote",
-            "rollback", "score", "simulate", "monitor", "alerts"]
+            "rollback", "score", "verify", "serve", "keys", "simulate", "monitor", "alerts"]
 
 
 def _commands(help_text: str) -> list[str]:

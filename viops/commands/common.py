@@ -12,7 +12,7 @@ import sys
 from viops import REPO
 
 __all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_BAD_INPUT", "EXIT_TRAINING_FAILED", "EXIT_INFRASTRUCTURE", "EXIT_BUSY",
-           "EXIT_CODES", "REPO", "common", "client", "emit"]
+           "EXIT_UNTRUSTED", "EXIT_CODES", "REPO", "common", "client", "emit"]
 
 #: The exit codes of every command (docs/operations.md#exit-codes).
 EXIT_OK = 0
@@ -21,7 +21,9 @@ EXIT_BAD_INPUT = 2  # bad config, data, window or arguments; nothing was trained
 EXIT_TRAINING_FAILED = 3  # training diverged; the MLflow run is FAILED
 EXIT_INFRASTRUCTURE = 4  # tracking server unreachable, tracking store unusable, disk read-only or full
 EXIT_BUSY = 5  # another retrain/promote/rollback of the same model holds its lease; nothing was done
-EXIT_CODES = (EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INFRASTRUCTURE, EXIT_BUSY)
+EXIT_UNTRUSTED = 6  # a version's files fail its signature check: refused, nothing loaded or changed, paged
+EXIT_CODES = (EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, EXIT_INFRASTRUCTURE, EXIT_BUSY,
+              EXIT_UNTRUSTED)
 
 
 def emit(payload: dict, as_json: bool, human: str) -> None:

@@ -1,8 +1,11 @@
-"""``viops evaluate | promote | rollback | score``: the gate, moving the champion, and batch scoring."""
+"""``viops evaluate | promote | rollback | score | verify | serve | keys``: the gate, moving the champion, batch
+scoring, and signed versions (checking one, serving one, making a key pair)."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 from viops.commands.common import EXIT_REJECTED, client, common, emit
 
@@ -52,6 +55,60 @@ def _cmd_score(args) -> int:
              f"({summary['rows_per_second']:.0f} rows/s, {summary['batches']} batches, batch p95 "
              f"{summary['batch_latency_ms']['p95']:.1f} ms) -> {result.output}")
     emit({**summary, "tracking_uri": uri}, args.json, human)
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from monitoring.metrics import export_signature_status
+    from pipelines.config.base import ConfigError
+    from pipelines.registry.signing import verification_key, verify_version
+    from pipelines.registry.versions import parse_model_ref, resolve_version
+
+    if verification_key() is None:
+        raise ConfigError("no verification key: set $VIOPS_VERIFY_KEY (or $VIOPS_SIGNING_KEY) to a PEM key file")
+    mlflow_client, uri = client(args)
+    name, selector = parse_model_ref(args.model)
+    version = resolve_version(mlflow_client, name, selector or "@champion")
+    verify_version(mlflow_client, name, version)  # raises SignatureInvalid: the CLI pages and exits 6
+    export = export_signature_status(name, str(version.version), True, args.pushgateway)
+    payload = {"model": name, "version": str(version.version), "verified": True, "pushed": export.pushed,
+               "tracking_uri": uri}
+    emit(payload, args.json, f"version {version.version} of {name}: every file matches its signature"
+                             + (f" (pushed to {args.pushgateway})" if export.pushed else ""))
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import tempfile
+
+    from pipelines.registry.signing import check_files, download_model
+    from pipelines.registry.versions import parse_model_ref, resolve_version
+
+    mlflow_client, uri = client(args)
+    name, selector = parse_model_ref(args.model)
+    version = resolve_version(mlflow_client, name, selector or "@champion")
+    local = download_model(mlflow_client, name, str(version.version),
+                           args.model_dir or tempfile.mkdtemp(prefix="viops-serve-"), uri)
+    verified = check_files(name, version.version, version.tags, local)  # the very files the server will load
+    checked = "signature verified" if verified else "unverified: no key configured"
+    payload = {"model": name, "version": str(version.version), "verified": verified, "model_dir": str(local),
+               "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
+    emit(payload, args.json, f"serving version {version.version} of {name} ({checked}) from {local} on "
+                             f"{payload['url']}")
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    sys.stdout.flush()
+    os.execvp(command[0], command)  # replaces this process: what runs is what was verified
+
+
+def _cmd_keys(args) -> int:
+    from pipelines.registry.signing import generate_keys, key_fingerprint
+
+    private, public = generate_keys(args.out)
+    payload = {"signing_key": str(private), "verify_key": str(public),
+               "fingerprint": key_fingerprint(public.read_bytes())}
+    emit(payload, args.json, f"wrote {private} (private: keep it secret, mode 0600) and {public}; sign with "
+                             f"VIOPS_SIGNING_KEY={private}, verify with VIOPS_VERIFY_KEY={public}")
     return 0
 
 
@@ -111,3 +168,25 @@ def add_commands(sub) -> None:
     p.add_argument("--num-samples", type=int, help="posterior draws per row (default: the model's)")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_score)
+    p = sub.add_parser("verify", help="check a version's files against its signature ($VIOPS_VERIFY_KEY)")
+    common(p, config=False)
+    p.add_argument("--model", required=True, help="NAME (its champion), NAME@alias or NAME/version")
+    p.add_argument("--pushgateway", default=os.environ.get("VIOPS_PUSHGATEWAY"),
+                   help="push viops_model_signature_valid here (default $VIOPS_PUSHGATEWAY)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=_cmd_verify)
+    p = sub.add_parser("serve", help="verify a version's signature, then run `mlflow models serve` on those files")
+    common(p, config=False)
+    p.add_argument("--model", required=True, help="NAME (its champion), NAME@alias or NAME/version")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--model-dir", help="where to download the version (default: a new temporary folder)")
+    p.add_argument("--tracking-uri")
+    p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser("keys", help="key pairs for signed versions")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = keys.add_parser("generate", help="write signing-key.pem (private, 0600) and verify-key.pem into a folder")
+    p.add_argument("--out", required=True, help="folder to write the pair into")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.set_defaults(func=_cmd_keys)

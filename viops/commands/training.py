@@ -85,7 +85,7 @@ def _cmd_register(args) -> int:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     reg = register_run(client, args.run_id, args.model)
     payload = {"model_name": reg.model_name, "model_version": reg.version, "aliases": list(reg.aliases),
-               "created": reg.created, "reason": reg.reason, "tracking_uri": uri}
+               "created": reg.created, "signed": reg.signed, "reason": reg.reason, "tracking_uri": uri}
     emit(payload, args.json, reg.reason)
     return 0
 

@@ -66,6 +66,9 @@ def _environment(out: Path) -> dict[str, str]:
         "VIOPS_WINDOW_STORE": str(out / "windows"),
         "VIOPS_RETRAIN_CONFIG": str(DEMO_CONFIG),
         "VIOPS_MONITOR_MODEL": "blr-diabetes",
+        # Every version is signed at registration and checked before it is loaded, promoted or rolled back to.
+        "VIOPS_SIGNING_KEY": str(out / "keys" / "signing-key.pem"),
+        "VIOPS_VERIFY_KEY": str(out / "keys" / "verify-key.pem"),
     }
 
 
@@ -119,6 +122,9 @@ def run_demo(out: Path) -> dict:
     started = time.perf_counter()
     out = _prepare_out(out)
     env = _environment(out)
+    from pipelines.registry.signing import generate_keys
+
+    generate_keys(out / "keys")
     os.environ.update(env)  # before Airflow is imported: it reads its configuration once
     os.chdir(out)  # MLflow experiments created by the task processes keep their artifacts in demo_out/mlruns
     log = out / "demo.log"

@@ -40,9 +40,15 @@ def acceptance_checks(rows: list[dict], *, start: int, bad_before: int | None, b
 
 
 def _versions(client, model: str) -> list[dict]:
+    from pipelines.registry.signing import SignatureInvalid, verify_version
+
     out = []
     for found in sorted(client.search_model_versions(f"name='{model}'"), key=lambda v: int(v.version)):
         version = client.get_model_version(model, found.version)
+        try:
+            verified = verify_version(client, model, version)
+        except SignatureInvalid:
+            verified = False
         run = client.get_run(version.run_id)
         gate = version.tags.get("viops.gate.passed")
         out.append({
@@ -50,6 +56,7 @@ def _versions(client, model: str) -> list[dict]:
             "trigger_reason": run.data.tags.get("viops.trigger_reason", ""),
             "gate": {"true": "passed", "false": "rejected"}.get(gate, "not evaluated"),
             "rolled_back": version.tags.get("viops.rolled_back") == "true",
+            "signature_verified": verified,
             "test_predictive_nll": run.data.metrics.get("final/test_predictive_nll"),
             "train_rows": next((json.loads(d.dataset.profile).get("num_rows") for d in run.inputs.dataset_inputs
                                 if d.dataset.profile), None),
@@ -160,12 +167,14 @@ def _markdown(summary: dict) -> str:
     lines += ["", "Every window with a firing alert, and the decision's reason:", ""]
     lines += [f"- window {r['index']} ({', '.join(r['alerts'])}): **{r['action']}**: {r['reason']}"
               for r in summary["windows"] if r["alerts"]]
-    lines += ["", "## Versions", "", "| version | aliases | gate | test NLL | why trained |", "|---|---|---|---|---|"]
+    lines += ["", "## Versions", "", "| version | aliases | gate | signature | test NLL | why trained |",
+              "|---|---|---|---|---|---|"]
     for v in summary["versions"]:
         nll = v["test_predictive_nll"]
         rolled = " (rolled back)" if v["rolled_back"] else ""
         lines.append(f"| {v['version']} | {', '.join(v['aliases']) or '-'}{rolled}"
-                     f" | {v['gate']} | {'-' if nll is None else f'{nll:.3f}'} | {v['trigger_reason']} |")
+                     f" | {v['gate']} | {'verified' if v['signature_verified'] else 'REFUSED'}"
+                     f" | {'-' if nll is None else f'{nll:.3f}'} | {v['trigger_reason']} |")
     lines += ["", "## Audit trail", ""]
     lines += [f"- {a['time']} **{a['action']}** v{a['from_version'] or '-'} → v{a['to_version']} by {a['actor']}: "
               f"{a['reason']}" for a in summary["audit"]]
@@ -187,7 +196,9 @@ def write_report(out: Path, client, *, model: str, rows: list[dict], scenario, f
     summary = {
         "model": model, "scenario": scenario.name, "shift_from": scenario.start, "first_version": str(first_version),
         "bad_version": bad_version, "bad_promotion_before": bad_before, "seconds": round(seconds, 1),
-        "checks": acceptance_checks(rows, start=scenario.start, bad_before=bad_before, bad_version=bad_version),
+        "checks": acceptance_checks(rows, start=scenario.start, bad_before=bad_before, bad_version=bad_version) + [
+            {"what": f"every version ({len(versions)}) is signed and its files verify",
+             "ok": bool(versions) and all(v["signature_verified"] for v in versions)}],
         "windows": rows, "versions": versions, "audit": read_log(out / "audit.jsonl"),
         "plots": [str(p.relative_to(out)) for p in paths], "mlflow_ui": mlflow_ui, "airflow_ui": airflow_ui,
     }
