@@ -121,15 +121,15 @@ class ExportResult:
 
 def export_metrics(registry: CollectorRegistry, *, grouping_key: dict[str, str], pushgateway: str | None = None,
                    textfile: str | Path | None = None, retries: int = 3, backoff_seconds: float = 0.5,
-                   timeout: float = 5.0) -> ExportResult:
-    """Push to ``pushgateway`` (job ``viops_monitor``, grouped by model and alias) when given, retrying with
-    exponential backoff; write ``textfile`` when there is no gateway or every push failed."""
+                   timeout: float = 5.0, job: str = JOB) -> ExportResult:
+    """Push to ``pushgateway`` (as ``job``, grouped by ``grouping_key``: the monitor's model and alias) when given,
+    retrying with exponential backoff; write ``textfile`` when there is no gateway or every push failed."""
     error = None
     attempts = 0
     if pushgateway:
         for attempts in range(1, retries + 1):
             try:
-                push_to_gateway(pushgateway, job=JOB, registry=registry, grouping_key=grouping_key, timeout=timeout)
+                push_to_gateway(pushgateway, job=job, registry=registry, grouping_key=grouping_key, timeout=timeout)
                 return ExportResult(True, None, attempts)
             except (OSError, HTTPException, ValueError) as exc:  # URLError, refused, timeouts, non-HTTP replies
                 error = f"{type(exc).__name__}: {exc}"
@@ -147,17 +147,10 @@ def export_metrics(registry: CollectorRegistry, *, grouping_key: dict[str, str],
 def export_signature_status(model: str, version: str, valid: bool, pushgateway: str | None) -> ExportResult:
     """Push :data:`SIGNATURE_GAUGE` for one version (job :data:`INTEGRITY_JOB`). A 0 pages
     (``ViopsModelSignatureInvalid``); ``viops verify`` pushing 1 for the same version resolves it."""
+    if not pushgateway:
+        return ExportResult(False, None, 0, "no Pushgateway configured (set VIOPS_PUSHGATEWAY)")
     registry = CollectorRegistry()
     Gauge(SIGNATURE_GAUGE, SIGNATURE_HELP, ("model", "version"), registry=registry).labels(
         model=model, version=str(version)).set(1.0 if valid else 0.0)
-    if not pushgateway:
-        return ExportResult(False, None, 0, "no Pushgateway configured (set VIOPS_PUSHGATEWAY)")
-    for attempts in range(1, 4):
-        try:
-            push_to_gateway(pushgateway, job=INTEGRITY_JOB, registry=registry, timeout=5.0,
-                            grouping_key={"model": model, "version": str(version)})
-            return ExportResult(True, None, attempts)
-        except (OSError, HTTPException, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.5 * attempts)
-    return ExportResult(False, None, attempts, error)
+    return export_metrics(registry, grouping_key={"model": model, "version": str(version)}, pushgateway=pushgateway,
+                          job=INTEGRITY_JOB)

@@ -60,6 +60,7 @@ def write_resolved_config(client, run_id: str, config: TrainConfig) -> None:
 #: What the gate and the monitor decide from besides the model: signed with each version registered from the run
 #: (:mod:`pipelines.registry.signing`), and checked together before any of them is read.
 EVIDENCE = (RESOLVED_CONFIG, REFERENCE_DIR, HOLDOUT_DIR)
+_EVIDENCE_ROOTS = {path.split("/")[0] for path in EVIDENCE}
 
 
 class RunArtifacts:
@@ -100,7 +101,7 @@ class RunArtifacts:
             ArtifactMissing: the run did not log it.
             SignatureInvalid: with ``verify``, the evidence artifacts fail their signature.
         """
-        if self._verify is None or path.split("/")[0] not in {p.split("/")[0] for p in EVIDENCE}:
+        if self._verify is None or path.split("/")[0] not in _EVIDENCE_ROOTS:
             return self._fetch(path, dst)
         local = self._checked_copy() / path
         if not local.exists():

@@ -1,4 +1,4 @@
-"""Signed model versions: every file of a registered version's model is signed with an elliptic-curve key
+"""Signed model versions: every file of a registered version's model (and of its evidence) is signed with an EC key
 (OpenSSF Model Signing, the ``model-signing`` package; no network, no transparency log), and checked before anything
 uses the version.
 
@@ -9,9 +9,9 @@ uses the version.
   snapshot, the held-out split: :data:`pipelines.run_artifacts.EVIDENCE`), signed as a second bundle, so that no
   one can hide drift or pass a gate by rewriting the reference or the held-out rows.
 - **Where the signatures live**: in the registry, as the version's tags :data:`SIGNATURE_TAG` and
-  :data:`EVIDENCE_SIGNATURE_TAG` (Sigstore bundles, JSON) next to :data:`KEY_TAG` (the SHA-256 of the public key). The registry database is not the artifact store,
-  so whoever can write to the artifact bucket cannot also replace the signature, and without the private key no one
-  can forge one.
+  :data:`EVIDENCE_SIGNATURE_TAG` (Sigstore bundles, JSON) next to :data:`KEY_TAG` (the SHA-256 of the public key).
+  The registry database is not the artifact store, so whoever can write to the artifact bucket cannot also replace
+  the signatures, and without the private key no one can forge one.
 - **Keys** (docs/operations.md#signed-models): ``$VIOPS_SIGNING_KEY`` names the PEM private key of the processes
   that register versions (its password, if any, in ``$VIOPS_SIGNING_KEY_PASSWORD``); ``$VIOPS_VERIFY_KEY`` names the
   PEM public key of every process that loads, promotes or serves versions. Without ``$VIOPS_VERIFY_KEY``, a process
@@ -31,9 +31,9 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
-    "SIGNATURE_TAG", "EVIDENCE_SIGNATURE_TAG", "KEY_TAG", "SigningKeyError", "SignatureInvalid", "generate_keys", "signing_key",
-    "verification_key", "key_fingerprint", "sign_directory", "signature_tags", "check_files", "download_model",
-    "verify_version",
+    "SIGNATURE_TAG", "EVIDENCE_SIGNATURE_TAG", "KEY_TAG", "SigningKeyError", "SignatureInvalid", "generate_keys",
+    "signing_key", "verification_key", "key_fingerprint", "sign_directory", "signature_tags", "check_files",
+    "download_model", "sign_run_model", "verify_version",
 ]
 
 SIGNATURE_TAG = "viops.signature"
@@ -224,6 +224,23 @@ def download_model(client, model_name: str, version: str, dst: str | Path, track
     source = client.get_model_version_download_uri(model_name, str(version))
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
                                                     tracking_uri=tracking_uri or client.tracking_uri))
+
+
+def sign_run_model(client, model_id: str, run_id: str) -> dict[str, str]:
+    """The signature tags of logged model ``model_id``'s files and of run ``run_id``'s evidence, for the version about
+    to be registered from them; empty when no signing key is configured (then nothing is downloaded)."""
+    import mlflow
+
+    from pipelines.run_artifacts import RunArtifacts
+
+    if signing_key() is None:
+        return {}
+    location = client.get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory(prefix="viops-sign-") as tmp:
+        model = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=client.tracking_uri,
+                                                    dst_path=str(Path(tmp) / "model"))
+        evidence = RunArtifacts(client.tracking_uri, run_id).download_evidence(Path(tmp) / "evidence")
+        return signature_tags(model, evidence)
 
 
 def verify_version(client, model_name: str, version) -> bool:

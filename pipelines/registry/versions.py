@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from pipelines.registry.signing import SIGNATURE_TAG, sign_run_model
 from pipelines.run_artifacts import MODEL_ID_TAG
 
 __all__ = [
@@ -104,8 +105,6 @@ def register_run(client: MlflowClient, run_id: str, model_name: str) -> Registra
     run = client.get_run(run_id)
     existing = _existing_version(client, model_name, run_id)
     if existing is not None:
-        from pipelines.registry.signing import SIGNATURE_TAG
-
         aliases = tuple(existing.aliases)
         return Registration(model_name, str(existing.version), aliases, False,
                             f"run {run_id} is already version {existing.version}",
@@ -122,34 +121,13 @@ def register_run(client: MlflowClient, run_id: str, model_name: str) -> Registra
         client.create_registered_model(model_name, description="Trained by viops (minibatch SVI).")
     # The version carries what identifies its training: the data fingerprint and the config hash of the run.
     inherited = {k: run.data.tags[k] for k in VERSION_TAGS_FROM_RUN if k in run.data.tags}
-    signature = _sign(client, model_id, run_id)  # before the version exists: never an unsigned half
+    signature = sign_run_model(client, model_id, run_id)  # before the version exists: never an unsigned half
     version = client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id,
                                           tags={**inherited, **signature}, model_id=model_id)
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     signed = "signed" if signature else "unsigned: $VIOPS_SIGNING_KEY is not set"
     reason = f"version {version.version} registered from run {run_id} as {CHALLENGER} ({signed})"
     return Registration(model_name, str(version.version), (CHALLENGER,), True, reason, bool(signature))
-
-
-def _sign(client: MlflowClient, model_id: str, run_id: str) -> dict[str, str]:
-    """The signature tags of logged model ``model_id``'s files and of the run's evidence
-    (:mod:`pipelines.registry.signing`); empty when no signing key is configured (then nothing is downloaded)."""
-    import tempfile
-    from pathlib import Path
-
-    import mlflow
-
-    from pipelines.registry.signing import signature_tags, signing_key
-    from pipelines.run_artifacts import RunArtifacts
-
-    if signing_key() is None:
-        return {}
-    location = client.get_logged_model(model_id).artifact_location
-    with tempfile.TemporaryDirectory(prefix="viops-sign-") as tmp:
-        model = mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=client.tracking_uri,
-                                                    dst_path=str(Path(tmp) / "model"))
-        evidence = RunArtifacts(client.tracking_uri, run_id).download_evidence(Path(tmp) / "evidence")
-        return signature_tags(model, evidence)
 
 
 _REF = re.compile(r"^(?P<name>[^@/]+?)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))?$")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from pipelines.registry.versions import CHAMPION, parse_model_ref, resolve_version
 
-__all__ = ["LoadedVersion", "load_version", "load_ref"]
+__all__ = ["LoadedVersion", "fetch_checked", "load_version", "load_ref"]
 
 
 @dataclass
@@ -53,9 +53,27 @@ class LoadedVersion:
         return RunArtifacts(tracking_uri, self.run_id, verify=verify if verification_key() is not None else None)
 
 
+def fetch_checked(client, model_name: str, selector: str | None = None, *, tracking_uri: str,
+                  dst: str | None = None):
+    """Resolve a version (``selector``: a number or ``@alias``; default ``@champion``), download its model files
+    (into ``dst``, else a new temporary folder) and check their signature. Returns ``(ModelVersion, folder,
+    verified)``; ``verified`` is False when no key is configured.
+
+    Raises:
+        RegistryError: no such model, version or alias.
+        SignatureInvalid: a verification key is configured and the version's files are unsigned or changed.
+    """
+    from pipelines.registry.signing import check_files, download_model
+
+    version = resolve_version(client, model_name, selector or f"@{CHAMPION}")
+    local = download_model(client, model_name, str(version.version), dst or tempfile.mkdtemp(prefix="viops-model-"),
+                           tracking_uri)
+    return version, local, check_files(model_name, version.version, version.tags, local)
+
+
 def load_version(client, model_name: str, selector: str | None = None, *, tracking_uri: str) -> LoadedVersion:
-    """Download a version (``selector``: a number or ``@alias``; default ``@champion``), check its signature, and
-    load it. Nothing of a refused version is loaded (unpickling its files would run them).
+    """Download a version (:func:`fetch_checked`: its signature checked) and load it. Nothing of a refused version
+    is loaded (unpickling its files would run them).
 
     Raises:
         RegistryError: no such model, version or alias.
@@ -63,12 +81,7 @@ def load_version(client, model_name: str, selector: str | None = None, *, tracki
     """
     import mlflow
 
-    from pipelines.registry.signing import check_files, download_model
-
-    version = resolve_version(client, model_name, selector or f"@{CHAMPION}")
-    local = download_model(client, model_name, str(version.version), tempfile.mkdtemp(prefix="viops-model-"),
-                           tracking_uri)
-    verified = check_files(model_name, version.version, version.tags, local)
+    version, local, verified = fetch_checked(client, model_name, selector, tracking_uri=tracking_uri)
     pyfunc = mlflow.pyfunc.load_model(str(local))
     return LoadedVersion(model_name, str(version.version), version.run_id, tuple(version.aliases), pyfunc,
                          pyfunc.unwrap_python_model(), verified, dict(version.tags or {}))

@@ -79,17 +79,13 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    import tempfile
-
-    from pipelines.registry.signing import check_files, download_model
-    from pipelines.registry.versions import parse_model_ref, resolve_version
+    from pipelines.registry.versions import parse_model_ref
+    from pipelines.serving.loading import fetch_checked
 
     mlflow_client, uri = client(args)
     name, selector = parse_model_ref(args.model)
-    version = resolve_version(mlflow_client, name, selector or "@champion")
-    local = download_model(mlflow_client, name, str(version.version),
-                           args.model_dir or tempfile.mkdtemp(prefix="viops-serve-"), uri)
-    verified = check_files(name, version.version, version.tags, local)  # the very files the server will load
+    # The very files the server will load are the ones checked.
+    version, local, verified = fetch_checked(mlflow_client, name, selector, tracking_uri=uri, dst=args.model_dir)
     checked = "signature verified" if verified else "unverified: no key configured"
     payload = {"model": name, "version": str(version.version), "verified": verified, "model_dir": str(local),
                "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
