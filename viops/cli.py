@@ -1,6 +1,6 @@
 """The ``viops`` command: every subcommand of the product in one parser (``python -m viops`` is the same).
 
-Every failure is one line on stderr and an exit code from one table (docs/operations.md#exit-codes): 1 a negative
+Every failure is one line on stderr and an exit code from one table (README.md#exit-codes): 1 a negative
 verdict, 2 bad input (nothing changed in the registry), 3 training diverged, 4 the tracking server or the disk failed
 the command, 5 another operation on the model holds its lease, 6 a version's files fail their signature check.
 docs/architecture.md shows which layer each command calls.
@@ -20,6 +20,7 @@ from viops.commands.common import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
     EXIT_INFRASTRUCTURE,
+    EXIT_REJECTED,
     EXIT_TRAINING_FAILED,
     EXIT_UNTRUSTED,
 )
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.diagnostics.compare import CompareError
     from pipelines.diagnostics.posteriordb import PosteriorDBError
     from pipelines.registry.lease import LeaseHeld
+    from pipelines.registry.promotion import GateRejected
     from pipelines.registry.signing import SignatureInvalid, SigningKeyError
     from pipelines.registry.versions import RegistryError
     from pipelines.tables import DataError
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LeaseHeld, RunStillAlive) as exc:
         print(f"viops {args.command}: busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
+    except GateRejected as exc:
+        print(redact(f"viops {args.command}: rejected by the gate: {' '.join(str(exc).split())}"), file=sys.stderr)
+        return EXIT_REJECTED
     except SignatureInvalid as exc:
         print(redact(f"viops {args.command}: {exc}; {_page(exc, args)}"), file=sys.stderr)
         return EXIT_UNTRUSTED

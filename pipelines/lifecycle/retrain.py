@@ -93,7 +93,15 @@ def register_candidate(request: RetrainRequest, trained: dict) -> dict:
 
 
 def evaluate_candidate(request: RetrainRequest, registered: dict) -> dict:
-    """Step 4: ``viops evaluate`` against the champion; the verdict (a rejection is a verdict, not a failure)."""
+    """Step 4: ``viops evaluate`` against the champion; the verdict (a rejection is a verdict, not a failure).
+
+    A re-run of a retrain whose version was promoted meanwhile finds that version registered and champion: it is
+    not compared with itself, and the promotion step finds nothing to change."""
+    if "champion" in registered.get("aliases", ()):
+        version = str(registered["model_version"])
+        return {"passed": True, "already_champion": True, "model": registered["model_name"],
+                "candidate_version": version, "champion_version": version, "evaluation_run_id": None,
+                "reasons": [f"version {version} is already champion: not evaluated again"]}
     return run_viops(["evaluate", "--model", registered["model_name"], "--candidate",
                       str(registered["model_version"])], ok_codes=(0, 1), env=request.env())
 

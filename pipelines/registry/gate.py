@@ -28,8 +28,8 @@ import pandas as pd
 
 from pipelines.config.schema import GateConfig
 from pipelines.registry.verdict import Verdict, apply_thresholds
-from pipelines.registry.versions import CHALLENGER, CHAMPION, alias_version
-from pipelines.run_artifacts import HOLDOUT, RunArtifacts
+from pipelines.registry.versions import CHALLENGER, CHAMPION, RegistryError, alias_version
+from pipelines.run_artifacts import HOLDOUT
 from pipelines.serving.loading import LoadedVersion, load_version
 from pipelines.serving.scoring import validate_input
 from pipelines.tables import DataError, read_table
@@ -115,7 +115,8 @@ def evaluate(client, model_name: str, *, tracking_uri: str, candidate: str | Non
     With ``log``, the verdict becomes a run of the ``viops-evaluation`` experiment and tags on the candidate version.
 
     Raises:
-        RegistryError: unknown model, version or alias (an absent champion is not an error: see above).
+        RegistryError: unknown model, version or alias (an absent champion is not an error: see above), or the
+            candidate is the version it would be compared with.
         DataError: the evaluation data is missing or does not fit the models; nothing is logged or tagged.
     """
     cand = load_version(client, model_name, candidate or f"@{CHALLENGER}", tracking_uri=tracking_uri)
@@ -125,6 +126,10 @@ def evaluate(client, model_name: str, *, tracking_uri: str, candidate: str | Non
         champ = None  # the first model: absolute thresholds only
     else:
         champ = load_version(client, model_name, champion_selector, tracking_uri=tracking_uri)
+    if champ is not None and champ.version == cand.version:
+        raise RegistryError(f"version {cand.version} of {model_name} is {champion_selector} itself: a version "
+                            f"compared with itself says nothing, so there is no verdict. Evaluate another version, "
+                            f"or compare this one with an earlier one: --against N")
     gate = gate or cand.artifacts(tracking_uri).gate_config()
 
     if data is None:

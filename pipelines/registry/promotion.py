@@ -28,11 +28,16 @@ from pipelines.registry.versions import (
     resolve_version,
 )
 
-__all__ = ["AliasChange", "NothingToRollBack", "promote", "rollback"]
+__all__ = ["AliasChange", "NothingToRollBack", "GateRejected", "promote", "rollback"]
 
 
 class NothingToRollBack(RegistryError):
     """``rollback`` was asked for, but the model has no ``previous-champion`` to go back to."""
+
+
+class GateRejected(RegistryError):
+    """``promote`` of a version the evaluation gate rejected, without ``force``: a negative verdict (``viops``
+    exits 1), not bad input. Nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ def promote(client: MlflowClient, model_name: str, version: str, *, reason: str,
     A version the gate rejected is refused unless ``force``. Promoting the current champion changes nothing.
 
     Raises:
-        RegistryError: unknown model/version, or a version that failed the gate (without ``force``).
+        RegistryError: unknown model or version.
+        GateRejected: the gate rejected the version (and no ``force``).
         SignatureInvalid: the version's files fail signature verification (:mod:`pipelines.registry.signing`).
         LeaseHeld: another operation on the model kept its lease for :data:`LEASE_WAIT_SECONDS`.
     """
@@ -121,7 +127,7 @@ def _promote(client: MlflowClient, model_name: str, version: str, *, reason: str
                            event_id, audit_run)
     verdict = gate_verdict(target)
     if verdict is not None and not verdict["passed"] and not force:
-        raise RegistryError(f"version {new} of {model_name} failed the evaluation gate "
+        raise GateRejected(f"version {new} of {model_name} failed the evaluation gate "
                             f"({'; '.join(verdict['reasons']) or 'no reasons recorded'}); not promoted. "
                             f"Re-evaluate it, or promote with --force to override the gate")
     verify_version(client, model_name, target)  # a version whose files changed since it was signed is refused

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
 
-#: The exit codes docs/operations.md#exit-codes documents.
+#: The exit codes README.md#exit-codes documents.
 DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}
 
 

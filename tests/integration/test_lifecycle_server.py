@@ -80,7 +80,7 @@ def test_gate_promotion_rollback_and_audit_against_a_real_server(mlflow_server, 
     assert client.get_model_version(MODEL, "3").tags["viops.gate.passed"] == "false"
     assert client.get_model_version_by_alias(MODEL, "champion").version in (2, "2")  # champion unchanged
     code, _, err = viops(env, root, "promote", "--model", MODEL, "--version", "3")
-    assert code == 2 and "failed the evaluation gate" in err
+    assert code == 1 and "rejected by the gate: version 3" in err  # a negative verdict
 
     # Rollback: champion back to v1, v2 tagged; a retry changes nothing.
     code, rolled, err = viops(env, root, "rollback", "--model", MODEL, "--reason", "calibration broke in production")

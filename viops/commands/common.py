@@ -14,9 +14,9 @@ from viops import REPO
 __all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_BAD_INPUT", "EXIT_TRAINING_FAILED", "EXIT_INFRASTRUCTURE", "EXIT_BUSY",
            "EXIT_UNTRUSTED", "EXIT_CODES", "REPO", "common", "client", "emit"]
 
-#: The exit codes of every command (docs/operations.md#exit-codes).
+#: The exit codes of every command (README.md#exit-codes).
 EXIT_OK = 0
-EXIT_REJECTED = 1  # a negative verdict: the gate rejected the candidate (the verdict is printed all the same)
+EXIT_REJECTED = 1  # a negative verdict: the gate rejected the candidate or its promotion; monitor --fail-on
 EXIT_BAD_INPUT = 2  # bad config, data, window or arguments; nothing was trained, registered or changed
 EXIT_TRAINING_FAILED = 3  # training diverged; the MLflow run is FAILED
 EXIT_INFRASTRUCTURE = 4  # tracking server unreachable, tracking store unusable, disk read-only or full

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from viops.commands.common import REPO, client, common, emit
+from viops.commands.common import EXIT_REJECTED, REPO, client, common, emit
 
 
 def _cmd_simulate(args) -> int:
@@ -45,7 +45,17 @@ def _cmd_monitor(args) -> int:
              f"breached {', '.join(breached) or 'nothing'} -> {decision['action']}"
              + (f" ({decision['runbook']})" if decision["runbook"] else "") + f": {decision['reason']}")
     emit({**result, "tracking_uri": uri}, args.json, human)
-    return 0
+    return _fail_on(args.fail_on, decision["action"])
+
+
+def _fail_on(level: str | None, action: str) -> int:
+    """``--fail-on LEVEL``: exit 1 when the decision is LEVEL or stronger (none < ticket < page < retrain <
+    rollback), so a shell script or a CI job can stop on it; 0 otherwise. The decision is printed either way."""
+    from monitoring.metrics import DECISIONS
+
+    if level is None or DECISIONS.index(action) < DECISIONS.index(level):
+        return 0
+    return EXIT_REJECTED
 
 
 def _cmd_alerts(args) -> int:
@@ -88,6 +98,9 @@ def add_commands(sub) -> None:
                    help="the caller carries out a decided retrain/rollback (as the vi_monitoring DAG does): count it "
                         "for cooldowns; without this or --execute such a decision is recorded as pending")
     p.add_argument("--actor", help="who acts (default $VIOPS_ACTOR, else the OS user)")
+    p.add_argument("--fail-on", choices=("ticket", "page", "retrain", "rollback"),
+                   help="exit 1 when the decision is this or stronger (none < ticket < page < retrain < rollback); "
+                        "default: exit 0 whatever is decided")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_monitor)
     p = sub.add_parser("alerts", help="render the Prometheus alert rules from the SLO file")

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from pipelines.child_process import CLIError, run_viops
 from pipelines.config.loading import load_config, parse_overrides
-from pipelines.lifecycle.retrain import RetrainRequest, retrain
+from pipelines.lifecycle.retrain import RetrainRequest, evaluate_candidate, promote_candidate, retrain
 from pipelines.lifecycle.train import train
 from tests.conftest import make_regression_csv
 
@@ -54,6 +54,14 @@ def test_retrain_trains_on_the_window_gates_and_promotes_with_the_request_in_the
     record = json.loads((root / "audit.jsonl").read_text().splitlines()[-1])
     assert (record["action"], record["actor"], record["to_version"]) == ("promote", "test:on-call", "2")
     assert record["trigger"] == {"incident_id": "inc-1", "evaluation_run_id": outcome["verdict"]["evaluation_run_id"]}
+
+    # Airflow clears register -> evaluate -> promote of this finished run: the version is champion already, so it is
+    # not evaluated against itself and promoting it again changes nothing.
+    registered = {"model_name": "blr-example", "model_version": "2", "aliases": ["champion", "challenger"]}
+    verdict = evaluate_candidate(_request(root, tracking_uri, window), registered)
+    assert verdict["already_champion"] and verdict["passed"] and verdict["evaluation_run_id"] is None
+    again = promote_candidate(_request(root, tracking_uri, window), verdict)
+    assert not again["changed"] and "already champion" in again["message"]
 
 
 def test_a_rejected_retrain_stays_challenger_and_leaves_the_champion(champion, tracking_uri):

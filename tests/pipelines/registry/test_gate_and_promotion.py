@@ -19,8 +19,8 @@ from pipelines.config.loading import load_config, parse_overrides
 from pipelines.lifecycle.train import train
 from pipelines.registry.audit import AUDIT_EXPERIMENT, read_log
 from pipelines.registry.gate import EVALUATION_EXPERIMENT
-from pipelines.registry.promotion import promote
-from pipelines.registry.versions import CHAMPION, PREVIOUS_CHAMPION, RegistryError, alias_version, register_run
+from pipelines.registry.promotion import GateRejected, promote
+from pipelines.registry.versions import CHAMPION, PREVIOUS_CHAMPION, alias_version, register_run
 from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
 from viops.cli import main
 from viops.commands.common import EXIT_BAD_INPUT, EXIT_REJECTED
@@ -125,11 +125,20 @@ def test_bad_candidate_is_rejected_with_reasons_and_cannot_be_promoted(store, cl
     tags = client.get_model_version(MODEL, "3").tags
     assert tags["viops.gate.passed"] == "false" and "coverage_90" in tags["viops.gate.reasons"]
 
-    with pytest.raises(RegistryError, match="failed the evaluation gate"):
+    with pytest.raises(GateRejected, match="failed the evaluation gate"):
         promote(client, MODEL, "3", reason="try", actor="pytest")
-    code, _, err = _cli(capsys, "promote", "--model", MODEL, "--version", "3")
-    assert code == EXIT_BAD_INPUT and "--force" in err
+    code, _, err = _cli(capsys, "promote", "--model", MODEL, "--version", "3")  # a negative verdict, not bad input
+    assert code == EXIT_REJECTED and "rejected by the gate: version 3" in err and "--force" in err
     assert alias_version(client, MODEL, CHAMPION) == "2" and alias_version(client, MODEL, PREVIOUS_CHAMPION) == "1"
+
+
+def test_the_champion_is_not_evaluated_against_itself(store, client, capsys):
+    _aliases(client, "2", "1")
+    code, verdict, err = _cli(capsys, "evaluate", "--model", MODEL, "--candidate", "2")
+    assert code == EXIT_BAD_INPUT and verdict is None
+    assert "version 2 of blr-example is @champion itself" in err and "--against N" in err
+    code, verdict, _ = _cli(capsys, "evaluate", "--model", MODEL, "--candidate", "2", "--against", "1", "--no-log")
+    assert code in (0, EXIT_REJECTED) and verdict["champion_version"] == "1"  # an earlier version: a verdict
 
 
 def test_rollback_restores_the_previous_champion_once(store, client, capsys):
