@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 
 from pipelines.registry.versions import (
+    CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
     RegistryError,
@@ -153,7 +154,8 @@ def _promote(client: MlflowClient, model_name: str, version: str, *, reason: str
 
 def rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str, audit_log=None,
              verdict: dict | None = None, trigger: dict | None = None) -> AliasChange:
-    """Point ``champion`` back at ``previous-champion`` and tag the demoted version ``viops.rolled_back=true``.
+    """Point ``champion`` back at ``previous-champion`` and tag the demoted version ``viops.rolled_back=true`` (with
+    the trigger's incident); the demoted version loses ``challenger`` if it held it.
     Holds the model's lease, like :func:`promote`.
 
     Raises:
@@ -198,9 +200,10 @@ def _rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str,
     verify_version(client, model_name, restored_version)  # never roll back onto files changed since they were signed
     restored = str(restored_version.version)
     event_id, now = uuid.uuid4().hex, utc_now()
+    incident = (trigger or {}).get("incident_id")
     _set_tags(client, model_name, champion_version, {
         "viops.rolled_back": "true", "viops.rolled_back_at": now, "viops.rolled_back_by": actor,
-        "viops.rollback_reason": reason,
+        "viops.rollback_reason": reason, **({"viops.rolled_back.incident": str(incident)} if incident else {}),
     })
     _set_tags(client, model_name, restored, {
         "viops.rollback.event_id": event_id, "viops.rollback.at": now, "viops.rollback.by": actor,
@@ -208,6 +211,8 @@ def _rollback(client: MlflowClient, model_name: str, *, reason: str, actor: str,
     })
     client.set_registered_model_alias(model_name, CHAMPION, restored)
     client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
+    if alias_version(client, model_name, CHALLENGER) == champion_version:  # a rolled-back version is no candidate
+        client.delete_registered_model_alias(model_name, CHALLENGER)
     record = AuditRecord(event_id, "rollback", model_name, champion_version, restored, reason, actor, now,
                          verdict, trigger or {})
     audit_run = write_record(client, record, audit_log)

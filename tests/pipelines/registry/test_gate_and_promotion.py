@@ -143,13 +143,16 @@ def test_the_champion_is_not_evaluated_against_itself(store, client, capsys):
 
 def test_rollback_restores_the_previous_champion_once(store, client, capsys):
     _aliases(client, "2", "1")
+    client.set_registered_model_alias(MODEL, "challenger", "2")  # the version promoted from challenger, gone bad
     before = len(read_log(store["audit"]))
     code, change, _ = _cli(capsys, "rollback", "--model", MODEL, "--reason", "pytest: calibration broke",
-                           "--trigger", '{"incident": "INC-1"}')
+                           "--trigger", '{"incident_id": "INC-1"}')
     assert code == 0 and change["changed"] and (change["from_version"], change["to_version"]) == ("2", "1")
     assert alias_version(client, MODEL, CHAMPION) == "1" and alias_version(client, MODEL, PREVIOUS_CHAMPION) is None
+    assert alias_version(client, MODEL, "challenger") is None  # a rolled-back version is no candidate any more
     demoted = client.get_model_version(MODEL, "2").tags
     assert demoted["viops.rolled_back"] == "true" and demoted["viops.rollback_reason"] == "pytest: calibration broke"
+    assert demoted["viops.rolled_back.incident"] == "INC-1"
 
     # A retry (an Airflow task re-run) changes nothing and reports the rollback that already happened.
     code, again, _ = _cli(capsys, "rollback", "--model", MODEL, "--reason", "pytest: calibration broke")
@@ -157,7 +160,8 @@ def test_rollback_restores_the_previous_champion_once(store, client, capsys):
     assert alias_version(client, MODEL, CHAMPION) == "1"
     records = read_log(store["audit"])[before:]
     assert [(r["action"], r["from_version"], r["to_version"]) for r in records] == [("rollback", "2", "1")]
-    assert records[0]["trigger"] == {"incident": "INC-1"} and records[0]["reason"] == "pytest: calibration broke"
+    assert records[0]["trigger"] == {"incident_id": "INC-1"} and records[0]["reason"] == "pytest: calibration broke"
+    client.set_registered_model_alias(MODEL, "challenger", "3")  # as the module's other tests expect it
 
 
 def test_rollback_without_a_previous_champion_fails_and_changes_nothing(store, client, capsys):
