@@ -1,7 +1,11 @@
 """vi_monitoring: one window -> `viops monitor` -> branch(none | ticket | retrain | rollback | page) -> done.
 
-Hourly (or on `$VIOPS_MONITOR_SCHEDULE`), it monitors the newest window of the window store
-(`$VIOPS_WINDOW_STORE`). Triggered with `{"window": "<path to a window file>"}`, it monitors that window instead.
+Hourly (or on `$VIOPS_MONITOR_SCHEDULE`), a scheduled run monitors the window of its data interval in the window
+store (`$VIOPS_WINDOW_STORE`): the newest window that starts inside `[data_interval_start, data_interval_end)`, and
+fails, saying so, when that window is not in the store yet (a retry picks it up once it lands). So
+`airflow backfill create --dag-id vi_monitoring --from-date ... --to-date ...` monitors past hours' windows, each in
+its own run, in order (`max_active_runs=1`). Triggered with `{"window": "<path to a window file>"}`, it monitors
+that window; triggered without one and without a data interval, the newest window of the store.
 `viops monitor --dispatched` runs in a child process: it scores the window with the champion, runs the checks,
 evaluates the SLOs, pushes metrics and decides; `--dispatched` records that this DAG carries the decision out.
 The branch then carries out the decision:
@@ -22,7 +26,7 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 DEFAULT_MODEL = os.environ.get("VIOPS_MONITOR_MODEL", "blr-diabetes")
 DEFAULT_STORE = os.environ.get("VIOPS_WINDOW_STORE", "")
@@ -32,9 +36,17 @@ ACTIONS = {"none": "no_action", "ticket": "ticket", "retrain": "trigger_retrain"
            "page": "page"}
 
 
+def _schedule():
+    """Cron with data intervals: the run for [00:00, 01:00) starts after 01:00 and monitors the window of that hour.
+    (Airflow 3's plain cron schedule gives runs an empty data interval at their trigger time.)"""
+    if SCHEDULE.lower() in ("", "none"):
+        return None
+    return CronDataIntervalTimetable(SCHEDULE, timezone=os.environ.get("VIOPS_MONITOR_TIMEZONE", "UTC"))
+
+
 @dag(
     dag_id="vi_monitoring",
-    schedule=None if SCHEDULE.lower() in ("", "none") else SCHEDULE,
+    schedule=_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -44,28 +56,23 @@ ACTIONS = {"none": "no_action", "ticket": "ticket", "retrain": "trigger_retrain"
         "alias": Param("champion", type="string"),
         "window": Param("", type="string", description="window file; empty: the newest window of the store"),
         "store": Param(DEFAULT_STORE, type="string", description="window store (default $VIOPS_WINDOW_STORE)"),
+        "drift_report": Param(True, type="boolean",
+                              description="write the window's Evidently drift report beside it in the store"),
     },
     tags=["viops", "monitoring"],
     doc_md=__doc__,
 )
 def vi_monitoring():
     @task
-    def monitor(params=None) -> dict:
+    def monitor(params=None, data_interval_start=None, data_interval_end=None) -> dict:
         from pipelines.child_process import run_viops
 
-        window = params["window"]
-        if not window:
-            from monitoring.windows import WindowStore
-
-            store = WindowStore(params["store"])
-            newest = store.windows()
-            if not newest:
-                raise ValueError(f"no window to monitor: give conf.window, or windows in store {store.root!r}")
-            window = str(store.path(newest[-1]))
+        window = params["window"] or _window_of(params["store"], data_interval_start, data_interval_end)
         # This DAG carries out the decision (the branch below): the monitor records it as dispatched, so cooldowns
         # count it.
+        report = [] if params.get("drift_report", True) else ["--no-drift-report"]
         return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window,
-                          "--dispatched"])
+                          "--dispatched", *report])
 
     @task.branch
     def decide(result: dict) -> str:
@@ -119,6 +126,24 @@ def vi_monitoring():
     branches = [no_action(result), trigger_retrain, rollback(result), page(result), ticket(result)]
     decide(result) >> branches
     branches >> done()
+
+
+def _window_of(store_root: str, start, end) -> str:
+    """The window file a run without ``conf.window`` monitors: that of its data interval, else the newest one."""
+    from monitoring.windows import WindowStore, window_key
+
+    store = WindowStore(store_root)
+    present = store.windows()
+    if not present:
+        raise ValueError(f"no window to monitor: give conf.window, or windows in store {store.root!r}")
+    if start is None or end is None or start == end:  # a manual run without a data interval: the newest window
+        return str(store.path(present[-1]))
+    when = store.window_in(start, end)
+    if when is None:
+        raise ValueError(f"no window of the data interval [{window_key(start)}, {window_key(end)}) in store "
+                         f"{store.root!r} (it holds {window_key(present[0])} to {window_key(present[-1])}); "
+                         f"a retry monitors it once it lands")
+    return str(store.path(when))
 
 
 def _notify(result: dict, kind: str) -> dict:

@@ -2,29 +2,36 @@
 
 Each record is a JSON line in ``incidents.jsonl`` (in the monitor's state directory) and a run of the
 ``viops-incidents`` MLflow experiment. The run carries tags ``viops.incident.*``, the window report
-(``report.json``), the SLO statuses, the decision and, when drift was measured, Evidently's HTML report
-(``drift/report.html``). The incident id is stable per model, alias and window, so re-running the monitor on a
-window finds its incident instead of writing a second one.
+(``incident.json``), the SLO statuses, the decision, the window's key numbers as metrics (``window/drift_share``,
+``window/coverage_90``, ``window/elbo_per_datum`` ...) and, when drift was measured, Evidently's HTML report
+(``drift/report.html``; the same report is written beside the window in the store, incident or not). The incident
+id is stable per model, alias and window, so re-running the monitor on a window finds its incident instead of
+writing a second one.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 from pipelines.registry.audit import utc_now
+from pipelines.tracking import experiment_id as get_experiment_id
 
 __all__ = ["INCIDENT_EXPERIMENT", "write_incident"]
 
 INCIDENT_EXPERIMENT = "viops-incidents"
 
 
-def write_incident(client, record: dict, directory: str | Path, drift_result=None) -> str:
-    """Write ``record`` (must hold ``incident_id``) to MLflow and the JSON-lines file, each once; returns the run id."""
+def write_incident(client, record: dict, directory: str | Path, drift_result=None,
+                   metrics: dict[str, float] | None = None) -> str:
+    """Write ``record`` (must hold ``incident_id``) to MLflow and the JSON-lines file, each once; returns the run id.
+
+    ``metrics`` (the window's key numbers: drift share, coverage, ELBO per datum ...) are logged as the run's
+    metrics, so incidents can be compared and charted in MLflow like runs, not only read from tags."""
     directory = Path(directory)
-    experiment = client.get_experiment_by_name(INCIDENT_EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(INCIDENT_EXPERIMENT)
+    experiment_id = get_experiment_id(client, INCIDENT_EXPERIMENT)
     found = client.search_runs([experiment_id], f"tags.`viops.incident.id` = '{record['incident_id']}'",
                                max_results=1)
     if found:
@@ -40,6 +47,12 @@ def write_incident(client, record: dict, directory: str | Path, drift_result=Non
                                       "viops.incident.runbook": decision.get("runbook") or "",
                                       "viops.incident.reason": decision["reason"][:5000]})
         run_id = run.info.run_id
+        if metrics:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(f"window/{name}", value, now, 0)
+                                              for name, value in sorted(metrics.items())])
         client.log_dict(run_id, record, "incident.json")
         if drift_result is not None and getattr(drift_result, "report", None) is not None:
             with tempfile.TemporaryDirectory() as tmp:

@@ -132,7 +132,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
                 window_id: str | None = None, checks: ChecksConfig | None = None, slos=None, runbooks=None,
                 state_dir: str | Path | None = None, pushgateway: str | None = None,
                 textfile: str | Path | None = None, execute: bool = False, dispatched: bool = False,
-                actor: str = "viops-monitor") -> dict:
+                actor: str = "viops-monitor", drift_report: bool = True) -> dict:
     """``viops monitor``: checks, SLOs, metrics, decision, incident record (and, with ``execute``, the action).
 
     A decided ``retrain``/``rollback`` is carried out here with ``execute``; with ``dispatched`` the caller carries it
@@ -163,6 +163,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
                           WindowContext.from_history(history, champion.loaded.version, checks))
     body = report.to_json()
     body["window_path"] = str(current.path)
+    body["drift_report"] = _write_drift_report(report, current) if drift_report else None
     # Store the predictions just made in the window's partition, so a re-run does not score again.
     scored_now = report.scoring.get("scored_now") and report.predictions is not None
     body["scoring"]["written_back"] = bool(scored_now) and current.write_scored(
@@ -190,8 +191,9 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
         body["incident_id"] = incident_id(model, alias, window)
         record = {"incident_id": body["incident_id"], "model": model, "alias": alias, "severity": decision.severity,
                   "version": champion.loaded.version, "window": window, "decision": body["decision"],
-                  "slo": body["slo"], "report": report.to_json()}
-        body["incident_run_id"] = write_incident(client, record, state_dir, report.drift_result)
+                  "slo": body["slo"], "drift_report": body["drift_report"], "report": report.to_json()}
+        body["incident_run_id"] = write_incident(client, record, state_dir, report.drift_result,
+                                                 metrics=report.key_metrics())
 
     body["executed"] = None
     if execute and decision.action in AUTOMATED:
@@ -212,6 +214,17 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
                   "executed": automated and (execute or dispatched), "runbook": decision.alert,
                   "monitored_at": time.time()})
     return body
+
+
+def _write_drift_report(report: WindowReport, window: Window) -> str | None:
+    """Write the window's Evidently drift report beside it (atomically); its path, or None without a drift result."""
+    result = report.drift_result
+    if result is None or getattr(result, "report", None) is None:
+        return None
+    target = window.drift_report_path()
+    partial = result.save_html(target.with_name(f".{target.name}.partial"))
+    partial.replace(target)
+    return str(target)
 
 
 def _execute(client, decision, champion: Champion, current: Window, report: WindowReport, body: dict, *,

@@ -30,9 +30,10 @@ class WindowDecision:
 
 
 def replay(client, *, model: str, store: str | Path, tracking_uri: str, state_dir: str | Path, checks=None,
-           slos=None, runbooks=None, dispatched: bool = True, textfile: str | Path | None = None
-           ) -> list[WindowDecision]:
-    """Monitor every window of ``store`` in time order; returns one :class:`WindowDecision` per window."""
+           slos=None, runbooks=None, dispatched: bool = True, textfile: str | Path | None = None,
+           drift_report: bool = False) -> list[WindowDecision]:
+    """Monitor every window of ``store`` in time order; returns one :class:`WindowDecision` per window. A replay
+    measures decisions, so it writes no per-window drift report unless ``drift_report`` asks for them."""
     from monitoring.monitor import run_monitor
 
     store = WindowStore(store)
@@ -40,7 +41,7 @@ def replay(client, *, model: str, store: str | Path, tracking_uri: str, state_di
     for index, when in enumerate(store.windows()):
         body = run_monitor(client, model=model, window_path=store.path(when), tracking_uri=tracking_uri,
                            checks=checks, slos=slos, runbooks=runbooks, state_dir=state_dir, dispatched=dispatched,
-                           textfile=textfile)
+                           textfile=textfile, drift_report=drift_report)
         decision, drift = body["decision"], body.get("drift") or {}
         out.append(WindowDecision(index, body["window"], decision["action"], decision["alert"],
                                   tuple(decision["breached"]), decision["reason"], body["inputs"]["rows"],

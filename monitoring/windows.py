@@ -82,6 +82,11 @@ class WindowStore:
     def read(self, when: datetime) -> pd.DataFrame:
         return pd.read_parquet(self.path(when))
 
+    def window_in(self, start: datetime, end: datetime) -> datetime | None:
+        """The newest window that starts in ``[start, end)`` (a scheduled run's data interval), or None."""
+        inside = [when for when in self.windows() if start <= when < end]
+        return inside[-1] if inside else None
+
     def meta(self, when: datetime) -> dict:
         path = self.directory(when) / "_meta.json"
         return json.loads(path.read_text()) if path.exists() else {"window": window_key(when)}
@@ -122,6 +127,13 @@ class Window:
         if self.start is None or not self.path.parent.name.startswith(_PREFIX):
             return None
         return WindowStore(self.path.parent.parent)
+
+    def drift_report_path(self) -> Path:
+        """Where this window's Evidently drift report goes: ``drift_report.html`` in its store partition, else
+        ``<file stem>.drift_report.html`` beside the file."""
+        if self.start is not None:
+            return self.path.parent / "drift_report.html"
+        return self.path.with_name(f"{self.path.stem}.drift_report.html")
 
     def default_state_dir(self) -> Path:
         """``.viops-monitor`` at the root of the window store the file belongs to, else beside the file."""

@@ -7,6 +7,7 @@
   setting its ``MLFLOW_HTTP_REQUEST_*`` variable).
 - :func:`redact`: URIs are printed, logged and stored without their password or token.
 - :func:`infrastructure_error`: the one line a command prints when the tracking server or the disk failed it.
+- :func:`experiment_id`: an experiment by name, created if missing, safe when two processes create it at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import re
 
 __all__ = ["DEFAULT_TRACKING_URI", "HTTP_BUDGET", "resolve_tracking_uri", "bound_request_time", "redact",
-           "infrastructure_error"]
+           "infrastructure_error", "experiment_id"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -28,6 +29,26 @@ HTTP_BUDGET = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }
+
+
+def experiment_id(client, name: str, **create) -> str:
+    """The id of experiment ``name``, created (with ``create``'s keyword arguments) when it does not exist yet.
+
+    Two processes that find it missing at once (two monitors opening their first incident, two trainings of a new
+    model) both try to create it; the one that loses gets ``RESOURCE_ALREADY_EXISTS`` and reads the winner's.
+    """
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, **create)
+    except MlflowException as exc:
+        found = client.get_experiment_by_name(name)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
+            raise
+        return found.experiment_id
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO / "configs" / "examples" / "blr_csv.yaml"
 #: Reference posteriors beside the project (CI has them there too); VIOPS_POSTERIORDB points elsewhere.
-POSTERIORDB = Path(os.environ.get("VIOPS_POSTERIORDB", REPO.parent / "shared" / "posteriordb"))
+POSTERIORDB = Path(os.environ.get("VIOPS_POSTERIORDB", REPO / "benchmarks" / "posteriordb"))
 
 
 def require(condition: bool, reason: str) -> None:

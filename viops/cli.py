@@ -42,7 +42,51 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (training, diagnostics, registry, monitoring):
         group.add_commands(sub)
+    for name, command in sub.choices.items():
+        _finish_help(name, command)
     return parser
+
+
+#: Examples at the end of each command's --help (the README's "Using it" block runs most of them).
+EXAMPLES = {
+    "prepare": ["viops prepare --config configs/examples/blr_csv.yaml --out prepared/ "
+                "--extra-data configs/examples/window.csv"],
+    "train": ["viops train --config configs/examples/blr_csv.yaml",
+              "viops train --config configs/examples/blr_csv.yaml --set train.max_epochs=60 --json",
+              "viops train --config configs/examples/blr_csv.yaml --prepared prepared/ --no-register"],
+    "runs": ["viops runs reap --experiment blr-example --stale-after 600"],
+    "register": ["viops register --run-id 3f2a9c... --model blr-example"],
+    "conformance": ["viops conformance --posterior sblri-blr --family full_rank", "viops conformance --json"],
+    "compare": ["viops compare --experiment blr-example --sort test_predictive_nll",
+                "viops compare --experiment blr-example --metric psis_khat --format csv > runs.csv"],
+    "diagnose": ["viops diagnose --sbc --config configs/examples/blr_csv.yaml"],
+    "evaluate": ["viops evaluate --model blr-example --candidate 2", "viops evaluate --model blr-example "
+                 "--candidate 3 --against 1"],
+    "promote": ['viops promote --model blr-example --version 2 --reason "new labels"'],
+    "rollback": ['viops rollback --model blr-example --reason "calibration broke"'],
+    "score": ["viops score --model blr-example@champion --input configs/examples/new_rows.csv "
+              "--output predictions.parquet"],
+    "verify": ["VIOPS_VERIFY_KEY=keys/verify.pem viops verify --model blr-example/2"],
+    "serve": ["viops serve --model blr-example@champion --port 5001"],
+    "keys": ["viops keys generate --out keys/"],
+    "simulate": ["viops simulate --config configs/scenarios/diabetes_covariate_shift.yaml --out windows/"],
+    "monitor": ['viops monitor --model blr-diabetes --window "windows/window=2026-01-01T08:00:00Z/data.parquet"',
+                "viops monitor --model blr-diabetes --window w.parquet --fail-on page --json"],
+    "alerts": ["viops alerts --out monitoring/prometheus/alerts.yml"],
+}
+
+_TRACKING_URI_HELP = ("MLflow tracking and registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in "
+                      "the working directory); prefer the variable for a URI with a password")
+
+
+def _finish_help(name: str, command: argparse.ArgumentParser) -> None:
+    """Examples as the command's epilog; the one help text of ``--tracking-uri`` wherever it has none."""
+    command.formatter_class = argparse.RawDescriptionHelpFormatter
+    if name in EXAMPLES:
+        command.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+    for action in command._actions:
+        if "--tracking-uri" in action.option_strings and not action.help:
+            action.help = _TRACKING_URI_HELP
 
 
 def quiet_libraries() -> None:
@@ -57,8 +101,15 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pytorch_lightning.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry; the failure is one line
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models"):
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models", "mlflow.pyfunc"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _no_lightning_chatter(record: logging.LogRecord) -> bool:
+    """A logging filter: Lightning's INFO lines ("Tip: ... litlogger", "GPU available", "validation will run after
+    every batch", "`Trainer.fit` stopped") are dropped; its warnings and errors are kept. (Lightning sets its
+    loggers' level when it is imported, so a level set here would not hold.)"""
+    return record.levelno >= logging.WARNING or not record.name.startswith(("pytorch_lightning", "lightning"))
 
 
 def _redact_record(record: logging.LogRecord) -> bool:
@@ -78,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_redact_record)
+        handler.addFilter(_no_lightning_chatter)
 
     from mlflow.exceptions import MlflowException
 

@@ -262,6 +262,26 @@ class WindowReport:
         """The Evidently result of the feature drift (for its HTML report), or None."""
         return None if self.drift is None else self.drift.evidently
 
+    def key_metrics(self) -> dict[str, float]:
+        """The window's headline numbers, flat and finite (what an incident run logs as MLflow metrics)."""
+        import math
+
+        found = {"rows": self.inputs.rows, "labelled_rows": self.inputs.labelled_rows,
+                 "nonfinite_values": self.inputs.nonfinite_values}
+        if self.drift is not None:
+            found.update({"drift_share": self.drift.share, "drift_weighted_share": self.drift.weighted_share,
+                          "drift_cusum": self.drift.cusum,
+                          "prediction_drift_share": self.drift.predictions.share if self.drift.predictions else None})
+        if self.calibration is not None:
+            found.update({name: getattr(self.calibration, name) for name in
+                          ("coverage_90", "coverage_50", "pit_ks", "ece", "brier", "accuracy")})
+        if self.vi_health is not None:
+            found.update({"elbo_per_datum": self.vi_health.elbo_per_datum,
+                          "elbo_per_datum_delta": self.vi_health.elbo_per_datum_delta, "nll": self.vi_health.nll,
+                          "nll_delta": self.vi_health.nll_delta})
+        return {name: float(value) for name, value in found.items()
+                if value is not None and math.isfinite(float(value))}
+
     def to_json(self) -> dict:
         return {"window": self.window, "model": self.model, "version": self.version, "inputs": _json(self.inputs),
                 "drift": _json(self.drift), "calibration": _json(self.calibration),

@@ -141,6 +141,10 @@ class TrainSettings(StrictModel):
     # epoch's permutation and gradients are averaged, so the N/|B| scaling stays that of the full data. Needs
     # steps_per_batch: 1. docs/training.md#multiple-devices
     strategy: Literal["auto", "ddp"] = "auto"
+    # Progress on stderr: a bar redrawn in place on a terminal; elsewhere (Airflow task logs) one status line every
+    # status_every_seconds. docs/training.md#progress
+    progress_bar: bool = True
+    status_every_seconds: PositiveFloat = 30.0
 
     @model_validator(mode="after")
     def _ddp_settings(self):
@@ -155,7 +159,6 @@ class TrainSettings(StrictModel):
     def world_size(self) -> int:
         """Training processes: ``devices`` under DDP, else 1."""
         return int(self.devices) if self.strategy == "ddp" else 1
-    progress_bar: bool = True
 
 
 class RegistryConfig(StrictModel):

@@ -67,7 +67,7 @@ def _first_champion(client, config: TrainConfig, result: TrainingResult) -> Trai
                        candidate=str(result.model_version), gate=config.gate)
     if not verdict.passed:
         note = f"{result.registration}; not promoted: the gate rejected it ({'; '.join(verdict.reasons)})"
-        return dataclasses.replace(result, registration=note)
+        return dataclasses.replace(result, registration=note, gate_rejection=tuple(verdict.reasons))
     change = promote(client, config.model_name, str(result.model_version), actor=default_actor(),
                      reason="first model: no champion; passed the gate's absolute thresholds",
                      trigger={"run_id": result.run_id})

@@ -113,8 +113,9 @@ def write_record(client: MlflowClient, record: AuditRecord, path: str | Path | N
     """Write ``record`` to MLflow and to the local file, each only if it is not there yet; returns the audit run id."""
     run_id = find_mlflow_record(client, record.event_id)
     if run_id is None:
-        experiment = client.get_experiment_by_name(AUDIT_EXPERIMENT)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(AUDIT_EXPERIMENT)
+        from pipelines.tracking import experiment_id as get_experiment_id
+
+        experiment_id = get_experiment_id(client, AUDIT_EXPERIMENT)
         tags = {f"{_TAG}{key}": "" if value is None else str(value) for key, value in record.to_json().items()
                 if key not in ("verdict", "trigger")}
         if record.verdict is not None:

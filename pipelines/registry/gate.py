@@ -167,8 +167,9 @@ def evaluate(client, model_name: str, *, tracking_uri: str, candidate: str | Non
 def _log_verdict(client, verdict: Verdict) -> None:
     from mlflow.entities import Metric, Param
 
-    experiment = client.get_experiment_by_name(EVALUATION_EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EVALUATION_EXPERIMENT)
+    from pipelines.tracking import experiment_id as get_experiment_id
+
+    experiment_id = get_experiment_id(client, EVALUATION_EXPERIMENT)
     status = "passed" if verdict.passed else "rejected"
     run = client.create_run(experiment_id, run_name=f"evaluate {verdict.model} v{verdict.candidate_version} vs "
                                                     f"v{verdict.champion_version or '-'}", tags={

@@ -19,11 +19,23 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipelines.serving.bundle import PosteriorBundle
 
 __all__ = ["PosteriorPredictiveModel", "PREDICTION_COLUMNS", "class_columns", "PYFUNC_ENTRY_POINT", "PYFUNC_CODE",
-           "stage_pyfunc_code"]
+           "stage_pyfunc_code", "BadModelInput"]
+
+
+class BadModelInput(MlflowException, ValueError):
+    """The request's rows cannot be scored (a missing feature column, a NaN/inf value); the message says where.
+
+    An ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, so that ``mlflow models serve`` answers HTTP 400 with
+    this message (any other exception is a 500 "unexpected error"), and a ``ValueError`` for in-process callers."""
+
+    def __init__(self, message: str):
+        MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
 
 PREDICTION_COLUMNS = ("mean", "sd", "q05", "q95")
 _REPO = Path(__file__).resolve().parents[2]
@@ -76,11 +88,12 @@ class PosteriorPredictiveModel(mlflow.pyfunc.PythonModel):
         b = self.bundle
         missing = [c for c in b.features if c not in model_input.columns]
         if missing:
-            raise ValueError(f"input is missing feature column(s) {missing}; the model expects {b.features}")
+            raise BadModelInput(f"input is missing feature column(s) {missing}; the model expects {b.features}")
         x = model_input[b.features].to_numpy(dtype=np.float32)
         if not np.isfinite(x).all():
             rows, cols = np.nonzero(~np.isfinite(x))
-            raise ValueError(f"input has NaN/inf values, first in column {b.features[cols[0]]!r} at row {rows[0]}")
+            raise BadModelInput(f"input has {len(rows)} NaN/inf value(s), first in column {b.features[cols[0]]!r} "
+                                f"at row {rows[0]}; every feature must be a finite number")
         if b.feature_mean:
             x = (x - np.asarray(b.feature_mean, dtype=np.float32)) / np.asarray(b.feature_scale, dtype=np.float32)
         num_samples = int((params or {}).get("num_samples", b.predictive_samples))

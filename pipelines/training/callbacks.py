@@ -251,3 +251,4 @@ class ConvergenceEarlyStopping(_CachedStateKey, EarlyStopping):
         state = super().state_dict()
         state["log_sd_history"] = copy.deepcopy(self._log_sd_history)
         return state
+

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         min_steps=0 if amortized else int(module.planned_steps * (1.0 - settings.average_last / 2)),
         logger=MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id),
         callbacks=callbacks.all,
-        enable_progress_bar=callbacks.show_progress,
+        enable_progress_bar=False,  # TrainingProgress reports instead: steps, ELBO, rate, ETA; plain lines in logs
         enable_model_summary=False,
         log_every_n_steps=1,
         check_val_every_n_epoch=None,
@@ -133,11 +132,11 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
 
 class _Callbacks:
     """The callbacks of one fit: gradient norms, the NaN/inf guard, step telemetry, iterate averaging (global
-    latents), early stopping, the amortization gaps (amortized models), a progress bar on a terminal, checkpoints
+    latents), early stopping, the amortization gaps (amortized models), progress (a bar on a terminal), checkpoints
     (every ``checkpoint_every_seconds``, and when training raises)."""
 
     def __init__(self, config: TrainConfig, module, sink, validation, checkpoints: Path):
-        from pytorch_lightning.callbacks import EarlyStopping, OnExceptionCheckpoint, TQDMProgressBar
+        from pytorch_lightning.callbacks import EarlyStopping, OnExceptionCheckpoint
 
         from pipelines.training.callbacks import (
             ConvergenceEarlyStopping,
@@ -147,6 +146,7 @@ class _Callbacks:
             NonFiniteGuard,
             StepTelemetry,
         )
+        from pipelines.training.progress import TrainingProgress
 
         settings, amortized = config.train, config.model.kind == "vae"
         self.telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
@@ -172,10 +172,9 @@ class _Callbacks:
                                                 every_n_validations=amortization.every_n_validations,
                                                 seed=settings.seed)
             self.all.append(self.gaps)
-        self.show_progress = settings.progress_bar and sys.stderr.isatty()
-        if self.show_progress:
-            batches_per_epoch = -(-module.steps_per_epoch // settings.steps_per_batch)
-            self.all.append(TQDMProgressBar(refresh_rate=max(1, batches_per_epoch // 4)))
+        if settings.progress_bar:
+            self.all.append(TrainingProgress(module.planned_steps, module.dataset_size,
+                                             every_seconds=settings.status_every_seconds))
         self.all.append(LastCheckpoint(checkpoints, every_seconds=settings.checkpoint_every_seconds))
         self.all.append(OnExceptionCheckpoint(checkpoints))
 

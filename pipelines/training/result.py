@@ -45,6 +45,9 @@ class TrainingResult:
     rank: int = 0
     #: The step of the checkpoint a resumed run continued from (``viops train --resume``); None for a new run.
     resumed_from_step: int | None = None
+    #: Why the gate kept a model's first version from becoming champion (its reasons, first first); empty when
+    #: the gate passed it or was not asked (the model already had a champion, or registration was off).
+    gate_rejection: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {
@@ -59,4 +62,5 @@ class TrainingResult:
             "stopped_reason": self.stopped_reason,
             "registration": self.registration,
             "resumed_from_step": self.resumed_from_step,
+            "gate_rejection": list(self.gate_rejection),
         }

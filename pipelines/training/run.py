@@ -18,6 +18,7 @@ from pathlib import Path
 from pipelines.config.loading import config_hash
 from pipelines.config.schema import TrainConfig
 from pipelines.run_artifacts import DIAGNOSTICS_DIR, write_resolved_config
+from pipelines.tracking import experiment_id as get_experiment_id
 from pipelines.tracking import resolve_tracking_uri
 from pipelines.training.artifacts import log_training_artifacts
 from pipelines.training.data import PreparedData, check_trainable, count_classes, prepare
@@ -78,8 +79,7 @@ def run_training(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(config.experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment_name)
+    experiment_id = get_experiment_id(client, config.experiment_name)
     commit = _git_commit()
     tags = {
         "viops.data_fingerprint": data.fingerprint,

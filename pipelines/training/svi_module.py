@@ -220,6 +220,9 @@ class MinibatchSVI(pl.LightningModule):
         return loss.detach()
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        # Validation metrics reach MLflow at the SVI step, the x axis of the per-step telemetry (``elbo``), not at
+        # Lightning's count of batches (one batch carries up to steps_per_batch steps): a logged "step" sets it.
+        self.log("step", float(self.global_step), batch_size=batch[0].shape[0])
         return self._shared_step(batch, "val")
 
     # -- optimisation -----------------------------------------------------------------------------------------------

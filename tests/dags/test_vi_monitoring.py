@@ -4,10 +4,12 @@ drift -> a triggered svi_retrain run (read back from Airflow's own records)."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from mlflow import MlflowClient
 
+from monitoring.windows import window_key
 from pipelines.config.loading import load_config, parse_overrides
 from pipelines.lifecycle.train import train
 from pipelines.registry.audit import read_log
@@ -17,6 +19,16 @@ from viops.cli import main as monitor_main
 
 SCENARIOS = REPO / "configs" / "scenarios"
 MODEL = "blr-diabetes"
+
+
+def _xcom(run, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=run.dag_id, task_ids=task_id,
+                                                 key="return_value")).first()
+        return None if row is None else XComModel.deserialize_value(row)
 
 
 def _states(run) -> dict[str, str]:
@@ -49,6 +61,31 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
     stable = run_on("stable", 1)
     assert stable["no_action"] == "success" and stable["done"] == "success"
     assert {stable[t] for t in ("trigger_retrain", "rollback", "page", "ticket")} == {"skipped"}
+
+    # A scheduled run, or a backfill's, monitors the window of its data interval, not the newest of the store;
+    # the window was monitored with its drift report written beside it.
+    scenario, training = load_scenario(SCENARIOS / "diabetes_stable.yaml")
+    # Hours no run above can have as its logical date: dag.test reuses a finished run of the same logical date.
+    february = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    past = simulate(scenario.model_copy(update={"windows": 3, "window_start": february}), training, tmp_path / "past")
+    # window "" as a scheduled run has it (dag.test keeps an earlier call's conf in the DAG's params). A run at
+    # 02:00 has the data interval [01:00, 02:00): the 01:00 window, not the newest (02:00).
+    run = dag.test(logical_date=past.windows()[2], run_conf={"store": str(past.root), "window": ""})
+    assert run.state == "success", _states(run)
+    hour = past.windows()[1]
+    assert (run.data_interval_start, run.data_interval_end) == (hour, past.windows()[2])
+    result = _xcom(run, "monitor")
+    assert result["window"] == window_key(hour)
+    assert result["drift_report"] == str(past.directory(hour) / "drift_report.html")
+    html = (past.directory(hour) / "drift_report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "bmi" in html and "s5" in html  # its columns
+    from dags.vi_monitoring import _window_of
+
+    later = past.windows()[-1] + timedelta(hours=5)
+    with pytest.raises(ValueError, match=r"no window of the data interval \[2026-02-01T07:00:00Z, "
+                                         r"2026-02-01T08:00:00Z\) in store .* \(it holds 2026-02-01T00:00:00Z to "
+                                         r"2026-02-01T02:00:00Z\); a retry monitors it once it lands"):
+        _window_of(str(past.root), later, later + timedelta(hours=1))
 
     burst = run_on("nan_burst", 6)
     assert burst["page"] == "success" and burst["trigger_retrain"] == "skipped"

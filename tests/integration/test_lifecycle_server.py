@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -138,6 +139,14 @@ def test_viops_serve_verifies_then_returns_predictive_mean_and_uncertainty(mlflo
                                              headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=60) as resp:
                 predictions = json.loads(resp.read())["predictions"]
+            body["dataframe_split"]["data"][1][1] = float("nan")  # a row the model cannot score: 400, said why
+            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=60)
+            assert refused.value.code == 400
+            message = json.loads(refused.value.read())["message"]
+            assert "input has 1 NaN/inf value(s), first in column 'x1' at row 1" in message, message
         finally:
             stop(proc)
     assert f"of {MODEL} (signature verified) from " in log_path.read_text()

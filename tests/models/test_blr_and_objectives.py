@@ -83,6 +83,28 @@ def test_predictive_summary_and_nll():
     assert float(nll) == pytest.approx(-float(Normal(0.0, 0.5).log_prob(torch.tensor(0.0))), abs=1e-3)
 
 
+def test_predictive_quantiles_are_those_of_the_exact_gaussian_predictive():
+    """A Gaussian q of a fixed-noise linear model has an exactly Gaussian predictive, N(x m + b, x S x' + s^2): its
+    quantiles are the mixture's over the draws of z, with no sampled-y noise on top (0.5 SDs of error fewer)."""
+    from models.predictive import mixture_quantiles
+
+    model = BayesianLinearRegression(1, _normal(), _normal(), noise_scale=0.3)
+    family = MeanFieldGaussian(2, init_scale=0.2, init_loc=torch.tensor([2.0, 1.0]))
+    scale = family.transform_noise(torch.eye(2)).detach() - family.transform_noise(torch.zeros(1, 2)).detach()
+    x = torch.tensor([[0.0], [1.0], [-2.0]])
+    w_sd, b_sd = float(scale[0, 0]), float(scale[1, 1])
+    sd = torch.sqrt(x[:, 0] ** 2 * w_sd**2 + b_sd**2 + 0.3**2)
+    mean = 2.0 * x[:, 0] + 1.0
+    summary = posterior_predictive(model, family, x, num_samples=4000, generator=torch.Generator().manual_seed(0))
+    for level in (0.05, 0.95):
+        exact = mean + float(Normal(0.0, 1.0).icdf(torch.tensor(level))) * sd
+        torch.testing.assert_close(summary.quantiles[level], exact, atol=float(0.04 * sd.max()), rtol=0)
+    # The solver itself: the mixture's CDF at the returned point is the level, on every row.
+    loc, spread = torch.randn(300, 50) * 0.5, torch.rand(300, 50) + 0.1
+    q = mixture_quantiles(loc, spread, 0.05)
+    torch.testing.assert_close(Normal(loc, spread).cdf(q).mean(0), torch.full((50,), 0.05), atol=2e-5, rtol=0)
+
+
 def test_constructor_rejects_ambiguous_noise():
     with pytest.raises(ValueError, match="exactly one of noise_scale"):
         BayesianLinearRegression(2, _normal(), _normal())

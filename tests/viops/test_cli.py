@@ -52,6 +52,11 @@ def test_train_prints_json_last_and_registers_champion(registry):
     assert payload["model_name"] == "blr-example" and payload["tracking_uri"] == uri
     assert set(payload["aliases"]) == {"challenger", "champion"}, payload["registration"]
     assert versions(uri) == ([int(payload["model_version"])], payload["model_version"])
+    # Not a terminal: one plain status line at the start and one at the end (more every train.status_every_seconds).
+    steps = int(payload["metrics"]["steps"])
+    assert f"training: {steps:,} steps planned, status every 30 s" in err
+    last = next(line for line in err.splitlines() if line.startswith(f"step {steps:,}/{steps:,}  100%"))
+    assert "ELBO/datum -" in last and "val -" in last and "steps/s" in last and "done in 0:" in last, last
 
 
 BAD_INPUTS = [
@@ -113,7 +118,7 @@ def test_compare_lines_up_runs_and_marks_the_best(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for family in ("mean_field", "full_rank"):
         code, _, err = run_cli(["train", "--config", str(tmp_path / "blr_csv.yaml"), "--tracking-uri", uri, *QUICK,
-                                "--set", f"guide.family={family}", "--run-name", family, "--no-register"], capsys)
+                                "--set", f"guide.family={family}", "--run-name", family], capsys)
         assert code == 0, err
     code, out, err = run_cli(["compare", "--experiment", "blr-example", "--tracking-uri", uri, "--json"], capsys)
     assert code == 0, err
@@ -126,5 +131,26 @@ def test_compare_lines_up_runs_and_marks_the_best(tmp_path, capsys):
     best = payload["best"]["final/validation_predictive_nll"]
     assert runs[min(nll, key=nll.get)]["run_id"] == best
     assert "val NLL" in err and "*" in err  # the human table goes to stderr with --json
+    # Rows can be told apart: run id, registered version, start time, the --set overrides, the data fingerprint.
+    assert [runs[name]["version"] for name in ("mean_field", "full_rank")] == ["blr-example/1", "blr-example/2"]
+    assert runs["full_rank"]["overrides"] == "train.max_epochs=3 guide.family=full_rank"
+    assert all(r["started"].endswith("Z") and len(r["data"]) == 16 for r in runs.values())
+    # --sort orders best first; --metric narrows the columns; --format csv gives full ids and unrounded values.
+    code, out, err = run_cli(["compare", "--experiment", "blr-example", "--tracking-uri", uri, "--json", "--sort",
+                              "validation_predictive_nll", "--metric", "psis_khat"], capsys)
+    sorted_payload = json.loads(out.strip().splitlines()[-1])
+    assert [r["run_id"] for r in sorted_payload["runs"]][0] == best
+    assert sorted_payload["metrics"] == ["final/validation_predictive_nll", "final/psis_khat"]
+    assert "sorted by validation_predictive_nll, best first" in err
+    code, out, _ = run_cli(["compare", "--experiment", "blr-example", "--tracking-uri", uri, "--format", "csv",
+                            "--metric", "val NLL"], capsys)
+    import csv
+
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and {r["run_id"] for r in rows} == {r["run_id"] for r in runs.values()}
+    assert {float(r["validation_predictive_nll"]) for r in rows} == set(nll.values())
+    code, _, err = run_cli(["compare", "--experiment", "blr-example", "--tracking-uri", uri, "--sort", "elbo"],
+                           capsys)
+    assert code == 2 and "no compared metric named 'elbo' (metrics: validation_elbo_per_datum" in err
     code, _, err = run_cli(["compare", "--experiment", "nope", "--tracking-uri", uri], capsys)
     assert code == 2 and "no MLflow experiment named 'nope' (experiments: " in err

@@ -38,3 +38,19 @@ def test_version_is_the_installed_distributions():
 def test_an_unknown_command_is_a_usage_error_naming_the_choices():
     out = _run(sys.executable, "-m", "viops", "trian")
     assert out.returncode == 2 and "invalid choice: 'trian'" in out.stderr and "train" in out.stderr
+
+
+def test_every_command_has_examples_and_every_option_a_help_text():
+    """``viops <command> --help`` ends with examples that use that command, and no option is left unexplained."""
+    import argparse
+
+    from viops.cli import EXAMPLES
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        examples = text.partition("\nexamples:\n")[2]
+        assert examples and all(f"viops {name}" in line for line in EXAMPLES[name]), name
+        assert all(line in examples for line in EXAMPLES[name]), name
+        unexplained = [a.option_strings for a in command._actions if a.option_strings and not a.help]
+        assert unexplained == [], (name, unexplained)

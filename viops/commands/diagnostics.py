@@ -35,6 +35,6 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=1500, help="full-batch Adam steps per fit (default 1500)")
     p.add_argument("--lr", type=float, default=0.02, help="Adam step size (default 0.02)")
     p.add_argument("--max-rows", type=int, default=200, help="training rows used as the design (default 200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulations and fits (default 0)")
     p.add_argument("--out", help="directory for sbc.json and sbc_ranks.png")
     p.set_defaults(func=_cmd_diagnose)

@@ -37,13 +37,15 @@ def _cmd_monitor(args) -> int:
         window_id=args.window_id, checks=load_checks_config(args.checks), slos=load_slos(args.slo),
         runbooks=load_runbooks(args.runbooks), state_dir=args.state_dir, pushgateway=args.pushgateway,
         textfile=args.textfile, execute=args.execute, dispatched=args.dispatched, actor=args.actor or default_actor(),
+        drift_report=not args.no_drift_report,
     )
     decision = result["decision"]
     breached = [s["name"] for s in result["slo"] if s["status"] == "breach"]
     human = (f"{args.model}@{args.alias} v{result['version']} window {result['window']}: "
              f"drift share {result['drift']['share'] if result['drift'] else 'n/a'}, "
              f"breached {', '.join(breached) or 'nothing'} -> {decision['action']}"
-             + (f" ({decision['runbook']})" if decision["runbook"] else "") + f": {decision['reason']}")
+             + (f" ({decision['runbook']})" if decision["runbook"] else "") + f": {decision['reason']}"
+             + (f"\n  drift report: {result['drift_report']}" if result["drift_report"] else ""))
     emit({**result, "tracking_uri": uri}, args.json, human)
     return _fail_on(args.fail_on, decision["action"])
 
@@ -101,6 +103,9 @@ def add_commands(sub) -> None:
     p.add_argument("--fail-on", choices=("ticket", "page", "retrain", "rollback"),
                    help="exit 1 when the decision is this or stronger (none < ticket < page < retrain < rollback); "
                         "default: exit 0 whatever is decided")
+    p.add_argument("--no-drift-report", action="store_true",
+                   help="do not write the window's Evidently drift report beside it (drift_report.html in its store "
+                        "partition; an incident's MLflow run gets the report either way)")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_monitor)
     p = sub.add_parser("alerts", help="render the Prometheus alert rules from the SLO file")

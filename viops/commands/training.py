@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from viops.commands.common import client, common, emit
+
+#: The posteriordb excerpt the project ships (seven regression posteriors with Stan NUTS reference draws).
+BUNDLED_POSTERIORDB = Path(__file__).resolve().parents[2] / "benchmarks" / "posteriordb"
 
 
 def _cmd_prepare(args) -> int:
@@ -35,7 +39,8 @@ def _cmd_train(args) -> int:
         tracking_uri=args.tracking_uri,
         register=False if args.no_register else None,
         run_name=args.run_name,
-        tags={"viops.trigger_reason": args.reason} if args.reason else None,
+        tags={**({"viops.trigger_reason": args.reason} if args.reason else {}),
+              **({"viops.overrides": " ".join(args.set)} if args.set else {})} or None,
         resume=args.resume,
     )
     if result.rank:
@@ -47,6 +52,7 @@ def _cmd_train(args) -> int:
         f"{result.metrics.get('validation_elbo_per_datum', float('nan')):.4f}, "
         f"{result.metrics['steps']:.0f} steps in {result.metrics['train_seconds']:.1f}s; {version}"
         + (f" ({', '.join(result.aliases)})" if result.aliases else "")
+        + (f"; rejected by the gate: {result.gate_rejection[0]}" if result.gate_rejection else "")
         + f"\n  look: mlflow ui --backend-store-uri {result.tracking_uri}"
     )
     emit(result.to_json(), args.json, human)
@@ -123,7 +129,11 @@ def _cmd_compare(args) -> int:
     from pipelines.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    comparison = compare_experiment(MlflowClient(tracking_uri=uri), args.experiment, max_runs=args.max_runs)
+    comparison = compare_experiment(MlflowClient(tracking_uri=uri, registry_uri=uri), args.experiment,
+                                    max_runs=args.max_runs).select(args.metric, args.sort)
+    if args.format == "csv":
+        sys.stdout.write(comparison.csv())
+        return 0
     emit({**comparison.to_json(), "tracking_uri": uri}, args.json, comparison.table())
     return 0
 
@@ -158,18 +168,20 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_runs)
     p = sub.add_parser("register", help="register a finished training run (idempotent per run)")
     common(p, config=False)
-    p.add_argument("--run-id", required=True)
+    p.add_argument("--run-id", required=True, help="the finished training run to register")
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_register)
     p = sub.add_parser("conformance", help="fit posteriordb reference posteriors with each family; compare with NUTS")
     common(p, config=False)
-    p.add_argument("--posteriordb", required=True, help="a posteriordb folder (one sub-folder per posterior)")
+    p.add_argument("--posteriordb", default=str(BUNDLED_POSTERIORDB),
+                   help="a posteriordb folder, one sub-folder per posterior (default: the seven bundled in "
+                        "benchmarks/posteriordb, BSD-3 licensed)")
     p.add_argument("--posterior", action="append", help="posterior name (repeatable; default: every one)")
     p.add_argument("--family", action="append", choices=["mean_field", "full_rank", "low_rank", "flow"],
                    help="variational family (repeatable; default: all four)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI for the fits (experiment viops-conformance)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every fit (default 0)")
     p.add_argument("--details", action="store_true", help="add every parameter's comparison to the JSON output")
     p.set_defaults(func=_cmd_conformance)
     p = sub.add_parser("compare", help="the finished runs of an MLflow experiment side by side, best per metric")
@@ -177,4 +189,9 @@ def add_commands(sub) -> None:
     p.add_argument("--experiment", required=True, help="MLflow experiment name (runs on one dataset share one)")
     p.add_argument("--tracking-uri")
     p.add_argument("--max-runs", type=int, default=100, help="newest runs to compare (default 100)")
+    p.add_argument("--metric", action="append", metavar="NAME",
+                   help="show only this metric (repeatable), e.g. test_predictive_nll or psis_khat")
+    p.add_argument("--sort", metavar="NAME", help="order runs best first by this metric (runs without it last)")
+    p.add_argument("--format", choices=["table", "csv"], default="table",
+                   help="table (default) or csv on stdout: full run ids, unrounded metrics (--json: one JSON object)")
     p.set_defaults(func=_cmd_compare)

@@ -201,6 +201,7 @@ def run_demo(out: Path) -> dict:
             "slo": [{k: s[k] for k in ("name", "status", "value", "threshold")} for s in result["slo"]],
             "action": decision["action"], "alert": decision["alert"], "runbook": decision["runbook"],
             "reason": decision["reason"], "incident_id": result.get("incident_id"),
+            "drift_report": result.get("drift_report"),
             "airflow": {"vi_monitoring": run.run_id}, "seconds": round(seconds, 1),
         }
         if states.get("trigger_retrain") == "success":

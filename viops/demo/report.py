@@ -1,4 +1,5 @@
-"""The demo's report: ``summary.json``, ``summary.md`` and four plots, from the per-window rows and MLflow.
+"""The demo's report: ``summary.json``, ``summary.md`` and four plots (:mod:`viops.demo.plots`), from the per-window
+rows and MLflow.
 
 Every number comes from what the run wrote: the monitoring DAG's results (drift share, calibration, decision), the
 model registry (versions, aliases, gate verdicts) and each version's logged ELBO history.
@@ -10,11 +11,9 @@ import json
 from pathlib import Path
 
 from viops import REPO
+from viops.demo.plots import plot_elbo, plot_windows
 
 __all__ = ["write_report", "acceptance_checks"]
-
-
-ACTION_COLOURS = {"none": "#9e9e9e", "retrain": "#1f77b4", "rollback": "#d62728", "page": "#ff7f0e"}
 
 
 def acceptance_checks(rows: list[dict], *, start: int, bad_before: int | None, bad_version: str | None) -> list[dict]:
@@ -64,88 +63,12 @@ def _versions(client, model: str) -> list[dict]:
     return out
 
 
-def _plot_elbo(client, versions: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for version in versions:
-        history = sorted((m.step, m.value) for m in client.get_metric_history(version["run_id"], "elbo"))
-        rows = float(version["train_rows"] or 1)
-        if history:
-            steps, values = zip(*history)
-            ax.plot(steps, [v / rows for v in values], lw=1,
-                    label=f"v{version['version']}: {version['trigger_reason']}")
-    ax.set(xlabel="step", ylabel="minibatch ELBO per training row", title="ELBO of each version")
-    ax.set_yscale("symlog", linthresh=1.0)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_windows(rows: list[dict], plots: Path, start: int) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    index = [r["index"] for r in rows]
-
-    def shade(ax):
-        ax.axvspan(start - 0.5, max(index) + 0.5, color="#fde0c5", alpha=0.5, lw=0, label="covariate shift")
-        ax.set_xticks(index)
-        ax.set_xlabel("window")
-
-    paths = []
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    shade(ax)
-    ax.bar(index, [r["drift_share"] or 0.0 for r in rows], color=[ACTION_COLOURS[r["action"]] for r in rows])
-    threshold = next((s["threshold"] for r in rows for s in r["slo"] if s["name"] == "feature_drift"), None)
-    if threshold is not None and threshold.startswith("<="):
-        ax.axhline(float(threshold[2:]), color="black", ls="--", lw=1, label=f"SLO feature_drift: share {threshold}")
-    for action, colour in ACTION_COLOURS.items():
-        ax.bar([index[0]], [0.0], color=colour, label=f"action {action}")
-    ax.set(ylabel="share of drifted features", ylim=(0, 1), title="Feature drift (Evidently) per window")
-    ax.legend(fontsize=7, loc="upper left")
-    paths.append(_save(fig, plots / "drift_share.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    shade(ax)
-    for key, marker in (("coverage_90", "o"), ("coverage_50", "s")):
-        ax.plot(index, [r["calibration"].get(key) for r in rows], marker=marker, label=key.replace("_", " ") + "%")
-    ax.axhline(0.9, color="C0", ls=":", lw=1)
-    ax.axhline(0.5, color="C1", ls=":", lw=1)
-    ax.set(ylabel="interval coverage", ylim=(0, 1), title="Calibration of the champion per window (labelled rows)")
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, plots / "calibration.png"))
-
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    shade(ax)
-    ax.step(index, [int(r["champion_before"]) for r in rows], where="mid", color="black", lw=1,
-            label="champion while scored")
-    for r in rows:
-        if r["event_before"]:
-            ax.annotate(f"v{r['champion_before']} promoted by hand", (r["index"] - 0.5, int(r["champion_before"])),
-                        xytext=(-6, -3), textcoords="offset points", ha="right", va="top", fontsize=7,
-                        color="#d62728")
-        ax.scatter(r["index"], int(r["champion_after"]), s=60, zorder=3, color=ACTION_COLOURS[r["action"]])
-        if r["action"] != "none":
-            ax.annotate(f"{r['action']}\n{r['alert']}", (r["index"], int(r["champion_after"])), fontsize=7,
-                        xytext=(4, 6), textcoords="offset points")
-    ax.set(ylabel="champion version", title="Actions per window (runbooks/<alert>.md) and the champion after each")
-    ax.set_yticks(sorted({int(r["champion_after"]) for r in rows} | {int(r["champion_before"]) for r in rows}))
-    paths.append(_save(fig, plots / "timeline.png"))
-    return paths
+def _relative(path: str, out: str) -> str:
+    """``path`` relative to the report's folder when it lies inside it (links that survive moving the folder)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return path
 
 
 def _markdown(summary: dict) -> str:
@@ -155,18 +78,29 @@ def _markdown(summary: dict) -> str:
              f"{summary['bad_promotion_before']}. Took {summary['seconds']:.0f} s.", "", "## Checks", ""]
     lines += [f"- {'✅' if c['ok'] else '❌'} {c['what']}" for c in summary["checks"]]
     lines += ["", "## Windows", "",
-              "| # | window | phase | drift share | coverage 90% | action | runbook | champion before → after |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| # | window | phase | drift share | drift report | coverage 90% | action | runbook | "
+              "champion before → after |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in summary["windows"]:
         coverage = r["calibration"].get("coverage_90")
         runbook = f"[{r['alert']}]({REPO / r['runbook']})" if r["runbook"] else "-"
         note = f" ({r['event_before']})" if r["event_before"] else ""
-        lines.append(f"| {r['index']} | {r['window']} | {r['phase']} | {r['drift_share'] or 0:.2f} | "
+        report = f"[html]({_relative(r['drift_report'], summary['out'])})" if r.get("drift_report") else "-"
+        lines.append(f"| {r['index']} | {r['window']} | {r['phase']} | {r['drift_share'] or 0:.2f} | {report} | "
                      f"{'-' if coverage is None else f'{coverage:.2f}'} | **{r['action']}** | {runbook} | "
                      f"v{r['champion_before']} → v{r['champion_after']}{note} |")
     lines += ["", "Every window with a firing alert, and the decision's reason:", ""]
     lines += [f"- window {r['index']} ({', '.join(r['alerts'])}): **{r['action']}**: {r['reason']}"
+              + (f" Incident `{r['incident_id']}` (MLflow experiment `viops-incidents`)" if r.get("incident_id")
+                 else "")
+              + (f"; [drift report]({_relative(r['drift_report'], summary['out'])})" if r.get("drift_report") else "")
               for r in summary["windows"] if r["alerts"]]
+    triggered = [r for r in summary["windows"] if r["airflow"].get("triggered")]
+    if triggered:
+        lines += ["", "Retrains the monitoring DAG triggered (run id `monitor__<incident id>`; without a scheduler the "
+                  "demo runs each with `dag.test()`, which names the run `manual__…`, docs/operations.md):", ""]
+        lines += [f"- window {r['index']}: `svi_retrain` `{r['airflow']['triggered']}`, run as "
+                  f"`{r['airflow'].get('svi_retrain', '-')}`" for r in triggered]
     lines += ["", "## Versions", "", "| version | aliases | gate | signature | test NLL | why trained |",
               "|---|---|---|---|---|---|"]
     for v in summary["versions"]:
@@ -192,7 +126,7 @@ def write_report(out: Path, client, *, model: str, rows: list[dict], scenario, f
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
     versions = _versions(client, model)
-    paths = [_plot_elbo(client, versions, plots / "elbo_curves.png"), *_plot_windows(rows, plots, scenario.start)]
+    paths = [plot_elbo(client, versions, plots / "elbo_curves.png"), *plot_windows(rows, plots, scenario.start)]
     summary = {
         "model": model, "scenario": scenario.name, "shift_from": scenario.start, "first_version": str(first_version),
         "bad_version": bad_version, "bad_promotion_before": bad_before, "seconds": round(seconds, 1),
@@ -201,6 +135,7 @@ def write_report(out: Path, client, *, model: str, rows: list[dict], scenario, f
              "ok": bool(versions) and all(v["signature_verified"] for v in versions)}],
         "windows": rows, "versions": versions, "audit": read_log(out / "audit.jsonl"),
         "plots": [str(p.relative_to(out)) for p in paths], "mlflow_ui": mlflow_ui, "airflow_ui": airflow_ui,
+        "out": str(out),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "summary.md").write_text(_markdown(summary))

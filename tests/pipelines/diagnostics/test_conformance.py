@@ -1,5 +1,5 @@
-"""posteriordb conformance through the real training path (skipped locally when no posteriordb folder is beside the
-project; CI, which has it, fails instead).
+"""posteriordb conformance through the real training path, on the posteriors bundled in benchmarks/posteriordb
+(``VIOPS_POSTERIORDB`` points elsewhere; a folder that is not there is a skip locally and a failure in CI).
 
 The acceptance of the families: full rank within 0.1 reference SD on every mean and within [0.9, 1.1] on every SD
 ratio on the six small posteriors; mean-field on the correlated ones under-estimates SDs and its diagnostics say so.

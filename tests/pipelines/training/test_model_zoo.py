@@ -54,9 +54,11 @@ def test_zoo_config_trains_logs_diagnostics_and_registers_a_pyfunc(name, trackin
         assert tags["viops.gate.passed"] == "false" and set(result.aliases) == {"challenger"}, result.registration
         note = result.registration.partition("not promoted: the gate rejected it (")[2]
         assert f"{REJECTED_BY_THE_GATE[name]} " in note and "is above max_psis_khat 0.7" in note, result.registration
+        assert result.gate_rejection and any(REJECTED_BY_THE_GATE[name] in r for r in result.gate_rejection)
     else:
         assert tags["viops.gate.passed"] == "true", result.registration
         assert set(result.aliases) == {"challenger", "champion"}, result.registration
+        assert result.gate_rejection == ()
     run = client.get_run(result.run_id)
     logged = run.data.metrics
     for metric in ("validation_predictive_nll", "test_elbo_per_datum", *metrics):
