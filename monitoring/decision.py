@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from monitoring.alerts import THRESHOLD_ALERTS
 from monitoring.runbooks import Runbook
+from pipelines.workspace import replacing
 
 __all__ = ["Decision", "MonitorState", "decide", "firing_alerts", "incident_id"]
 
@@ -84,10 +84,8 @@ class MonitorState:
     def record(self, entry: dict) -> None:
         self.windows = sorted([w for w in self.windows if w["window"] != entry["window"]] + [entry],
                               key=lambda w: w["window"])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        partial.write_text(json.dumps({"windows": self.windows}, indent=1))
-        os.replace(partial, self.path)
+        with replacing(self.path) as partial:
+            partial.write_text(json.dumps({"windows": self.windows}, indent=1))
 
 
 def windows_since_promotion(history: list[dict], promoted_at: float | None) -> int | None:

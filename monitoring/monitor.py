@@ -23,6 +23,7 @@ from monitoring.checks.results import ChampionInfo, DriftSummary, InputsResult, 
 from monitoring.checks.vi_health import VIHealthCheck
 from monitoring.windows import Window
 from pipelines.serving.scoring import score_frame
+from pipelines.workspace import replacing
 
 __all__ = ["WindowReport", "WindowContext", "build_checks", "check_window", "score_window", "run_monitor"]
 
@@ -222,8 +223,8 @@ def _write_drift_report(report: WindowReport, window: Window) -> str | None:
     if result is None or getattr(result, "report", None) is None:
         return None
     target = window.drift_report_path()
-    partial = result.save_html(target.with_name(f".{target.name}.partial"))
-    partial.replace(target)
+    with replacing(target) as partial:
+        result.save_html(partial)
     return str(target)
 
 

@@ -16,7 +16,6 @@ once, here, and everything downstream takes the ``Window``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.tables import LabelledRows, read_table, usable_labelled_rows
+from pipelines.workspace import replacing
 
 __all__ = ["Window", "WindowStore", "window_key", "parse_window_key", "STATE_DIR_NAME"]
 
@@ -64,9 +64,8 @@ class WindowStore:
         directory = self.directory(when)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / "data.parquet"
-        partial = directory / ".data.parquet.partial"
-        frame.to_parquet(partial, index=False)
-        os.replace(partial, target)
+        with replacing(target) as partial:
+            frame.to_parquet(partial, index=False)
         if meta is not None:
             (directory / "_meta.json").write_text(json.dumps({"window": window_key(when), **meta}, indent=2,
                                                             default=str))

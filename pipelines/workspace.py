@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["work_dir", "audit_log", "safe_key"]
+__all__ = ["work_dir", "audit_log", "safe_key", "replacing"]
 
 
 def work_dir() -> Path:
@@ -29,3 +31,20 @@ def audit_log() -> Path:
 def safe_key(text: str) -> str:
     """A filesystem-safe version of an Airflow run id (``manual__2026-01-01T00:00:00+00:00`` ...)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
+
+
+@contextmanager
+def replacing(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` to write; on success it replaces ``target`` in one rename, on error
+    it is removed. The name is unique per writer, so two processes writing the same target never share a file:
+    the last rename wins and readers only ever see a whole file."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(fd)
+    partial = Path(name)
+    try:
+        yield partial
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
