@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.viops-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench clean stack-up stack-down
 
 setup: $(STAMP)
 
@@ -22,8 +22,16 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m viops.demo --out demo_out
 
+# The distributed profile (configs/profiles/distributed): MLflow on PostgreSQL, Airflow with Celery workers,
+# Pushgateway, Prometheus, Alertmanager and the alert receiver as separate processes; logs in .stack/logs.
+stack-up: $(STAMP)
+	$(VENV)/bin/viops stack up
+
+stack-down: $(STAMP)
+	$(VENV)/bin/viops stack down
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_blr_training.py
 
 clean:
-	rm -rf demo_out .pytest_cache mlflow.db
+	rm -rf demo_out .pytest_cache mlflow.db .stack

@@ -91,10 +91,16 @@ def svi_retrain():
         return prepare_data(_request(params, run_id))
 
     @task(queue=TRAIN_QUEUE, pool=TRAIN_POOL, executor_config=_train_executor_config())
-    def train(prepared: dict, params=None, run_id=None) -> dict:
+    def train(prepared: dict, params=None, run_id=None, ti=None) -> dict:
+        import dataclasses
+        import socket
+
         from pipelines.lifecycle.retrain import train_candidate
 
-        return train_candidate(_request(params, run_id), prepared)
+        # Where it ran, on the MLflow run: the queue, and the worker ($VIOPS_WORKER_NAME names a Celery worker).
+        where = (f"viops.airflow.queue={ti.queue}", f"viops.airflow.worker="
+                 f"{os.environ.get('VIOPS_WORKER_NAME') or socket.gethostname()}", f"viops.airflow.run_id={run_id}")
+        return train_candidate(dataclasses.replace(_request(params, run_id), tags=where), prepared)
 
     @task
     def register(trained: dict, params=None, run_id=None) -> dict:

@@ -5,7 +5,9 @@ store (`$VIOPS_WINDOW_STORE`): the newest window that starts inside `[data_inter
 fails, saying so, when that window is not in the store yet (a retry picks it up once it lands). So
 `airflow backfill create --dag-id vi_monitoring --from-date ... --to-date ...` monitors past hours' windows, each in
 its own run, in order (`max_active_runs=1`). Triggered with `{"window": "<path to a window file>"}`, it monitors
-that window; triggered without one and without a data interval, the newest window of the store.
+that window; with `{"window": "2026-01-01T05:00:00Z"}` (a window key, as `viops alert-receiver` sends for an alert
+Prometheus fired, with the alert in `conf.alert`), that window of the store; triggered without one and without a
+data interval, the newest window of the store.
 `viops monitor --dispatched` runs in a child process: it scores the window with the champion, runs the checks,
 evaluates the SLOs, pushes metrics and decides; `--dispatched` records that this DAG carries the decision out.
 The branch then carries out the decision:
@@ -54,10 +56,14 @@ def _schedule():
     params={
         "model": Param(DEFAULT_MODEL, type="string", description="registered model to watch"),
         "alias": Param("champion", type="string"),
-        "window": Param("", type="string", description="window file; empty: the newest window of the store"),
+        "window": Param("", type="string", description="window file, or a window key (2026-01-01T05:00:00Z) of the "
+                                                       "store; empty: the window of the data interval, else the "
+                                                       "newest"),
         "store": Param(DEFAULT_STORE, type="string", description="window store (default $VIOPS_WINDOW_STORE)"),
         "drift_report": Param(True, type="boolean",
                               description="write the window's Evidently drift report beside it in the store"),
+        "alert": Param({}, type="object", description="the Alertmanager alerts that started this run (set by "
+                                                      "viops alert-receiver: alerts, runbook, fingerprints)"),
     },
     tags=["viops", "monitoring"],
     doc_md=__doc__,
@@ -67,7 +73,8 @@ def vi_monitoring():
     def monitor(params=None, data_interval_start=None, data_interval_end=None) -> dict:
         from pipelines.child_process import run_viops
 
-        window = params["window"] or _window_of(params["store"], data_interval_start, data_interval_end)
+        window = _window_file(params["store"], params["window"]) if params["window"] else _window_of(
+            params["store"], data_interval_start, data_interval_end)
         # This DAG carries out the decision (the branch below): the monitor records it as dispatched, so cooldowns
         # count it.
         report = [] if params.get("drift_report", True) else ["--no-drift-report"]
@@ -126,6 +133,20 @@ def vi_monitoring():
     branches = [no_action(result), trigger_retrain, rollback(result), page(result), ticket(result)]
     decide(result) >> branches
     branches >> done()
+
+
+def _window_file(store_root: str, window: str) -> str:
+    """``conf.window``: a file as given, or a window key resolved in the store."""
+    from monitoring.windows import WindowStore, parse_window_key
+
+    try:
+        when = parse_window_key(window)
+    except ValueError:
+        return window  # a path
+    path = WindowStore(store_root).path(when)
+    if not path.exists():
+        raise ValueError(f"window {window} is not in store {store_root!r}: no {path}")
+    return str(path)
 
 
 def _window_of(store_root: str, start, end) -> str:

@@ -70,8 +70,15 @@ STALE_SECONDS = 2 * 3600
 SIGNATURE_ALERT = "ViopsModelSignatureInvalid"
 
 
-def _annotations(alert: str, summary: str, description: str) -> dict:
-    return {"summary": summary, "description": description, "runbook": RUNBOOK_URL.format(alert=alert)}
+#: The start of the window an alert is about (Unix seconds), from the gauge the monitor pushed with the window's
+#: results; ``viops alert-receiver`` re-monitors that window. Empty when the model pushed no window start.
+WINDOW_START = ('{{ with printf "viops_window_start_timestamp_seconds{model=%q,alias=%q}" $labels.model '
+                '$labels.alias | query }}{{ with first . }}{{ printf "%.0f" .Value }}{{ end }}{{ end }}')
+
+
+def _annotations(alert: str, summary: str, description: str, *, window: bool = False) -> dict:
+    about = {"window_start": WINDOW_START} if window else {}
+    return {"summary": summary, "description": description, "runbook": RUNBOOK_URL.format(alert=alert), **about}
 
 
 def _threshold_rule(alert: str, objectives: list[str], severity: str, summary: str) -> dict:
@@ -82,7 +89,8 @@ def _threshold_rule(alert: str, objectives: list[str], severity: str, summary: s
     return {
         "alert": alert, "expr": expr, "labels": {"severity": severity},
         "annotations": _annotations(alert, summary, "The last monitored window breached "
-                                    + " / ".join(objectives) + " ({{ $value }}); see configs/slo.yaml."),
+                                    + " / ".join(objectives) + " ({{ $value }}); see configs/slo.yaml.",
+                                    window=True),
     }
 
 
@@ -99,7 +107,7 @@ def _burn_rule(alert: str, severity: str, tiers: list, objective: str, target: f
         "annotations": _annotations(alert, f"{objective} of {{{{ $labels.model }}}} burns its error budget",
                                     f"Burn rate above {' / '.join(f'{f:g}x' for *_, f in tiers)} of objective "
                                     f"{objective} (target {target:g}) over "
-                                    + ", ".join(f"{long}/{short}" for long, short, _ in tiers) + "."),
+                                    + ", ".join(f"{long}/{short}" for long, short, _ in tiers) + ".", window=True),
     }
 
 

@@ -182,6 +182,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     body["facts"] = facts
 
     registry = build_registry(report, statuses, model=model, alias=alias, version=champion.loaded.version,
+                              window_start=current.start.timestamp() if current.start else None,
                               decision=decision.action, signature_verified=champion.loaded.verified)
     export = export_metrics(registry, grouping_key={"model": model, "alias": alias}, pushgateway=pushgateway,
                             textfile=textfile or state_dir / f"{model}@{alias}.prom")

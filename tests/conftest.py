@@ -43,8 +43,10 @@ def pushgateway(log: Path):
     require(binary is not None, "prometheus-pushgateway is not installed (Debian package 'prometheus-pushgateway')")
     url = f"http://127.0.0.1:{free_port()}"
     with open(log, "w") as out:
-        proc = subprocess.Popen([binary, f"--web.listen-address={url.removeprefix('http://')}"], stdout=out,
-                                stderr=subprocess.STDOUT)
+        # Debian's build persists to /var/lib/prometheus/pushgateway.data by default, which every gateway on the
+        # machine would share (and load at start): keep this one's metrics in memory.
+        proc = subprocess.Popen([binary, f"--web.listen-address={url.removeprefix('http://')}", "--persistence.file="],
+                                stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
             while True:

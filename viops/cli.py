@@ -15,7 +15,7 @@ import sys
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
-from viops.commands import diagnostics, monitoring, registry, training
+from viops.commands import diagnostics, monitoring, registry, stack, training
 from viops.commands.common import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
     parser.add_argument("--version", action="version", version=f"viops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (training, diagnostics, registry, monitoring):
+    for group in (training, diagnostics, registry, monitoring, stack):
         group.add_commands(sub)
     for name, command in sub.choices.items():
         _finish_help(name, command)
@@ -73,6 +73,10 @@ EXAMPLES = {
     "monitor": ['viops monitor --model blr-diabetes --window "windows/window=2026-01-01T08:00:00Z/data.parquet"',
                 "viops monitor --model blr-diabetes --window w.parquet --fail-on page --json"],
     "alerts": ["viops alerts --out monitoring/prometheus/alerts.yml"],
+    "stack": ["viops stack up", "viops stack up --only mlflow,monitoring --dir /tmp/viops-stack",
+              "viops stack down --drop-databases"],
+    "alert-receiver": ["VIOPS_ALERT_RECEIVER_TOKEN=... VIOPS_AIRFLOW_URL=http://127.0.0.1:8080 "
+                       "viops alert-receiver --port 9095 --state-dir .stack/alert-receiver"],
 }
 
 _TRACKING_URI_HELP = ("MLflow tracking and registry URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in "

@@ -46,6 +46,7 @@ class RetrainRequest:
         actor: who promotes (default: the children's ``$VIOPS_ACTOR``, else the OS user).
         audit_log: the local audit file (default: the children's ``$VIOPS_AUDIT_LOG``).
         trigger: recorded with the promotion's audit record (the incident, the window, the Airflow run ...).
+        tags: ``KEY=VALUE`` tags on the training run (where it ran: the Airflow queue and worker ...).
     """
 
     config: str
@@ -58,6 +59,7 @@ class RetrainRequest:
     actor: str | None = None
     audit_log: str | None = None
     trigger: dict = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
     def _sets(self) -> list[str]:
         return [arg for item in self.overrides for arg in ("--set", item)]
@@ -82,8 +84,9 @@ def train_candidate(request: RetrainRequest, prepared: dict) -> dict:
     # --resume: a retried step (an Airflow retry, a re-run of the same request) continues the run its first try
     # started, from that run's last checkpoint, instead of training again from step 0.
     resume = ["--resume"] if request.run_name else []  # the run name says which run a retry continues
+    tags = [arg for tag in request.tags for arg in ("--tag", tag)]
     return run_viops(["train", "--config", request.config, "--prepared", prepared["directory"], "--no-register",
-                      "--reason", request.reason, *resume, *name, *request._sets()], env=request.env())
+                      "--reason", request.reason, *resume, *name, *tags, *request._sets()], env=request.env())
 
 
 def register_candidate(request: RetrainRequest, trained: dict) -> dict:

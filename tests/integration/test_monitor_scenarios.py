@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from datetime import datetime, timezone
 
 import pytest
 from mlflow import MlflowClient
@@ -118,6 +119,9 @@ def test_metrics_reach_a_real_pushgateway(server_model, capsys, monkeypatch, tmp
     assert ('viops_slo_feature_drift_good{alias="champion",instance="",job="viops_monitor",model="blr-diabetes"'
             in scraped)
     assert 'viops_feature_drift_share_ratio{alias="champion"' in scraped
+    # Which window the values describe (the alert receiver re-monitors it): the 8th hourly window of the scenario.
+    start = next(line for line in scraped.splitlines() if line.startswith("viops_window_start_timestamp_seconds{"))
+    assert float(start.split()[-1]) == datetime(2026, 1, 1, 7, tzinfo=timezone.utc).timestamp()
 
 
 def test_classifier_stable_is_quiet_and_concept_shift_retrains(mlflow_server, capsys, monkeypatch, tmp_path):

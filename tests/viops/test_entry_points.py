@@ -11,12 +11,12 @@ from pathlib import Path
 from viops.cli import build_parser
 
 COMMANDS = ["prepare", "train", "runs", "register", "conformance", "compare", "diagnose", "evaluate", "promote",
-            "rollback", "score", "verify", "serve", "keys", "simulate", "monitor", "alerts"]
+            "rollback", "score", "verify", "serve", "keys", "simulate", "monitor", "alerts", "alert-receiver", "stack"]
 
 
 def _commands(help_text: str) -> list[str]:
     """The command names listed under "positional arguments" of a ``--help`` text."""
-    return re.findall(r"^    ([a-z]+)\b", help_text, re.M)
+    return re.findall(r"^    ([a-z][a-z-]*)\b", help_text, re.M)
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
-"""``viops simulate | monitor | alerts``: production windows, one window through checks, SLOs, metrics and decision,
-and the Prometheus alert rules rendered from the SLOs."""
+"""``viops simulate | monitor | alerts | alert-receiver``: production windows, one window through checks, SLOs,
+metrics and decision, the Prometheus alert rules rendered from the SLOs, and the webhook that turns the alerts
+Alertmanager routes into remediation runs in Airflow."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from viops.commands.common import EXIT_REJECTED, REPO, client, common, emit
+from viops.commands.common import EXIT_BAD_INPUT, EXIT_REJECTED, REPO, client, common, emit
 
 
 def _cmd_simulate(args) -> int:
@@ -73,8 +74,29 @@ def _cmd_alerts(args) -> int:
     return 0
 
 
+def _cmd_alert_receiver(args) -> int:
+    import uvicorn
+
+    from monitoring.receiver import ReceiverSettings, create_app
+    from monitoring.receiver.airflow_api import AirflowAPI
+
+    token = os.environ.get("VIOPS_ALERT_RECEIVER_TOKEN", "")
+    if not token:
+        print("error: set VIOPS_ALERT_RECEIVER_TOKEN to the bearer token Alertmanager sends (alertmanager.yml: "
+              "http_config.authorization); the receiver does not run unauthenticated", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    airflow = None
+    if args.airflow_url:
+        airflow = AirflowAPI(args.airflow_url, os.environ.get("VIOPS_AIRFLOW_USERNAME") or None,
+                             os.environ.get("VIOPS_AIRFLOW_PASSWORD") or None)
+    app = create_app(ReceiverSettings(token=token, state_dir=Path(args.state_dir), runbooks_dir=Path(args.runbooks),
+                                      airflow=airflow, dag_id=args.dag_id))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def add_commands(sub) -> None:
-    """Add the simulate, monitor and alerts commands to the ``viops`` parser."""
+    """Add the simulate, monitor, alerts and alert-receiver commands to the ``viops`` parser."""
     p = sub.add_parser("simulate", help="write simulated production windows under a named scenario")
     common(p, config=False)
     p.add_argument("--config", required=True, help="scenario config (configs/scenarios/*.yaml)")
@@ -112,3 +134,16 @@ def add_commands(sub) -> None:
     p.add_argument("--slo", default=str(REPO / "configs" / "slo.yaml"), help="SLO file (default configs/slo.yaml)")
     p.add_argument("--out", help="rules file to write (default: stdout), e.g. monitoring/prometheus/alerts.yml")
     p.set_defaults(func=_cmd_alerts)
+    p = sub.add_parser("alert-receiver", help="serve the Alertmanager webhook that triggers runbook remediation in "
+                                              "Airflow (bearer token: $VIOPS_ALERT_RECEIVER_TOKEN)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9095, help="port (default 9095)")
+    p.add_argument("--state-dir", default=".viops-alerts", help="where alerts.jsonl (every alert received, with "
+                                                               "what was done) is kept (default .viops-alerts)")
+    p.add_argument("--airflow-url", default=os.environ.get("VIOPS_AIRFLOW_URL"),
+                   help="Airflow api-server to trigger the DAG in (default $VIOPS_AIRFLOW_URL; credentials from "
+                        "$VIOPS_AIRFLOW_USERNAME and $VIOPS_AIRFLOW_PASSWORD); none: record only")
+    p.add_argument("--dag-id", default="vi_monitoring", help="DAG that re-monitors the alert's window and carries "
+                                                             "out the decision (default vi_monitoring)")
+    p.add_argument("--runbooks", default=str(REPO / "runbooks"), help="runbook directory")
+    p.set_defaults(func=_cmd_alert_receiver)

@@ -26,6 +26,19 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _tags(pairs: list[str]) -> dict[str, str]:
+    """``--tag KEY=VALUE`` pairs; a pair without ``=`` is bad input."""
+    from pipelines.config.base import ConfigError
+
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--tag {pair!r}: expected KEY=VALUE")
+        tags[key.strip()] = value
+    return tags
+
+
 def _cmd_train(args) -> int:
     from pipelines.config.loading import load_config, parse_overrides
     from pipelines.lifecycle.train import train
@@ -40,7 +53,7 @@ def _cmd_train(args) -> int:
         register=False if args.no_register else None,
         run_name=args.run_name,
         tags={**({"viops.trigger_reason": args.reason} if args.reason else {}),
-              **({"viops.overrides": " ".join(args.set)} if args.set else {})} or None,
+              **({"viops.overrides": " ".join(args.set)} if args.set else {}), **_tags(args.tag)} or None,
         resume=args.resume,
     )
     if result.rank:
@@ -154,6 +167,8 @@ def add_commands(sub) -> None:
     p.add_argument("--no-register", action="store_true", help="log the run but do not register a model version")
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--reason", help="why this training runs (tagged on the MLflow run as viops.trigger_reason)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tag on the MLflow run (repeatable), e.g. where it ran: viops.airflow.queue=gpu")
     p.add_argument("--resume", action="store_true",
                    help="continue the newest unfinished run of this config (and --run-name) from its last checkpoint, "
                         "in the same MLflow run; start a new run when there is none")
