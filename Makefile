@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.viops-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean stack-up stack-down
+.PHONY: setup test demo demo-cluster bench clean stack-up stack-down
 
 setup: $(STAMP)
 
@@ -30,8 +30,13 @@ stack-up: $(STAMP)
 stack-down: $(STAMP)
 	$(VENV)/bin/viops stack down
 
+# make demo's story through that stack (real scheduler, Celery workers, Prometheus alerts); needs PostgreSQL and
+# Redis on 127.0.0.1 and the Debian packages prometheus, prometheus-alertmanager, prometheus-pushgateway.
+demo-cluster: $(STAMP)
+	$(PY) -m viops.demo.cluster --out demo_cluster_out
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_blr_training.py
 
 clean:
-	rm -rf demo_out .pytest_cache mlflow.db .stack
+	rm -rf demo_out demo_cluster_out .pytest_cache mlflow.db .stack

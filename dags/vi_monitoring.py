@@ -19,6 +19,10 @@ The branch then carries out the decision:
   nothing.
 
 A re-run of `monitor` on the same window takes the same decision and keeps the same incident id.
+
+With `act` false (`$VIOPS_MONITOR_ACTS=false`, as in the distributed profile) a run measures, pushes and decides,
+records the decision as pending and takes the `no_action` branch: Prometheus evaluates the pushed results, and the
+alerts it fires reach `viops alert-receiver`, which triggers the run that acts (`act: true`) on the same window.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
 DEFAULT_MODEL = os.environ.get("VIOPS_MONITOR_MODEL", "blr-diabetes")
 DEFAULT_STORE = os.environ.get("VIOPS_WINDOW_STORE", "")
+#: Whether a run carries out its decision. The distributed profile sets "false": its runs measure, push and
+#: decide, and the alerts Prometheus fires on what they pushed start the run that acts (through viops
+#: alert-receiver, which triggers with act=true).
+ACTS = os.environ.get("VIOPS_MONITOR_ACTS", "true").strip().lower() not in ("false", "0", "no")
 #: How often a window is monitored (cron or preset); "none": only when triggered with a window.
 SCHEDULE = os.environ.get("VIOPS_MONITOR_SCHEDULE", "@hourly").strip()
 ACTIONS = {"none": "no_action", "ticket": "ticket", "retrain": "trigger_retrain", "rollback": "rollback",
@@ -63,7 +71,9 @@ def _schedule():
         "drift_report": Param(True, type="boolean",
                               description="write the window's Evidently drift report beside it in the store"),
         "alert": Param({}, type="object", description="the Alertmanager alerts that started this run (set by "
-                                                      "viops alert-receiver: alerts, runbook, fingerprints)"),
+                                                      "viops alert-receiver: alerts, runbooks, fingerprints)"),
+        "act": Param(ACTS, type="boolean", description="carry out the decision (default $VIOPS_MONITOR_ACTS); "
+                                                       "false: record it as pending and leave it to the alert path"),
     },
     tags=["viops", "monitoring"],
     doc_md=__doc__,
@@ -75,18 +85,21 @@ def vi_monitoring():
 
         window = _window_file(params["store"], params["window"]) if params["window"] else _window_of(
             params["store"], data_interval_start, data_interval_end)
-        # This DAG carries out the decision (the branch below): the monitor records it as dispatched, so cooldowns
-        # count it.
+        # A run that acts carries out the decision (the branch below): the monitor records it as dispatched, so
+        # cooldowns count it; one that does not records it as pending.
         report = [] if params.get("drift_report", True) else ["--no-drift-report"]
+        acts = ["--dispatched"] if params.get("act", True) else []
         return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window,
-                          "--dispatched", *report])
+                          *acts, *report])
 
     @task.branch
-    def decide(result: dict) -> str:
-        return ACTIONS[result["decision"]["action"]]
+    def decide(result: dict, params=None) -> str:
+        return ACTIONS[result["decision"]["action"]] if params.get("act", True) else "no_action"
 
     @task
-    def no_action(result: dict) -> str:
+    def no_action(result: dict, params=None) -> str:
+        if not params.get("act", True) and result["decision"]["action"] != "none":
+            return f"{result['decision']['action']} left to the alert path (act=false): {result['decision']['reason']}"
         return result["decision"]["reason"]
 
     @task

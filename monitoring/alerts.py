@@ -72,6 +72,9 @@ SIGNATURE_ALERT = "ViopsModelSignatureInvalid"
 
 #: The start of the window an alert is about (Unix seconds), from the gauge the monitor pushed with the window's
 #: results; ``viops alert-receiver`` re-monitors that window. Empty when the model pushed no window start.
+#: A threshold alert carries it as a label, so each window that breaches is its own alert (a new firing that
+#: Alertmanager notifies, as the decision engine decides per window); a burn-rate alert, about the budget over
+#: hours, carries it as an annotation.
 WINDOW_START = ('{{ with printf "viops_window_start_timestamp_seconds{model=%q,alias=%q}" $labels.model '
                 '$labels.alias | query }}{{ with first . }}{{ printf "%.0f" .Value }}{{ end }}{{ end }}')
 
@@ -87,10 +90,9 @@ def _threshold_rule(alert: str, objectives: list[str], severity: str, summary: s
         expr = (f"({expr}) and on (model, alias, version) "
                 f"(time() - viops_champion_promoted_timestamp_seconds < {RECENT_DEPLOY_SECONDS})")
     return {
-        "alert": alert, "expr": expr, "labels": {"severity": severity},
+        "alert": alert, "expr": expr, "labels": {"severity": severity, "window_start": WINDOW_START},
         "annotations": _annotations(alert, summary, "The last monitored window breached "
-                                    + " / ".join(objectives) + " ({{ $value }}); see configs/slo.yaml.",
-                                    window=True),
+                                    + " / ".join(objectives) + " ({{ $value }}); see configs/slo.yaml."),
     }
 
 

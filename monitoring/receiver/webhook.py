@@ -60,9 +60,9 @@ def runbook_actions(alerts: list[str], runbooks: dict[str, Runbook]) -> dict[str
 
 
 def _window(alert: Alert) -> str | None:
-    """The window the alert is about: its ``window_start`` annotation (Unix seconds, filled in by the rule from
-    ``viops_window_start_timestamp_seconds``), as a window key."""
-    raw = alert.annotations.get("window_start", "").strip()
+    """The window the alert is about: its ``window_start`` label (threshold alerts) or annotation (burn rates), Unix
+    seconds filled in by the rule from ``viops_window_start_timestamp_seconds``, as a window key."""
+    raw = (alert.labels.get("window_start") or alert.annotations.get("window_start") or "").strip()
     try:
         return window_key(datetime.fromtimestamp(float(raw), tz=timezone.utc)) if raw else None
     except ValueError:
@@ -116,7 +116,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
                 else:
                     try:
                         dag_run = settings.airflow.trigger(settings.dag_id, _run_id(model, alias, window), {
-                            "model": model, "alias": alias, "window": window,
+                            "model": model, "alias": alias, "window": window, "act": True,
                             "alert": {"alerts": names, "runbooks": said,
                                       "fingerprints": sorted(a.fingerprint for a in alerts)}})
                     except AirflowUnavailable as exc:  # Alertmanager retries a 5xx: nothing is marked as done

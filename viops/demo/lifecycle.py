@@ -170,6 +170,8 @@ def run_demo(out: Path) -> dict:
     from airflow.dag_processing.dagbag import DagBag
     from airflow.models import DagRun
 
+    from viops.demo.report import window_row
+
     with _to_log(log):
         bag = DagBag(dag_folder=str(REPO / "dags"))
     if bag.import_errors:
@@ -189,21 +191,9 @@ def run_demo(out: Path) -> dict:
             print(f"   before window {index}: {event}")
         path = store.path(when)
         run, states, seconds = _run_dag(monitoring_dag, f"window {index}", log, run_conf={"window": str(path)})
-        result = _xcom(run, "monitor")
-        decision = result["decision"]
-        row = {
-            "index": index, "window": result["window"], "phase": "shifted" if index >= scenario.start else "stable",
-            "champion_before": str(result["version"]), "event_before": event,
-            "drift_share": result["drift"].get("share"), "drifted_columns": sorted(
-                name for name, column in result["drift"].get("columns", {}).items() if column["drifted"]),
-            "calibration": {k: result["calibration"].get(k) for k in ("coverage_90", "coverage_50", "pit_ks")},
-            "nll": result["vi_health"].get("nll"), "alerts": decision["firing"],
-            "slo": [{k: s[k] for k in ("name", "status", "value", "threshold")} for s in result["slo"]],
-            "action": decision["action"], "alert": decision["alert"], "runbook": decision["runbook"],
-            "reason": decision["reason"], "incident_id": result.get("incident_id"),
-            "drift_report": result.get("drift_report"),
-            "airflow": {"vi_monitoring": run.run_id}, "seconds": round(seconds, 1),
-        }
+        row = {**window_row(_xcom(run, "monitor")), "index": index, "event_before": event,
+               "phase": "shifted" if index >= scenario.start else "stable",
+               "airflow": {"vi_monitoring": run.run_id}, "seconds": round(seconds, 1)}
         if states.get("trigger_retrain") == "success":
             (queued,) = DagRun.find(dag_id="svi_retrain", run_id=[f"monitor__{row['incident_id']}"])
             row["airflow"]["triggered"] = queued.run_id

@@ -13,7 +13,23 @@ from pathlib import Path
 from viops import REPO
 from viops.demo.plots import plot_elbo, plot_windows
 
-__all__ = ["write_report", "acceptance_checks"]
+__all__ = ["write_report", "acceptance_checks", "window_row"]
+
+
+def window_row(result: dict) -> dict:
+    """The report's row for one window, from the monitor's result (``viops monitor --json``, the DAG's XCom)."""
+    decision = result["decision"]
+    return {
+        "window": result["window"], "champion_before": str(result["version"]),
+        "drift_share": result["drift"].get("share"), "drifted_columns": sorted(
+            name for name, column in result["drift"].get("columns", {}).items() if column["drifted"]),
+        "calibration": {k: result["calibration"].get(k) for k in ("coverage_90", "coverage_50", "pit_ks")},
+        "nll": result["vi_health"].get("nll"), "alerts": decision["firing"],
+        "slo": [{k: s[k] for k in ("name", "status", "value", "threshold")} for s in result["slo"]],
+        "action": decision["action"], "alert": decision["alert"], "runbook": decision["runbook"],
+        "reason": decision["reason"], "incident_id": result.get("incident_id"),
+        "drift_report": result.get("drift_report"),
+    }
 
 
 def acceptance_checks(rows: list[dict], *, start: int, bad_before: int | None, bad_version: str | None) -> list[dict]:
@@ -97,8 +113,10 @@ def _markdown(summary: dict) -> str:
               for r in summary["windows"] if r["alerts"]]
     triggered = [r for r in summary["windows"] if r["airflow"].get("triggered")]
     if triggered:
-        lines += ["", "Retrains the monitoring DAG triggered (run id `monitor__<incident id>`; without a scheduler the "
-                  "demo runs each with `dag.test()`, which names the run `manual__…`, docs/operations.md):", ""]
+        how = ("the scheduler ran each on the Celery workers" if summary.get("scheduler") else
+               "without a scheduler the demo runs each with `dag.test()`, which names the run `manual__…`, "
+               "docs/operations.md")
+        lines += ["", f"Retrains the monitoring DAG triggered (run id `monitor__<incident id>`; {how}):", ""]
         lines += [f"- window {r['index']}: `svi_retrain` `{r['airflow']['triggered']}`, run as "
                   f"`{r['airflow'].get('svi_retrain', '-')}`" for r in triggered]
     lines += ["", "## Versions", "", "| version | aliases | gate | signature | test NLL | why trained |",
@@ -120,7 +138,8 @@ def _markdown(summary: dict) -> str:
 
 def write_report(out: Path, client, *, model: str, rows: list[dict], scenario, first_version: str,
                  bad_version: str | None, bad_before: int | None, seconds: float, mlflow_ui: str,
-                 airflow_ui: str) -> dict:
+                 airflow_ui: str, scheduler: bool = False) -> dict:
+    """``scheduler``: the runs went through Airflow's scheduler (``make demo-cluster``), not ``dag.test()``."""
     from pipelines.registry.audit import read_log
 
     plots = out / "plots"
@@ -135,7 +154,7 @@ def write_report(out: Path, client, *, model: str, rows: list[dict], scenario, f
              "ok": bool(versions) and all(v["signature_verified"] for v in versions)}],
         "windows": rows, "versions": versions, "audit": read_log(out / "audit.jsonl"),
         "plots": [str(p.relative_to(out)) for p in paths], "mlflow_ui": mlflow_ui, "airflow_ui": airflow_ui,
-        "out": str(out),
+        "out": str(out), "scheduler": scheduler,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "summary.md").write_text(_markdown(summary))
