@@ -141,6 +141,9 @@ class TrainSettings(StrictModel):
     # epoch's permutation and gradients are averaged, so the N/|B| scaling stays that of the full data. Needs
     # steps_per_batch: 1. docs/training.md#multiple-devices
     strategy: Literal["auto", "ddp"] = "auto"
+    # Nodes (hosts) training together under ddp, each running `viops train` with MASTER_ADDR, MASTER_PORT and
+    # NODE_RANK set (torchrun, a PyTorchJob, one pod per node); `devices` is per node. docs/training.md#several-nodes
+    num_nodes: PositiveInt = 1
     # Progress on stderr: a bar redrawn in place on a terminal; elsewhere (Airflow task logs) one status line every
     # status_every_seconds. docs/training.md#progress
     progress_bar: bool = True
@@ -153,12 +156,14 @@ class TrainSettings(StrictModel):
                 raise ValueError(f"strategy ddp needs devices as a number of processes, got {self.devices!r}")
             if self.steps_per_batch != 1:
                 raise ValueError("strategy ddp needs steps_per_batch: 1 (DDP expects one backward per forward)")
+        elif self.num_nodes > 1:
+            raise ValueError(f"num_nodes {self.num_nodes} needs strategy: ddp")
         return self
 
     @property
     def world_size(self) -> int:
-        """Training processes: ``devices`` under DDP, else 1."""
-        return int(self.devices) if self.strategy == "ddp" else 1
+        """Training processes: ``devices`` on each of ``num_nodes`` nodes under DDP, else 1."""
+        return int(self.devices) * self.num_nodes if self.strategy == "ddp" else 1
 
 
 class RegistryConfig(StrictModel):

@@ -21,6 +21,7 @@ from pipelines.config.schema import TrainConfig
 from pipelines.run_artifacts import CHECKPOINTS_DIR
 from pipelines.training.data import PreparedData
 from pipelines.training.evaluation import split_tensors, standardization
+from pipelines.training.multinode import publish_run_id
 from pipelines.training.result import DDP_RUN_ID_ENV, TrainingFailed
 
 __all__ = ["Fit", "fit"]
@@ -99,6 +100,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
     trainer = pl.Trainer(
         accelerator=settings.accelerator,
         devices=settings.devices,
+        num_nodes=settings.num_nodes,
         max_epochs=settings.max_epochs,
         # Early stopping may only cut the second half of the averaging window: before that the step size is still
         # too large for the iterates to have settled, however flat the validation ELBO looks.
@@ -115,14 +117,19 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         use_distributed_sampler=False,
         default_root_dir=str(workdir),
     )
+    rendezvous = None
     if settings.world_size > 1 and rank == 0:
         os.environ[DDP_RUN_ID_ENV] = run_id  # the launched ranks join this run (see train)
         client.set_tag(run_id, "viops.world_size", str(settings.world_size))
+        if settings.num_nodes > 1:  # the other nodes' ranks learn the run id from it; kept until the fit ends
+            rendezvous = publish_run_id(run_id)
+            client.set_tag(run_id, "viops.num_nodes", str(settings.num_nodes))
     started = time.perf_counter()
     with _tuned_for_training(sink):
         trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
         sink.close()  # every step's metrics are delivered before the run can be registered
     seconds = time.perf_counter() - started
+    del rendezvous  # every node has joined the run
     if callbacks.guard.failure_reason:
         raise TrainingFailed(callbacks.guard.failure_reason)
     trainer.save_checkpoint(workdir / CHECKPOINTS_DIR / "last.ckpt")

@@ -32,6 +32,7 @@ from pipelines.training.durability import (
 )
 from pipelines.training.final_metrics import final_metrics
 from pipelines.training.fit import Fit, fit
+from pipelines.training.multinode import await_run_id, node_rank
 from pipelines.training.result import DDP_RUN_ID_ENV, TrainingFailed, TrainingResult
 from pipelines.training.telemetry import SPOOL
 
@@ -70,6 +71,10 @@ def run_training(
     check_trainable(data, config.model)
     uri = resolve_tracking_uri(tracking_uri)
     worker = _ddp_worker_rank()
+    if not worker and config.train.num_nodes > 1 and node_rank() > 0:
+        # Another node of a multi-node run: join the run node 0 created (pipelines/training/multinode.py).
+        os.environ[DDP_RUN_ID_ENV] = await_run_id()
+        worker = _ddp_worker_rank()
     if worker:
         # Lightning's DDP launcher re-ran this command for another device: join the run that rank 0 created.
         run_id = os.environ[DDP_RUN_ID_ENV]

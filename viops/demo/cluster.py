@@ -119,7 +119,7 @@ def run_cluster_demo(out: Path, *, keep: bool = False) -> dict:
         raise SystemExit(f"the stack did not start: {exc}") from None
     try:
         for name, entry in stack.describe().items():
-            print(f"   {name:<22} {entry['url'] or '(worker)':<24} pid {entry['pid']}")
+            print(f"   {name:<22} {entry['url'] or '-':<24} pid {entry['pid']}")
         cluster = StackClient(profile)
         uri = profile.url("mlflow")
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -33,6 +33,7 @@ def test_overrides_are_applied_and_typed():
         ("guide={family: low_rank, flow: {transforms: 2}}", r"guide: .*'flow' options belong to the flow family"),
         ("guide={family: flow, flow: {bins: 1}}", r"guide\.flow\.bins: Input should be greater than or equal to 2"),
         ("train.batch_size=0", r"train\.batch_size: Input should be greater than 0"),
+        ("train.num_nodes=2", r"train: .*num_nodes 2 needs strategy: ddp"),
     ],
 )
 def test_bad_keys_and_values_name_file_and_key(override, message):

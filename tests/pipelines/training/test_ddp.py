@@ -71,3 +71,69 @@ def test_ddp_with_two_gloo_processes_trains_one_run(tmp_path):
             assert got == pytest.approx(want, abs=0.01)
         for got, want in zip(ddp[block]["sd"], reference[block]["sd"]):
             assert got == pytest.approx(want, rel=0.2)
+
+
+def _two_free_ports() -> int:
+    """A port whose successor is free too (the process group's, and the run-id store's beside it)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_one_run_to_the_closed_form_posterior(tmp_path):
+    """Lightning DDP with ``num_nodes: 2``, one gloo process per "node", launched as a cluster launcher does: each
+    its own ``viops train`` with MASTER_ADDR, MASTER_PORT and NODE_RANK. Node 1 joins node 0's MLflow run."""
+    import numpy as np
+
+    from pipelines.config.loading import load_config
+    from pipelines.training.data import prepare
+    from tests.pipelines.training.test_posterior_accuracy import closed_form
+
+    make_regression_csv(tmp_path / "data.csv", n=1000, seed=3)
+    (tmp_path / "c.yaml").write_text(
+        "name: two-nodes\ndata: {path: data.csv, target: y}\n"
+        "model: {noise: {fixed: 0.3}, prior: {weights: {normal: {scale: 1.0}}, intercept: {normal: {scale: 1.0}}}}\n"
+        "train: {lr: 0.01, early_stopping: {enabled: false}, batch_size: 32, max_epochs: 300, accelerator: cpu,"
+        " devices: 1, num_nodes: 2, strategy: ddp, steps_per_batch: 1, progress_bar: false}\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    port = _two_free_ports()
+    nodes = []
+    for rank in (0, 1):
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "NODE_RANK": str(rank), "VIOPS_WORK_DIR": str(tmp_path / f"node{rank}")}
+        env.pop("VIOPS_DDP_RUN_ID", None)
+        nodes.append(subprocess.Popen([sys.executable, "-m", "viops", "train", "--config", str(tmp_path / "c.yaml"),
+                                       "--json", "--no-register"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    (report,) = [json.loads(line) for line in outputs[0][0].splitlines() if line.startswith("{")]
+    assert not [line for line in outputs[1][0].splitlines() if line.startswith("{")]  # node 1 reports nothing
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([report["experiment_id"]])
+    assert run.info.status == "FINISHED" and run.data.tags["viops.num_nodes"] == "2"
+    assert run.data.tags["viops.world_size"] == "2"
+    assert report["metrics"]["steps"] == math.ceil(700 / 2 / 32) * 300  # each node: its half of the 700 rows
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    summary = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/posterior_summary.json")
+    mean = np.r_[summary["weights"]["mean"], summary["intercept"]["mean"]]
+    sd = np.r_[summary["weights"]["sd"], summary["intercept"]["sd"]]
+    exact_mean, exact_sd = closed_form(prepare(load_config(tmp_path / "c.yaml").data))
+    assert np.abs((mean - exact_mean) / exact_sd).max() < 0.1, (mean, exact_mean, exact_sd)
+    assert np.all(np.abs(sd / exact_sd - 1) < 0.1), sd / exact_sd
