@@ -11,6 +11,8 @@ Three kinds of alert:
   The error ratio over a range is ``1 - avg_over_time(viops_slo_<objective>_good[range])``; the burn rate divides
   it by the objective's budget ``1 - target``.
 - **Staleness**: the monitor has not pushed for 2 hours (``push_time_seconds``, set by the Pushgateway).
+- **Recording rules** (``viops:...``): the lowest error budget left and the count of breached objectives, per model
+  and alias.
 - **Integrity**: a command refused a version whose files fail their signature check
   (``viops_model_signature_valid == 0``, pushed by the refusing command; :mod:`pipelines.registry.signing`).
 
@@ -113,6 +115,16 @@ def _burn_rule(alert: str, severity: str, tiers: list, objective: str, target: f
     }
 
 
+#: Recording rules: per model and alias, the lowest error budget left over all objectives and how many objectives the
+#: last window breached (the executive dashboard reads them; cheap to query over long ranges).
+RECORDING_RULES = [
+    {"record": "viops:slo_error_budget_remaining:min",
+     "expr": 'min by (model, alias) ({__name__=~"viops_slo_.+_error_budget_remaining_ratio"})'},
+    {"record": "viops:slo_breached_objectives:count",
+     "expr": 'count by (model, alias) ({__name__=~"viops_slo_.+_good"} == 0)'},
+]
+
+
 def render_rules(slos: SLOConfig) -> dict:
     """The rule file as a mapping (what ``alerts.yml`` holds)."""
     known = {o.name: o for o in slos.objectives}
@@ -136,6 +148,7 @@ def render_rules(slos: SLOConfig) -> dict:
                                     "another key, or changed since they were signed. Nothing loaded it."),
     }
     return {"groups": [
+        {"name": "viops-recording", "rules": RECORDING_RULES},
         {"name": "viops-thresholds", "rules": thresholds},
         {"name": "viops-burn-rates", "rules": burn},
         {"name": "viops-staleness", "rules": [stale]},

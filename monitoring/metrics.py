@@ -1,10 +1,12 @@
 """Window results as Prometheus metrics (prometheus-client), pushed to a Pushgateway or written to a text file.
 
 Names follow Prometheus conventions: a ``viops_`` prefix, base units in the suffix (``_seconds``, ``_ratio``), and
-labels ``model``, ``alias``, ``version`` only. No window ids or column names go in labels, so cardinality stays at
-one series per model alias. Per SLO objective ``<name>`` (from ``configs/slo.yaml``) there are three series:
-``viops_slo_<name>_good`` (1 or 0, absent without data), ``viops_slo_<name>_burn_rate`` and
-``viops_slo_<name>_error_budget_remaining_ratio``. The alert rules compute multi-window burn rates from ``_good``.
+labels ``model``, ``alias``, ``version``. No window ids go in labels, so cardinality stays at one series per model
+alias; the exceptions are ``viops_feature_drift_statistic`` and ``viops_feature_drifted``, labelled by ``feature``
+too (bounded by the model's configured features), for the debug dashboard's drift per feature. Per SLO objective
+``<name>`` (from ``configs/slo.yaml``) there are three series: ``viops_slo_<name>_good`` (1 or 0, absent without
+data), ``viops_slo_<name>_burn_rate`` and ``viops_slo_<name>_error_budget_remaining_ratio``. The alert rules compute
+multi-window burn rates from ``_good``.
 
 Each export builds its own ``CollectorRegistry`` (never the process-global one). A failed push is logged and retried
 with backoff. If it still fails, the metrics go to the text file instead and the result says so: the window's
@@ -58,6 +60,10 @@ GAUGES = {
     "viops_elbo_per_datum_delta_nats": ("vi_health.elbo_per_datum_delta",
                                         "ELBO per datum on the window minus the held-out baseline, in nats."),
     "viops_predictive_nll_nats": ("vi_health.nll", "Predictive negative log-likelihood per datum, in nats."),
+    "viops_elbo_per_datum_nats": ("vi_health.elbo_per_datum", "ELBO per datum on the window's labelled rows, nats."),
+    "viops_calibration_coverage_50_ratio": ("calibration.coverage_50",
+                                            "Share of labels inside the 50% predictive interval."),
+    "viops_calibration_pit_ks": ("calibration.pit_ks", "K-S distance of the PIT values from uniform (0: calibrated)."),
     "viops_nonfinite_input_ratio": ("inputs.nonfinite_fraction", "Share of rows with a NaN or infinite feature."),
     "viops_amortization_gap_nats": ("vi_health.amortization_gap", "Amortization gap on a window subsample, nats."),
     "viops_active_units_ratio": ("vi_health.active_unit_ratio",
@@ -91,6 +97,18 @@ def build_registry(report: WindowReport, slo_statuses, *, model: str, alias: str
     latency_ms = indicator_value(report, "vi_health.latency_p95_ms")
     gauge("viops_scoring_latency_p95_seconds", "p95 of single-row predict latency, seconds.",
           None if latency_ms is None else latency_ms / 1000.0)
+    latency_ms = indicator_value(report, "vi_health.latency_p99_ms")
+    gauge("viops_scoring_latency_p99_seconds", "p99 of single-row predict latency, seconds.",
+          None if latency_ms is None else latency_ms / 1000.0)
+    if report.drift is not None and report.drift.columns:
+        statistic = Gauge("viops_feature_drift_statistic", "Evidently's drift statistic of each feature on the window: "
+                          "a p-value (kind p_value: small = drift) or a distance (kind distance: large = drift).",
+                          (*LABELS, "feature", "method", "kind"), registry=registry)
+        drifted = Gauge("viops_feature_drifted", "1 when the feature drifted from the reference on the window.",
+                        (*LABELS, "feature"), registry=registry)
+        for name, column in report.drift.columns.items():
+            statistic.labels(**labels, feature=name, method=column.method, kind=column.kind).set(column.value)
+            drifted.labels(**labels, feature=name).set(1.0 if column.drifted else 0.0)
     gauge("viops_window_start_timestamp_seconds", "Start of the window these values describe (Unix time).",
           window_start)
     gauge(SIGNATURE_GAUGE, SIGNATURE_HELP, 1.0 if signature_verified else None)

@@ -73,6 +73,8 @@ EXAMPLES = {
     "monitor": ['viops monitor --model blr-diabetes --window "windows/window=2026-01-01T08:00:00Z/data.parquet"',
                 "viops monitor --model blr-diabetes --window w.parquet --fail-on page --json"],
     "alerts": ["viops alerts --out monitoring/prometheus/alerts.yml"],
+    "dashboards": ["viops dashboards --out monitoring/grafana/dashboards",
+                   "viops dashboards --snapshot http://127.0.0.1:9090 --since 1800 --out dashboards/"],
     "stack": ["viops stack up", "viops stack up --only mlflow,monitoring --dir /tmp/viops-stack",
               "viops stack down --drop-databases"],
     "alert-receiver": ["VIOPS_ALERT_RECEIVER_TOKEN=... VIOPS_AIRFLOW_URL=http://127.0.0.1:8080 "

@@ -192,7 +192,7 @@ class VIHealthResult(_Result):
         uncertainty: mean predictive SD (regression), mean entropy and mutual information (classifiers), or mean
             log-marginal and posterior SD (VAE), each against the reference snapshot.
         amortization_gap, active_units, active_unit_ratio: amortized models, on a subsample.
-        latency_p95_ms: p95 of single-row predict calls.
+        latency_p95_ms, latency_p99_ms: p95 and p99 of single-row predict calls.
     """
 
     nonfinite_values: int
@@ -208,6 +208,7 @@ class VIHealthResult(_Result):
     active_units: int | None = None
     active_unit_ratio: float | None = None
     latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
 
 
 @dataclass(frozen=True)

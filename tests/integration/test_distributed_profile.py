@@ -90,6 +90,7 @@ def _get(url: str, token: str | None = None):
 
 def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_new_champion(stack, tmp_path):
     stack, profile = stack
+    began = time.time()
     from viops.stack.components import base_env, secret
 
     state = stack.state()
@@ -142,6 +143,13 @@ def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_new_ch
 
     record = _wait("the alert receiver to trigger vi_monitoring", triggered, logs, 120)
     assert record["receiver"] in ("viops-page", "viops-ticket") and record["fingerprint"]
+    # Alertmanager routed by severity and inhibited the model's tickets while a page fires for it.
+    routed = _get(f"{profile.url('alertmanager')}/api/v2/alerts?filter=" + urllib.request.quote(f'model="{MODEL}"'))
+    pages = [a for a in routed if a["labels"]["severity"] == "page" and a["status"]["state"] == "active"]
+    tickets = [a for a in routed if a["labels"]["severity"] == "ticket"]
+    assert pages and tickets and all(a["status"]["inhibitedBy"] for a in tickets), routed
+    assert all(r["labels"]["severity"] == "page" for r in _get(f"{profile.url('alert_receiver')}/alerts", token)
+               if r["labels"].get("model") == MODEL), "an inhibited ticket reached the receiver"
     api = AirflowAPI(profile.url("airflow"), "viops", secret(profile.dir.resolve(), "airflow-viops"))
     run_id = record["dag_run"]["dag_run_id"]
 
@@ -168,6 +176,27 @@ def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_new_ch
     assert tags["viops.airflow.queue"] == "gpu" and tags["viops.airflow.worker"].startswith("gpu@"), tags
     prepare_ti = api.call("GET", f"/dags/svi_retrain/dagRuns/{retrain_id}/taskInstances/prepare_data")
     assert prepare_ti["queue"] == "default"
+
+    # The dashboards: a rollback by hand (pushed as an annotation event), then every panel's and annotation's query
+    # returns data from the real Prometheus over the test's time range, and the PNG snapshots are drawn.
+    rolled = subprocess.run([str(Path(sys.executable).parent / "viops"), "rollback", "--model", MODEL, "--reason",
+                             "test: the dashboards' rollback annotation", "--json"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert rolled.returncode == 0 and json.loads(rolled.stdout)["pushed"], rolled.stderr[-2000:]
+    from monitoring.dashboard_snapshots import query_range, snapshot_all
+    from monitoring.dashboards import VIEWS, queries
+
+    def empty_queries():
+        end = time.time()
+        return [f"{view.uid}: {title}: {expr}" for view in VIEWS for title, expr in queries(view)
+                if not query_range(profile.url("prometheus"), expr, began, end, 2)]
+
+    deadline = time.monotonic() + 60  # the rollback's push reaches Prometheus with its next scrape
+    while (missing := empty_queries()) and time.monotonic() < deadline:
+        time.sleep(3)
+    assert not missing, "dashboard queries without data:\n" + "\n".join(missing)
+    pngs = snapshot_all(profile.url("prometheus"), began, time.time(), tmp_path / "dashboards")
+    assert [p.name for p in pngs] == [f"{v.uid}.png" for v in VIEWS] and all(p.stat().st_size > 10_000 for p in pngs)
 
 
 def _airflow_env(profile):

@@ -11,7 +11,8 @@ from pathlib import Path
 from viops.cli import build_parser
 
 COMMANDS = ["prepare", "train", "runs", "register", "conformance", "compare", "diagnose", "evaluate", "promote",
-            "rollback", "score", "verify", "serve", "keys", "simulate", "monitor", "alerts", "alert-receiver", "stack"]
+            "rollback", "score", "verify", "serve", "keys", "simulate", "monitor", "alerts", "dashboards",
+            "alert-receiver", "stack"]
 
 
 def _commands(help_text: str) -> list[str]:

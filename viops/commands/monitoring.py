@@ -1,6 +1,6 @@
-"""``viops simulate | monitor | alerts | alert-receiver``: production windows, one window through checks, SLOs,
-metrics and decision, the Prometheus alert rules rendered from the SLOs, and the webhook that turns the alerts
-Alertmanager routes into remediation runs in Airflow."""
+"""``viops simulate | monitor | alerts | dashboards | alert-receiver``: production windows, one window through
+checks, SLOs, metrics and decision, the Prometheus alert rules rendered from the SLOs, the Grafana dashboards, and
+the webhook that turns the alerts Alertmanager routes into remediation runs in Airflow."""
 
 from __future__ import annotations
 
@@ -74,6 +74,27 @@ def _cmd_alerts(args) -> int:
     return 0
 
 
+def _cmd_dashboards(args) -> int:
+    import time
+
+    from monitoring.dashboards import VIEWS, dump
+
+    out = Path(args.out)
+    if args.snapshot:
+        from monitoring.dashboard_snapshots import snapshot_all
+
+        end = time.time()
+        paths = snapshot_all(args.snapshot, end - args.since, end, out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for view in VIEWS:
+            paths.append(out / f"{view.uid}.json")
+            paths[-1].write_text(dump(view))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
 def _cmd_alert_receiver(args) -> int:
     import uvicorn
 
@@ -96,7 +117,7 @@ def _cmd_alert_receiver(args) -> int:
 
 
 def add_commands(sub) -> None:
-    """Add the simulate, monitor, alerts and alert-receiver commands to the ``viops`` parser."""
+    """Add the simulate, monitor, alerts, dashboards and alert-receiver commands to the ``viops`` parser."""
     p = sub.add_parser("simulate", help="write simulated production windows under a named scenario")
     common(p, config=False)
     p.add_argument("--config", required=True, help="scenario config (configs/scenarios/*.yaml)")
@@ -134,6 +155,14 @@ def add_commands(sub) -> None:
     p.add_argument("--slo", default=str(REPO / "configs" / "slo.yaml"), help="SLO file (default configs/slo.yaml)")
     p.add_argument("--out", help="rules file to write (default: stdout), e.g. monitoring/prometheus/alerts.yml")
     p.set_defaults(func=_cmd_alerts)
+    p = sub.add_parser("dashboards", help="write the Grafana dashboards (executive, on-call, debug) as JSON, or PNG "
+                                          "snapshots of them drawn from a Prometheus")
+    p.add_argument("--out", default=str(REPO / "monitoring" / "grafana" / "dashboards"),
+                   help="folder to write into (default monitoring/grafana/dashboards)")
+    p.add_argument("--snapshot", metavar="PROMETHEUS_URL", help="draw each dashboard's panels from this Prometheus "
+                                                                "into PNG files instead")
+    p.add_argument("--since", type=float, default=3600.0, help="snapshot: seconds of history to draw (default 3600)")
+    p.set_defaults(func=_cmd_dashboards)
     p = sub.add_parser("alert-receiver", help="serve the Alertmanager webhook that triggers runbook remediation in "
                                               "Airflow (bearer token: $VIOPS_ALERT_RECEIVER_TOKEN)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

@@ -18,7 +18,13 @@ def _cmd_evaluate(args) -> int:
     gate = load_gate_config(args.config) if args.config else None
     verdict = evaluate(mlflow_client, args.model, tracking_uri=uri, candidate=args.candidate, against=args.against,
                        data=args.data, gate=gate, log=not args.no_log)
-    emit({**verdict.to_json(), "tracking_uri": uri}, args.json, verdict.summary())
+    from monitoring.events import export_gate_verdict
+
+    cand, champ = verdict.metrics.get("candidate") or {}, verdict.metrics.get("champion") or {}
+    delta = cand["nll"] - champ["nll"] if cand.get("nll") is not None and champ.get("nll") is not None else None
+    pushed = export_gate_verdict(verdict.model, verdict.candidate_version, verdict.champion_version, verdict.passed,
+                                 delta, os.environ.get("VIOPS_PUSHGATEWAY"))
+    emit({**verdict.to_json(), "tracking_uri": uri, "pushed": pushed.pushed}, args.json, verdict.summary())
     return 0 if verdict.passed else EXIT_REJECTED
 
 
@@ -29,7 +35,7 @@ def _cmd_promote(args) -> int:
     mlflow_client, uri = client(args)
     change = promote(mlflow_client, args.model, args.version, reason=args.reason, actor=args.actor or default_actor(),
                      audit_log=args.audit_log, force=args.force, trigger=_trigger(args))
-    emit({**change.to_json(), "tracking_uri": uri}, args.json, change.message)
+    emit({**change.to_json(), "tracking_uri": uri, "pushed": _push_change(change)}, args.json, change.message)
     return 0
 
 
@@ -40,8 +46,18 @@ def _cmd_rollback(args) -> int:
     mlflow_client, uri = client(args)
     change = rollback(mlflow_client, args.model, reason=args.reason, actor=args.actor or default_actor(),
                       audit_log=args.audit_log, trigger=_trigger(args))
-    emit({**change.to_json(), "tracking_uri": uri}, args.json, change.message)
+    emit({**change.to_json(), "tracking_uri": uri, "pushed": _push_change(change)}, args.json, change.message)
     return 0
+
+
+def _push_change(change) -> bool:
+    """A champion that moved is an annotation on the dashboards (``viops_registry_change_timestamp_seconds``)."""
+    from monitoring.events import export_registry_change
+
+    if not change.changed:
+        return False
+    return export_registry_change(change.model_name, change.action, change.to_version, change.from_version,
+                                  os.environ.get("VIOPS_PUSHGATEWAY")).pushed
 
 
 def _cmd_score(args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def _tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
+def _push_training(result) -> None:
+    """The training's summary to the Pushgateway ($VIOPS_PUSHGATEWAY), for the dashboards; silent without one."""
+    gateway = os.environ.get("VIOPS_PUSHGATEWAY")
+    if not gateway:
+        return
+    from mlflow import MlflowClient
+
+    from monitoring.events import export_training
+
+    metrics = MlflowClient(result.tracking_uri).get_run(result.run_id).data.metrics
+    export_training(result.model_name, result.run_id, metrics, gateway)
+
+
 def _cmd_train(args) -> int:
     from pipelines.config.loading import load_config, parse_overrides
     from pipelines.lifecycle.train import train
@@ -58,6 +72,7 @@ def _cmd_train(args) -> int:
     )
     if result.rank:
         return 0  # a DDP worker: rank 0 reports
+    _push_training(result)
     version = f"version {result.model_version} of {result.model_name}" if result.model_version else "not registered"
     resumed = f" (resumed from step {result.resumed_from_step})" if result.resumed_from_step is not None else ""
     human = (

@@ -92,7 +92,7 @@ def _monitor_window(cluster: StackClient, index: int, when, key: str, model: str
 
 
 def run_cluster_demo(out: Path, *, keep: bool = False) -> dict:
-    started = time.perf_counter()
+    started, began = time.perf_counter(), time.time()
     out = _prepare_out(out)
     profile = _profile(out)
     from mlflow import MlflowClient
@@ -184,7 +184,10 @@ def run_cluster_demo(out: Path, *, keep: bool = False) -> dict:
                                 for r in rows for a in r["alerts_received"]],
             "decisions": [r["action"] for r in rows],
         }
-        summary["checks"] += _cluster_checks(summary["cluster"])
+        summary["dashboards"] = _dashboards(profile.url("prometheus"), began, out)
+        summary["checks"] += _cluster_checks(summary["cluster"]) + [
+            {"what": f"every dashboard query returned data ({summary['dashboards']['queries']} queries; PNG "
+                     f"snapshots in dashboards/)", "ok": not summary["dashboards"]["without_data"]}]
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         for check in summary["checks"]:
             print(f"  [{'ok' if check['ok'] else 'FAILED'}] {check['what']}")
@@ -197,6 +200,18 @@ def run_cluster_demo(out: Path, *, keep: bool = False) -> dict:
                   f"--dir {profile.dir}")
         else:
             down(profile)
+
+
+def _dashboards(prometheus: str, began: float, out: Path) -> dict:
+    """Every panel's and annotation's query over the demo's time range, and the PNG snapshots of the views."""
+    from monitoring.dashboard_snapshots import query_range, snapshot_all
+    from monitoring.dashboards import VIEWS, queries
+
+    end = time.time()
+    asked = [(view.uid, title, expr) for view in VIEWS for title, expr in queries(view)]
+    empty = [f"{uid}: {title}" for uid, title, expr in asked if not query_range(prometheus, expr, began, end, 5)]
+    pngs = snapshot_all(prometheus, began, end, out / "dashboards")
+    return {"queries": len(asked), "without_data": empty, "snapshots": [str(p.relative_to(out)) for p in pngs]}
 
 
 def _worker(client, model: str | None, version) -> str | None:
