@@ -29,6 +29,19 @@ def _legend(template: str, labels: dict) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
 
 
+def _with_gaps(points: list, step: float) -> tuple[list, list]:
+    """Times and values of a series, with a break (NaN) where samples are missing, so no line spans the gap."""
+    times, values, last = [], [], None
+    for t, v in points:
+        if last is not None and float(t) - last > 1.5 * step:
+            times.append(datetime.fromtimestamp(last + step, tz=timezone.utc))
+            values.append(float("nan"))
+        times.append(datetime.fromtimestamp(float(t), tz=timezone.utc))
+        values.append(float(v))
+        last = float(t)
+    return times, values
+
+
 def snapshot(view: View, prometheus: str, start: float, end: float, out: Path, model: str = ".+") -> Path:
     """Draw ``view`` over ``[start, end]`` into ``out`` (PNG); returns the path."""
     import matplotlib
@@ -50,8 +63,8 @@ def snapshot(view: View, prometheus: str, start: float, end: float, out: Path, m
                   for s in query_range(prometheus, expr.replace("$model", model), start, end, step)]
         if panel.kind == "timeseries":
             for s, legend in series:
-                times = [datetime.fromtimestamp(float(t), tz=timezone.utc) for t, _ in s["values"]]
-                ax.plot(times, [float(v) for _, v in s["values"]], marker=".", label=_legend(legend, s["metric"]))
+                times, values = _with_gaps(s["values"], step)
+                ax.plot(times, values, marker=".", label=_legend(legend, s["metric"]))
             for name, when in events:
                 ax.axvline(datetime.fromtimestamp(when, tz=timezone.utc), color="green" if name == "promotion"
                            else "red", linestyle="--", linewidth=1)

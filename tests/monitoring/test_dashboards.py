@@ -60,3 +60,20 @@ def test_grafana_provisioning_points_at_the_dashboards():
     source = yaml.safe_load((REPO / "monitoring/grafana/provisioning/datasources/prometheus.yaml").read_text())
     assert source["datasources"][0]["type"] == "prometheus"
     assert all(json.loads((SHIPPED / f"{v.uid}.json").read_text())["uid"] == v.uid for v in VIEWS)
+
+
+def test_snapshots_break_lines_where_samples_are_missing():
+    import math
+
+    from monitoring.dashboard_snapshots import _with_gaps
+
+    times, values = _with_gaps([(0, "1"), (2, "2"), (10, "3")], step=2)
+    assert len(times) == 4 and math.isnan(values[2]) and values[3] == 3.0
+
+
+def test_snapshots_from_an_unreachable_prometheus_fail_in_one_line(tmp_path, capsys):
+    from tests.conftest import free_port
+    from viops.cli import main
+
+    code = main(["dashboards", "--snapshot", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path)])
+    assert code == 4 and "Connection refused" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from viops.commands.common import EXIT_BAD_INPUT, EXIT_REJECTED, REPO, client, common, emit
+from viops.commands.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_REJECTED, REPO, client, common, emit
 
 
 def _cmd_simulate(args) -> int:
@@ -84,7 +84,11 @@ def _cmd_dashboards(args) -> int:
         from monitoring.dashboard_snapshots import snapshot_all
 
         end = time.time()
-        paths = snapshot_all(args.snapshot, end - args.since, end, out)
+        try:
+            paths = snapshot_all(args.snapshot, end - args.since, end, out)
+        except (OSError, RuntimeError) as exc:  # unreachable, or a query Prometheus refused
+            print(f"error: snapshots from Prometheus at {args.snapshot}: {exc}", file=sys.stderr)
+            return EXIT_INFRASTRUCTURE
     else:
         out.mkdir(parents=True, exist_ok=True)
         paths = []
