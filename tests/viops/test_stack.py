@@ -70,3 +70,14 @@ def test_a_service_that_exits_at_start_fails_with_its_log(tmp_path):
     with pytest.raises(StackError, match="exited with 3 while starting(.|\n)*cannot bind"):
         Stack(profile).start(service, timeout=20)
     Stack(profile).stop()
+
+
+def test_stack_up_without_postgresql_fails_in_one_line(tmp_path, capsys):
+    from viops.cli import main
+
+    profile = tmp_path / "stack.yaml"
+    profile.write_text(f"dir: {tmp_path / 'stack'}\npostgres: postgresql://postgres@127.0.0.1:{free_port()}\n")
+    code = main(["stack", "up", "--only", "mlflow", "--profile", str(profile)])
+    err = capsys.readouterr().err
+    assert code == 4 and "PostgreSQL at postgresql://postgres@127.0.0.1" in err and "unreachable" in err, err
+    assert "Traceback" not in err

@@ -34,13 +34,17 @@ def _cmd_stack(args) -> int:
         except StackError as exc:
             print(f"error: {exc}\n(the services that did start still run: viops stack down)", file=sys.stderr)
             return EXIT_INFRASTRUCTURE
-        except OSError as exc:  # PostgreSQL unreachable (psycopg2.OperationalError is not one; see below)
+        except OSError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INFRASTRUCTURE
         print(json.dumps(stack.describe(), indent=2))
         return 0
     if args.action == "down":
-        stopped = down(profile, drop_databases=args.drop_databases)
+        try:
+            stopped = down(profile, drop_databases=args.drop_databases)
+        except StackError as exc:  # the services are stopped; the databases could not be dropped
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_INFRASTRUCTURE
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
         return 0
     print(json.dumps(Stack(profile).describe(), indent=2))

@@ -10,7 +10,13 @@ __all__ = ["ensure_database", "drop_database"]
 def _admin(server: str):
     import psycopg2
 
-    conn = psycopg2.connect(f"{server.rstrip('/')}/postgres")
+    from viops.stack.services import StackError
+
+    try:
+        conn = psycopg2.connect(f"{server.rstrip('/')}/postgres", connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        raise StackError(f"PostgreSQL at {server} is unreachable (the profile's `postgres`): "
+                         f"{' '.join(str(exc).split())}") from None
     conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
     return conn
 
