@@ -30,6 +30,11 @@ class Ledger:
     def seen(self, key: str) -> bool:
         return key in self._seen
 
+    @property
+    def acted(self) -> int:
+        """Firings acted on (kept in memory: the health check reads no file)."""
+        return len(self._seen)
+
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")

@@ -48,7 +48,7 @@ class ReceiverSettings:
     token: str
     state_dir: Path
     runbooks_dir: Path
-    airflow: AirflowAPI | None  # None: record and propose only (nothing is triggered)
+    airflow: AirflowAPI | None  # None: record only (nothing is triggered)
     dag_id: str = "vi_monitoring"
 
 
@@ -83,7 +83,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "alerts_recorded": len(ledger.records())}
+        return {"status": "ok", "firings_acted_on": ledger.acted}
 
     @app.get("/alerts")
     def received(authorization: str | None = Header(None)) -> list[dict]:
