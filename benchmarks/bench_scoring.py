@@ -39,7 +39,7 @@ from pipelines.serving.scoring import score_frame  # noqa: E402
 FEATURES = 20
 
 
-def _train(root: Path, uri: str) -> str:
+def _train(root: Path, uri: str, seed: int = 0) -> str:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, FEATURES))
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(FEATURES)])
@@ -50,7 +50,7 @@ def _train(root: Path, uri: str) -> str:
         "model: {kind: bayesian_linear_regression, noise: {learned: {half_normal: {scale: 1.0}}}}\n"
         "guide: {family: full_rank}\ntrain: {batch_size: 256, max_epochs: 40, lr: 0.01}\n"
     )
-    result = train(load_config(root / "bench.yaml", parse_overrides([])), tracking_uri=uri)
+    result = train(load_config(root / "bench.yaml", parse_overrides([f"train.seed={seed}"])), tracking_uri=uri)
     return str(result.model_version)
 
 

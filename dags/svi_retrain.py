@@ -1,4 +1,4 @@
-"""svi_retrain: prepare -> train -> register -> evaluate -> branch(promote | reject) -> notify.
+"""svi_retrain: prepare -> train -> register -> evaluate -> branch(promote | deploy_live | reject) -> notify.
 
 Runs weekly, when the training-data Asset gets an event, or on demand with a ``conf`` such as
 ``{"reason": "drift on window 2026-11-23T10"}``; the reason is tagged on the MLflow run and carried into the audit
@@ -6,8 +6,9 @@ record of a promotion. ``vi_monitoring`` triggers it with ``{"reason", "incident
 labelled rows (finite features and target) are added to the configured training data before the split.
 
 Training runs the viops CLI in a subprocess; the new version is registered as ``challenger``, the gate scores it
-against the champion on its held-out split, and only a version that passes becomes ``champion``
-(docs/lifecycle.md).
+against the champion on its held-out split, and only a version that passes becomes ``champion`` (docs/lifecycle.md);
+under ``deploy.strategy`` shadow or canary it is deployed live instead, and vi_monitoring promotes or rejects it on
+live windows (docs/deployment.md).
 
 Each task is one step of :mod:`pipelines.lifecycle.retrain`, the same steps ``viops monitor --execute`` runs.
 Retries are safe: prepared data is keyed by the Airflow run id, registration is idempotent per MLflow run, and
@@ -115,8 +116,10 @@ def svi_retrain():
         return evaluate_candidate(_request(params, run_id), registered)
 
     @task.branch
-    def decide(verdict: dict) -> str:
-        return "promote" if verdict["passed"] else "reject"
+    def decide(verdict: dict, params=None, run_id=None) -> str:
+        from pipelines.lifecycle.retrain import next_step
+
+        return next_step(_request(params, run_id), verdict)
 
     @task
     def promote(verdict: dict, params=None, dag_run=None) -> dict:
@@ -126,6 +129,13 @@ def svi_retrain():
                    "incident_id": params.get("incident_id") or None, "window": params.get("window") or None}
         request = _request(params, dag_run.run_id, trigger, actor=f"airflow:{dag_run.dag_id}/{dag_run.run_id}")
         return promote_candidate(request, verdict)
+
+    @task
+    def deploy_live(verdict: dict, params=None, dag_run=None) -> dict:
+        from pipelines.lifecycle.retrain import deploy_candidate
+
+        request = _request(params, dag_run.run_id, actor=f"airflow:{dag_run.dag_id}/{dag_run.run_id}")
+        return deploy_candidate(request, verdict)
 
     @task
     def reject(verdict: dict) -> dict:
@@ -139,8 +149,12 @@ def svi_retrain():
         import logging
 
         promoted, rejected = ti.xcom_pull(task_ids="promote"), ti.xcom_pull(task_ids="reject")
+        live = ti.xcom_pull(task_ids="deploy_live")
         if promoted:
             message = f"{promoted['message']} (reason: {params['reason']})"
+        elif live:
+            message = (f"version {live['version']} of {live['model']} passed the gate and is in {live['stage']}: "
+                       f"vi_monitoring promotes it on live evidence (docs/deployment.md)")
         else:
             message = (f"version {rejected['version']} of {rejected['model']} was rejected by the gate; champion "
                        f"stays version {rejected['champion_version']}: " + "; ".join(rejected["reasons"]))
@@ -148,7 +162,7 @@ def svi_retrain():
         return message
 
     verdict = evaluate(register(train(prepare_data())))
-    outcomes = [promote(verdict), reject(verdict)]
+    outcomes = [promote(verdict), deploy_live(verdict), reject(verdict)]
     decide(verdict) >> outcomes
     outcomes >> notify()
 

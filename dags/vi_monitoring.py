@@ -20,6 +20,11 @@ The branch then carries out the decision:
 
 A re-run of `monitor` on the same window takes the same decision and keeps the same incident id.
 
+Beside it, the `deploy` branch carries out what the monitor decided about a challenger deployed live (shadow or
+canary; docs/deployment.md): `promote_challenger` (`viops promote` with the live windows' evidence),
+`reject_challenger` (`viops deploy reject`: a rejection, or a canary rolled back), `ramp_challenger`
+(`viops deploy ramp`: a canary to its next traffic share) or `deploy_unchanged`.
+
 With `act` false (`$VIOPS_MONITOR_ACTS=false`, as in the distributed profile) a run measures, pushes and decides,
 records the decision as pending and takes the `no_action` branch: Prometheus evaluates the pushed results, and the
 alerts it fires reach `viops alert-receiver`, which triggers the run that acts (`act: true`) on the same window.
@@ -44,6 +49,8 @@ ACTS = os.environ.get("VIOPS_MONITOR_ACTS", "true").strip().lower() not in ("fal
 SCHEDULE = os.environ.get("VIOPS_MONITOR_SCHEDULE", "@hourly").strip()
 ACTIONS = {"none": "no_action", "ticket": "ticket", "retrain": "trigger_retrain", "rollback": "rollback",
            "page": "page"}
+#: A challenger's deployment decision -> the task that carries it out (anything else: deploy_unchanged).
+DEPLOY_ACTIONS = {"promote": "promote_challenger", "reject": "reject_challenger", "ramp": "ramp_challenger"}
 
 
 def _schedule():
@@ -81,16 +88,16 @@ def _schedule():
 def vi_monitoring():
     @task
     def monitor(params=None, data_interval_start=None, data_interval_end=None) -> dict:
-        from pipelines.child_process import run_viops
-
         window = _window_file(params["store"], params["window"]) if params["window"] else _window_of(
             params["store"], data_interval_start, data_interval_end)
         # A run that acts carries out the decision (the branch below): the monitor records it as dispatched, so
         # cooldowns count it; one that does not records it as pending.
         report = [] if params.get("drift_report", True) else ["--no-drift-report"]
         acts = ["--dispatched"] if params.get("act", True) else []
-        return run_viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window,
-                          *acts, *report])
+        # The deploy branch carries out a challenger's promotion or rejection, whatever `act` says: a shadow verdict
+        # is a rollout step, which no alert would start.
+        return _viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window,
+                       *acts, "--deploy-dispatched", *report])
 
     @task.branch
     def decide(result: dict, params=None) -> str:
@@ -104,17 +111,41 @@ def vi_monitoring():
 
     @task
     def rollback(result: dict, dag_run=None) -> dict:
-        from pipelines.child_process import run_viops
-        from pipelines.workspace import audit_log
-
-        trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "incident_id": result["incident_id"],
-                   "window": result["window"]}
-        return run_viops([
+        return _viops([
             "rollback", "--model", result["model"], "--reason",
             f"{result['decision']['alert']} on window {result['window']}: {result['decision']['reason']}",
-            "--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}", "--trigger", json.dumps(trigger),
-            "--audit-log", str(audit_log()),
-        ])
+            *_audit_args(result, dag_run)])
+
+    @task.branch
+    def deploy(result: dict) -> str:
+        action = ((result.get("deploy") or {}).get("decision") or {}).get("action")
+        return DEPLOY_ACTIONS.get(action, "deploy_unchanged")
+
+    @task
+    def promote_challenger(result: dict, dag_run=None) -> dict:
+        shadow = result["deploy"]
+        return _viops([
+            "promote", "--model", result["model"], "--version", shadow["version"],
+            "--reason", f"live evidence: {shadow['decision']['reason']}",
+            "--evidence", json.dumps(shadow["audit_evidence"]), *_audit_args(result, dag_run)])
+
+    @task
+    def reject_challenger(result: dict, dag_run=None) -> dict:
+        shadow = result["deploy"]
+        reasons = [arg for reason in shadow["decision"]["rejection_reasons"] for arg in ("--reason", reason)]
+        return _viops(["deploy", "reject", "--model", result["model"], "--version", shadow["version"], *reasons,
+                       "--evidence", json.dumps(shadow["audit_evidence"]), *_audit_args(result, dag_run)])
+
+    @task
+    def ramp_challenger(result: dict) -> dict:
+        shadow = result["deploy"]
+        return _viops(["deploy", "ramp", "--model", result["model"], "--version", shadow["version"], "--step",
+                       str(shadow["decision"]["next_step"])])
+
+    @task
+    def deploy_unchanged(result: dict) -> str:
+        shadow = result.get("deploy")
+        return "no challenger in shadow" if not shadow else shadow["decision"]["reason"]
 
     @task
     def page(result: dict) -> dict:
@@ -145,7 +176,27 @@ def vi_monitoring():
 
     branches = [no_action(result), trigger_retrain, rollback(result), page(result), ticket(result)]
     decide(result) >> branches
-    branches >> done()
+    rollout = [promote_challenger(result), reject_challenger(result), ramp_challenger(result),
+               deploy_unchanged(result)]
+    deploy(result) >> rollout
+    [*branches, *rollout] >> done()
+
+
+def _viops(args: list[str]) -> dict:
+    """A ``viops`` command in a child process; its JSON result."""
+    from pipelines.child_process import run_viops
+
+    return run_viops(args)
+
+
+def _audit_args(result: dict, dag_run) -> list[str]:
+    """Who acts and why, for a command that changes the registry: this run, the incident, the window."""
+    from pipelines.workspace import audit_log
+
+    trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "incident_id": result["incident_id"],
+               "window": result["window"]}
+    return ["--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}", "--trigger", json.dumps(trigger),
+            "--audit-log", str(audit_log())]
 
 
 def _window_file(store_root: str, window: str) -> str:

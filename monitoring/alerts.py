@@ -2,6 +2,9 @@
 
 Three kinds of alert:
 
+Every alert watches the serving version (``alias="champion"``); a challenger in shadow pushes the same series with
+``alias="challenger"``, and the shadow policy, not an alert, judges them.
+
 - **Threshold alerts**: the last window broke an objective (``viops_slo_<objective>_good == 0``).
   ``ViopsCalibrationRegressionAfterDeploy`` fires only while the champion is less than 6 hours old.
 - **Multi-window, multi-burn-rate alerts** on every objective (Google SRE workbook, ch. 5):
@@ -15,6 +18,8 @@ Three kinds of alert:
   and alias.
 - **Integrity**: a command refused a version whose files fail their signature check
   (``viops_model_signature_valid == 0``, pushed by the refusing command; :mod:`pipelines.registry.signing`).
+- **Deployment**: a canary breached a calibration or latency objective on the rows it answered
+  (``viops_canary_slo_good == 0``, alias ``challenger``; docs/deployment.md).
 
 Every alert carries a ``runbook`` annotation naming ``runbooks/<AlertName>.md``; tests check that each alert has one
 and each runbook names an alert. After editing the SLOs, regenerate the file::
@@ -67,9 +72,14 @@ BURN_RATE_TIERS = {
     "ViopsSLOBurnRateTicket": ("ticket", [("3d", "6h", 1.0)]),
 }
 
+#: The alerts watch the version that serves. A challenger in shadow exports the same series with
+#: ``alias="challenger"``; its breaches are judged by the shadow policy (monitoring/shadow.py), and page nobody.
+SERVING = '{alias="champion"}'
 STALE_ALERT = "ViopsMetricsStale"
 STALE_SECONDS = 2 * 3600
 SIGNATURE_ALERT = "ViopsModelSignatureInvalid"
+#: A live challenger's canary slice breached a calibration or latency objective (monitoring/challenger.py).
+CANARY_ALERT = "ViopsCanaryBreach"
 
 
 #: The start of the window an alert is about (Unix seconds), from the gauge the monitor pushed with the window's
@@ -87,7 +97,7 @@ def _annotations(alert: str, summary: str, description: str, *, window: bool = F
 
 
 def _threshold_rule(alert: str, objectives: list[str], severity: str, summary: str) -> dict:
-    expr = " or ".join(f"viops_slo_{o}_good == 0" for o in objectives)
+    expr = " or ".join(f"viops_slo_{o}_good{SERVING} == 0" for o in objectives)
     if alert == "ViopsCalibrationRegressionAfterDeploy":
         expr = (f"({expr}) and on (model, alias, version) "
                 f"(time() - viops_champion_promoted_timestamp_seconds < {RECENT_DEPLOY_SECONDS})")
@@ -102,7 +112,7 @@ def _burn_rule(alert: str, severity: str, tiers: list, objective: str, target: f
     budget = round(1.0 - target, 10)
 
     def ratio(window: str) -> str:
-        return f"(1 - avg_over_time(viops_slo_{objective}_good[{window}])) / {budget:g}"
+        return f"(1 - avg_over_time(viops_slo_{objective}_good{SERVING}[{window}])) / {budget:g}"
 
     expr = " or ".join(f"({ratio(long)} > {factor:g} and {ratio(short)} > {factor:g})"
                        for long, short, factor in tiers)
@@ -134,7 +144,8 @@ def render_rules(slos: SLOConfig) -> dict:
     burn = [_burn_rule(alert, severity, tiers, o.name, o.target)
             for alert, (severity, tiers) in BURN_RATE_TIERS.items() for o in slos.objectives]
     stale = {
-        "alert": STALE_ALERT, "expr": f'time() - push_time_seconds{{job="viops_monitor"}} > {STALE_SECONDS}',
+        "alert": STALE_ALERT,
+        "expr": f'time() - push_time_seconds{{job="viops_monitor", alias="champion"}} > {STALE_SECONDS}',
         "labels": {"severity": "ticket"},
         "annotations": _annotations(STALE_ALERT, "No monitoring results for {{ $labels.model }} for 2h",
                                     "The monitor has not pushed metrics for this model and alias for over "
@@ -147,12 +158,21 @@ def render_rules(slos: SLOConfig) -> dict:
                                     "A viops command refused the version: its model files are unsigned, signed by "
                                     "another key, or changed since they were signed. Nothing loaded it."),
     }
+    canary = {
+        "alert": CANARY_ALERT, "expr": "viops_canary_slo_good == 0", "labels": {"severity": "ticket"},
+        "annotations": _annotations(CANARY_ALERT, "Canary v{{ $labels.version }} of {{ $labels.model }} breached "
+                                    "{{ $labels.objective }} on the traffic it answered",
+                                    "The canary broke a calibration or latency objective on the rows routed to it; "
+                                    "the monitor rolls it back (the candidate is rejected, the champion keeps "
+                                    "serving).", window=True),
+    }
     return {"groups": [
         {"name": "viops-recording", "rules": RECORDING_RULES},
         {"name": "viops-thresholds", "rules": thresholds},
         {"name": "viops-burn-rates", "rules": burn},
         {"name": "viops-staleness", "rules": [stale]},
         {"name": "viops-integrity", "rules": [integrity]},
+        {"name": "viops-deployment", "rules": [canary]},
     ]}
 
 

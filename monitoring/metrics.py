@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Enum, Gauge, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, Enum, Gauge, delete_from_gateway, push_to_gateway, write_to_textfile
 
 from monitoring.checks.indicators import indicator_value
 from monitoring.checks.results import WindowReport
 
 __all__ = ["JOB", "GAUGES", "DECISIONS", "build_registry", "export_metrics", "ExportResult", "INTEGRITY_JOB",
-           "SIGNATURE_GAUGE", "export_signature_status"]
+           "SIGNATURE_GAUGE", "export_signature_status",
+           "retire_group"]
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +173,16 @@ def export_signature_status(model: str, version: str, valid: bool, pushgateway: 
         model=model, version=str(version)).set(1.0 if valid else 0.0)
     return export_metrics(registry, grouping_key={"model": model, "version": str(version)}, pushgateway=pushgateway,
                           job=INTEGRITY_JOB)
+
+
+def retire_group(model: str, alias: str, pushgateway: str | None, timeout: float = 5.0) -> bool:
+    """Delete the monitor's series of ``model``/``alias`` from the Pushgateway (a challenger that left the shadow):
+    the gateway would otherwise serve its last values for ever. False when there is no gateway or it failed."""
+    if not pushgateway:
+        return False
+    try:
+        delete_from_gateway(pushgateway, job=JOB, grouping_key={"model": model, "alias": alias}, timeout=timeout)
+        return True
+    except (OSError, HTTPException, ValueError) as exc:
+        log.warning("could not delete %s@%s's series from %s: %s", model, alias, pushgateway, exc)
+        return False

@@ -133,12 +133,14 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
                 window_id: str | None = None, checks: ChecksConfig | None = None, slos=None, runbooks=None,
                 state_dir: str | Path | None = None, pushgateway: str | None = None,
                 textfile: str | Path | None = None, execute: bool = False, dispatched: bool = False,
-                actor: str = "viops-monitor", drift_report: bool = True) -> dict:
-    """``viops monitor``: checks, SLOs, metrics, decision, incident record (and, with ``execute``, the action).
+                actor: str = "viops-monitor", drift_report: bool = True, deploy_dispatched: bool = False) -> dict:
+    """``viops monitor``: checks, SLOs, metrics, decision, incident record (and, with ``execute``, the action);
+    then, while a challenger is in shadow, its pass over the window (``body["deploy"]``, :mod:`monitoring.challenger`).
 
     A decided ``retrain``/``rollback`` is carried out here with ``execute``; with ``dispatched`` the caller carries it
     out (the vi_monitoring DAG triggers svi_retrain). Either way it counts for cooldowns. Otherwise it is
-    ``pending``: visible in the result and the state, and no cooldown starts.
+    ``pending``: visible in the result and the state, and no cooldown starts. The challenger's promotion or
+    rejection is carried out with ``execute``, and by the caller with ``dispatched`` or ``deploy_dispatched``.
 
     Raises:
         DataError: unreadable window or missing feature columns (nothing is recorded or changed).
@@ -151,7 +153,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     from monitoring.incidents import write_incident
     from monitoring.metrics import build_registry, export_metrics
     from monitoring.slo import evaluate_slos
-    from pipelines.registry.versions import PREVIOUS_CHAMPION, alias_version
+    from pipelines.registry.versions import CHAMPION, PREVIOUS_CHAMPION, alias_version
 
     checks = checks or ChecksConfig()
     current = Window.read(window_path, window_id)
@@ -207,6 +209,12 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
         except LeaseHeld as exc:  # single flight: another monitor or operator is already on it
             body["executed"] = {"action": decision.action, "skipped": True, "reason": str(exc)}
     automated = decision.action in AUTOMATED
+    from monitoring.challenger import monitor_challenger
+
+    body["deploy"] = None if alias != CHAMPION else monitor_challenger(
+        client, current, champion, statuses, model=model, tracking_uri=tracking_uri, checks=checks, slos=slos,
+        state_dir=state_dir, champion_action=decision.action, pushgateway=pushgateway, execute=execute,
+        dispatched=dispatched or deploy_dispatched, actor=actor, trigger={"incident_id": body["incident_id"]})
     body["pending"] = decision.action if automated and not execute and not dispatched else None
     state.record({"window": window, "version": champion.loaded.version, "rows": report.inputs.rows,
                   "cusum": report.drift.cusum if report.drift and report.drift.cusum is not None

@@ -6,7 +6,8 @@ Front matter keys:
 - ``severity``: ``page`` or ``ticket``, as on the alert.
 - ``action``: what the decision does when the alert fires: ``retrain`` or ``rollback`` (automated), ``page`` (a
   person now) or ``ticket`` (an incident record with severity ticket, exported to Prometheus; a person looks in
-  working hours, nothing is changed).
+  working hours, nothing is changed); ``canary_rollback`` for an alert about a live challenger, whose deployment
+  policy (:mod:`monitoring.shadow`), not the champion's decision, rejects the candidate (the champion never moved).
 - ``preconditions``: all must hold before the action runs. Otherwise the alert asks for a person at its
   ``severity`` (a ticket or a page).
   - ``min_labelled_rows``: the window must have this many labelled rows (retraining needs data to learn from);
@@ -46,7 +47,7 @@ class Preconditions(StrictModel):
 class Runbook(StrictModel):
     alert: str = Field(pattern=r"^Viops[A-Za-z0-9]+$")
     severity: Literal["page", "ticket"]
-    action: Literal["retrain", "rollback", "page", "ticket"]
+    action: Literal["retrain", "rollback", "page", "ticket", "canary_rollback"]
     preconditions: Preconditions = Preconditions()
     cooldown: PositiveInt = 1
     page_after_windows: PositiveInt | None = None

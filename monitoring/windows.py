@@ -5,6 +5,7 @@ column)::
 
     root/window=2026-01-01T00:00:00Z/data.parquet   features, label (when it has arrived), predictions (once scored)
     root/window=2026-01-01T00:00:00Z/_meta.json     where the window came from (simulator scenario, source file ...)
+    root/window=2026-01-01T00:00:00Z/_shadow/<model>-v<version>.parquet   a challenger's predictions (in shadow)
 
 Files whose names start with ``_`` or ``.`` (the metadata, a partial write) are skipped by Parquet readers.
 A window is written whole: to a temporary file first, then renamed, so a reader never sees half a window.
@@ -156,3 +157,15 @@ class Window:
             scored[column] = predictions[column].astype("float64").reindex(scored.index)
         store.write(self.start, scored, meta={**store.meta(self.start), "scored_by": scored_by})
         return True
+
+    def write_shadow(self, predictions: pd.DataFrame, name: str) -> str | None:
+        """Store a challenger's ``predictions`` (indexed like the frame's rows) as ``_shadow/<name>.parquet`` in this
+        window's partition (the ``_`` keeps Parquet readers of the store from taking it for window rows), with a
+        ``row`` column for the frame row each belongs to. Returns its path; None for a file outside a store."""
+        if self.store is None:
+            return None
+        target = self.path.parent / "_shadow" / f"{name}.parquet"
+        target.parent.mkdir(exist_ok=True)
+        with replacing(target) as partial:
+            predictions.astype("float64").rename_axis("row").reset_index().to_parquet(partial, index=False)
+        return str(target)

@@ -15,7 +15,7 @@ import sys
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
-from viops.commands import diagnostics, monitoring, registry, stack, training
+from viops.commands import deploy, diagnostics, monitoring, registry, stack, training
 from viops.commands.common import (
     EXIT_BAD_INPUT,
     EXIT_BUSY,
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="viops", description="Production MLOps for variational-inference models.")
     parser.add_argument("--version", action="version", version=f"viops {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (training, diagnostics, registry, monitoring, stack):
+    for group in (training, diagnostics, registry, deploy, monitoring, stack):
         group.add_commands(sub)
     for name, command in sub.choices.items():
         _finish_help(name, command)
@@ -64,6 +64,8 @@ EXAMPLES = {
                  "--candidate 3 --against 1"],
     "promote": ['viops promote --model blr-example --version 2 --reason "new labels"'],
     "rollback": ['viops rollback --model blr-example --reason "calibration broke"'],
+    "deploy": ["viops deploy status --model blr-diabetes", "viops deploy start --model blr-diabetes --version 2",
+               'viops deploy reject --model blr-diabetes --version 2 --reason "worse NLL on live data"'],
     "score": ["viops score --model blr-example@champion --input configs/examples/new_rows.csv "
               "--output predictions.parquet"],
     "verify": ["VIOPS_VERIFY_KEY=keys/verify.pem viops verify --model blr-example/2"],

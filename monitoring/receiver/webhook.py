@@ -20,6 +20,10 @@ from pipelines.workspace import safe_key
 
 __all__ = ["ReceiverSettings", "create_app", "runbook_actions", "Notification"]
 
+#: The alias a triggered run monitors. An alert about a live challenger (alias ``challenger``: ViopsCanaryBreach)
+#: is judged by the same run, which also judges the challenger and carries out its rollback.
+SERVING_ALIAS = "champion"
+
 
 class Alert(BaseModel):
     """One alert of Alertmanager's webhook payload (version 4)."""
@@ -102,8 +106,8 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
                      if a.status == "firing" and not ledger.seen(firing_key(a.fingerprint, a.startsAt))]
             groups: dict[tuple, list[Alert]] = defaultdict(list)
             for alert in fresh:
-                groups[(alert.labels.get("model"), alert.labels.get("alias", "champion"), _window(alert))].append(
-                    alert)
+                # The serving alias's run judges the window, a live challenger's included (ViopsCanaryBreach).
+                groups[(alert.labels.get("model"), SERVING_ALIAS, _window(alert))].append(alert)
             outcomes = []
             for (model, alias, window), alerts in groups.items():
                 names = sorted({a.labels.get("alertname", "") for a in alerts})

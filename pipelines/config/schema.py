@@ -12,10 +12,11 @@ from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from pipelines.config.base import Name, StrictModel
 from pipelines.config.model import LinearRegressionConfig, ModelConfig
+from pipelines.config.release import DeployConfig, GateConfig
 
 __all__ = ["SplitConfig", "DataConfig", "FlowConfig", "GuideConfig", "EarlyStoppingConfig", "ScheduleConfig",
-           "TrainSettings", "RegistryConfig", "TrackingConfig", "GateConfig", "ObjectiveConfig", "AmortizationConfig",
-           "TrainConfig"]
+           "TrainSettings", "RegistryConfig", "TrackingConfig", "GateConfig", "DeployConfig", "ObjectiveConfig",
+           "AmortizationConfig", "TrainConfig"]
 
 
 class SplitConfig(StrictModel):
@@ -180,39 +181,6 @@ class TrackingConfig(StrictModel):
     experiment: Name | None = None
 
 
-class GateConfig(StrictModel):
-    """Thresholds of the evaluation gate (``viops evaluate``; docs/lifecycle.md).
-
-    A candidate passes when every check that applies to it holds: its predictive NLL is not worse than the
-    champion's by more than ``nll_tolerance`` nats per datum (skipped when there is no champion) and not above
-    ``max_nll`` (when set); ECE <= ``max_ece`` (classifiers); 90%-interval coverage inside ``coverage_90``
-    (regression); PSIS k-hat <= ``max_psis_khat`` where the model has one (``null`` turns the check off); every
-    posterior SD within ``sd_ratio_to_laplace`` times the Laplace approximation's, where the fit logged a trusted
-    Laplace reference (a linear or logistic regression with fixed noise or >= 10 training rows per latent dimension;
-    ``null`` turns the check off); no NaN/inf in its predictions; and the p95 latency of single-row ``predict``
-    calls <= ``max_latency_p95_ms``.
-    """
-
-    nll_tolerance: Annotated[float, Field(ge=0.0)] = 0.05
-    max_nll: float | None = None
-    max_ece: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
-    coverage_90: tuple[float, float] = (0.80, 0.97)
-    max_psis_khat: PositiveFloat | None = 0.7
-    sd_ratio_to_laplace: tuple[PositiveFloat, PositiveFloat] | None = (0.85, 1.15)
-    max_latency_p95_ms: PositiveFloat = 250.0
-    latency_requests: Annotated[int, Field(ge=5)] = 30
-    predictive_samples: Annotated[int, Field(ge=16)] = 256  # draws of z for the NLL and calibration estimates
-    max_rows: PositiveInt = 20_000  # larger evaluation sets are sampled (seeded) down to this many rows
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _band_is_ordered(self):
-        low, high = self.coverage_90
-        if not 0.0 <= low < high <= 1.0:
-            raise ValueError(f"coverage_90 must be [low, high] with 0 <= low < high <= 1, got {list(self.coverage_90)}")
-        return self
-
-
 class ObjectiveConfig(StrictModel):
     """What SVI maximises (docs/training.md).
 
@@ -270,6 +238,7 @@ class TrainConfig(StrictModel):
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
     gate: GateConfig = GateConfig()
+    deploy: DeployConfig = DeployConfig()
 
     @model_validator(mode="after")
     def _sections_agree(self):

@@ -11,8 +11,10 @@ pass the same overrides, tags, reason, actor and audit log:
    retry continues the unfinished run of the same run name from its checkpoint;
 3. ``viops register``: the new version becomes ``challenger`` (idempotent per run);
 4. ``viops evaluate``: the gate against the champion on the new run's held-out split (exit 1 is a rejection);
-5. ``viops promote`` when the gate passed, with the reason, actor and trigger in the audit record. A rejected version
-   stays a challenger and the champion is untouched.
+5. ``viops promote`` when the gate passed, with the reason, actor and trigger in the audit record; or, when the
+   config says ``deploy.strategy: shadow`` or ``canary``, ``viops deploy start``: the version stays challenger,
+   deployed live, and the monitor promotes or rejects it on live windows (docs/deployment.md). A version the gate
+   rejected stays a challenger and the champion is untouched.
 
 The children get the tracking URI through ``MLFLOW_TRACKING_URI`` (never on a command line, which ``ps`` shows).
 :func:`retrain` holds the model's lease (:mod:`pipelines.registry.lease`) throughout: a second retrain of the same
@@ -28,7 +30,7 @@ from pathlib import Path
 from pipelines.child_process import run_viops
 
 __all__ = ["RetrainRequest", "prepare_data", "train_candidate", "register_candidate", "evaluate_candidate",
-           "promote_candidate", "retrain"]
+           "promote_candidate", "deploy_candidate", "next_step", "deploy_strategy", "retrain"]
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,38 @@ def promote_candidate(request: RetrainRequest, verdict: dict) -> dict:
                      env=request.env())
 
 
+def deploy_strategy(request: RetrainRequest) -> str:
+    """The config's ``deploy.strategy``: ``offline`` (promote when the gate passes) or ``shadow``."""
+    from pipelines.config.loading import load_config, parse_overrides
+
+    return load_config(request.config, parse_overrides(list(request.overrides))).deploy.strategy
+
+
+def next_step(request: RetrainRequest, verdict: dict) -> str:
+    """After the gate: ``reject``, ``promote``, or ``deploy_live`` (``deploy.strategy`` shadow or canary; a version
+    that is the champion already is not deployed again)."""
+    if not verdict["passed"]:
+        return "reject"
+    live = deploy_strategy(request) != "offline" and not verdict.get("already_champion")
+    return "deploy_live" if live else "promote"
+
+
+def deploy_candidate(request: RetrainRequest, verdict: dict) -> dict:
+    """Step 5 under ``deploy.strategy`` shadow or canary: ``viops deploy start``. The version stays ``challenger``;
+    the monitor scores every window with it too (and, in canary, production routes a share of rows to it), and
+    promotes or rejects it on live evidence (:mod:`monitoring.shadow`)."""
+    if not verdict["passed"]:
+        raise ValueError(f"version {verdict['candidate_version']} of {verdict['model']} failed the gate; "
+                         f"only a passed verdict is deployed live")
+    actor = ["--actor", request.actor] if request.actor else []
+    return run_viops(["deploy", "start", "--model", verdict["model"], "--version", str(verdict["candidate_version"]),
+                      "--reason", request.reason, *actor], env=request.env())
+
+
 def retrain(request: RetrainRequest) -> dict:
     """All five steps in order. Returns ``{"run_id", "version", "rows", "verdict": {passed, reasons,
-    evaluation_run_id}, "promoted", "promotion"}``.
+    evaluation_run_id}, "promoted", "promotion", "deployment"}`` (``deployment``: the live stage, under
+    ``deploy.strategy`` shadow or canary).
 
     Raises:
         LeaseHeld: a retrain, promotion or rollback of the model is in progress; nothing was done.
@@ -144,8 +175,10 @@ def retrain(request: RetrainRequest) -> dict:
         trained = train_candidate(request, prepared)
         registered = register_candidate(request, trained)
         verdict = evaluate_candidate(request, registered)
-        promotion = promote_candidate(request, verdict) if verdict["passed"] else None
+        step = next_step(request, verdict)
+        promotion = promote_candidate(request, verdict) if step == "promote" else None
+        live = deploy_candidate(request, verdict) if step == "deploy_live" else None
     return {"run_id": trained["run_id"], "version": str(registered["model_version"]),
             "rows": sum(prepared["rows"].values()),
             "verdict": {k: verdict[k] for k in ("passed", "reasons", "evaluation_run_id")},
-            "promoted": bool(promotion and promotion["changed"]), "promotion": promotion}
+            "promoted": bool(promotion and promotion["changed"]), "promotion": promotion, "deployment": live}

@@ -43,7 +43,8 @@ class AuditRecord:
 
     Attributes:
         event_id: unique per change; also tagged on the model versions involved, so a retry can find it.
-        action: ``promote`` or ``rollback``.
+        action: ``promote``, ``rollback``, or ``reject`` (a challenger turned away in shadow; the champion did
+            not move, and ``verdict`` holds the version and the live evidence).
         model: registered model name.
         from_version: the champion before the change (None for a first champion).
         to_version: the champion after the change.
@@ -122,6 +123,9 @@ def write_record(client: MlflowClient, record: AuditRecord, path: str | Path | N
             tags[f"{_TAG}verdict_passed"] = str(record.verdict.get("passed"))
         tags["mlflow.user"] = record.actor
         name = f"{record.action} {record.model}: v{record.from_version or '-'} -> v{record.to_version}"
+        if record.action == "reject":  # the champion did not move: name the version turned away
+            rejected = record.verdict["candidate_version"]
+            name = f"reject {record.model}: v{rejected} (champion stays v{record.to_version})"
         run = client.create_run(experiment_id, run_name=name, tags=tags)
         client.log_dict(run.info.run_id, record.to_json(), "record.json")
         client.set_terminated(run.info.run_id, status="FINISHED")

@@ -94,11 +94,14 @@ LEASE_WAIT_SECONDS = 30.0
 
 
 def promote(client: MlflowClient, model_name: str, version: str, *, reason: str, actor: str,
-            audit_log=None, force: bool = False, trigger: dict | None = None) -> AliasChange:
+            audit_log=None, force: bool = False, trigger: dict | None = None,
+            evidence: dict | None = None) -> AliasChange:
     """Make ``version`` the champion; the old champion becomes ``previous-champion``. Holds the model's lease
     (:mod:`pipelines.registry.lease`), so two promotions at once are one change and one no-op.
 
     A version the gate rejected is refused unless ``force``. Promoting the current champion changes nothing.
+    ``evidence``: the live evidence of a challenger's shadow windows (:mod:`monitoring.shadow`), recorded beside the
+    gate's verdict in the audit record (``verdict.live``); the version's deployment stage becomes ``promoted``.
 
     Raises:
         RegistryError: unknown model or version.
@@ -110,11 +113,12 @@ def promote(client: MlflowClient, model_name: str, version: str, *, reason: str,
 
     with hold(client, model_name, "promote", wait=LEASE_WAIT_SECONDS, incident=(trigger or {}).get("incident_id")):
         return _promote(client, model_name, version, reason=reason, actor=actor, audit_log=audit_log, force=force,
-                        trigger=trigger)
+                        trigger=trigger, evidence=evidence)
 
 
 def _promote(client: MlflowClient, model_name: str, version: str, *, reason: str, actor: str,
-             audit_log=None, force: bool = False, trigger: dict | None = None) -> AliasChange:
+             audit_log=None, force: bool = False, trigger: dict | None = None,
+             evidence: dict | None = None) -> AliasChange:
     from pipelines.registry.audit import AuditRecord, utc_now, write_record
     from pipelines.registry.signing import verify_version
 
@@ -144,6 +148,11 @@ def _promote(client: MlflowClient, model_name: str, version: str, *, reason: str
     if current is not None:
         _set_tags(client, model_name, current, {"viops.demoted_at": now, "viops.demoted_by": actor,
                                                 "viops.demotion_reason": f"replaced by version {new}: {reason}"})
+    if evidence is not None:
+        from pipelines.registry.deployment import mark_promoted
+
+        mark_promoted(client, model_name, new)
+        verdict = {**(verdict or {}), "live": evidence}
     record = AuditRecord(event_id, "promote", model_name, current, new, reason, actor, now, verdict,
                          trigger or {})
     audit_run = write_record(client, record, audit_log)

@@ -12,7 +12,7 @@ import torch
 from models.calibration import classification_calibration, regression_calibration
 from models.objectives import held_out_fit
 
-__all__ = ["bundle_tensors", "predictive_metrics"]
+__all__ = ["bundle_tensors", "predictive_metrics", "pointwise_nll"]
 
 
 def bundle_tensors(bundle, frame) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -66,3 +66,21 @@ def predictive_metrics(predictor, frame, *, num_samples: int = 256, seed: int = 
             cal = regression_calibration(model, family, x, y, num_samples=num_samples, seed=seed)
             out.update(coverage_50=cal.coverage[0.5], coverage_90=cal.coverage[0.9], pit_ks=cal.pit_ks)
     return out
+
+
+def pointwise_nll(predictor, frame, *, num_samples: int = 256, seed: int = 0) -> np.ndarray:
+    """Each labelled row's predictive NLL in the data's units, ``-log (1/S) sum_s p(y_i | x_i, z_s)`` (VAE:
+    ``-log p̂(x_i)``, IWAE): the per-row terms whose mean is :func:`predictive_metrics`' ``nll``, for paired comparisons
+    of two versions on the same rows. Draws are seeded."""
+    from models.amortized import iwae_bound
+
+    b, model, family = predictor.bundle, predictor.model, predictor.family
+    x, y = bundle_tensors(b, frame)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if family is None:
+            return (-iwae_bound(model, x, num_samples, generator=generator)).numpy().astype(np.float64)
+        shift = math.log(b.target_scale) if b.num_classes is None else 0.0
+        log_lik = model.log_likelihood(family.rsample(num_samples, generator=generator), x, y)
+        nll = -(torch.logsumexp(log_lik, dim=0) - math.log(num_samples)) + shift
+    return nll.numpy().astype(np.float64)

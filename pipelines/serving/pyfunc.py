@@ -55,18 +55,18 @@ PYFUNC_CODE = (
 )
 
 
-def stage_pyfunc_code(directory: Path) -> list[str]:
-    """Copy :data:`PYFUNC_CODE` under ``directory`` and return the top-level folders for ``code_paths``."""
+def stage_pyfunc_code(directory: Path, files: tuple[str, ...] = PYFUNC_CODE) -> list[str]:
+    """Copy ``files`` (default :data:`PYFUNC_CODE`) under ``directory``; the top-level folders for ``code_paths``."""
     import shutil
 
-    for relative in PYFUNC_CODE:
+    for relative in files:
         source, target = _REPO / relative, directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    return sorted(str(directory / top) for top in {relative.split("/")[0] for relative in PYFUNC_CODE})
+    return sorted(str(directory / top) for top in {relative.split("/")[0] for relative in files})
 
 
 def class_columns(num_classes: int) -> list[str]:

@@ -3,7 +3,9 @@
 ``viops score --model NAME[@alias|/version] --input FILE --output FILE`` loads the version's pyfunc (the same one
 ``mlflow models serve`` serves), checks the input against the training schema (the model's feature columns, numeric,
 finite) before any prediction, and scores it in batches. Columns of the input that are not features (ids, labels)
-are carried into the output next to the predictions. Each batch's latency is recorded.
+are carried into the output next to the predictions. Each batch's latency is recorded. While a challenger is in
+canary, a bare ``NAME`` scores with the canary split (:mod:`pipelines.serving.canary`): each row is answered by the
+version the canary routes it to, named in a ``version`` column.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ScoringResult:
     seconds: float
     batch_rows: list[int] = field(default_factory=list)
     batch_seconds: list[float] = field(default_factory=list)
+    canary: dict | None = None  # the canary split that routed the rows (versions, fraction, rows it answered)
 
     def to_json(self) -> dict:
         latency = np.asarray(self.batch_seconds) * 1000.0
@@ -57,20 +60,33 @@ class ScoringResult:
             "batch_latency_ms": {"p50": float(np.percentile(latency, 50)), "p95": float(np.percentile(latency, 95)),
                                  "max": float(latency.max())} if len(latency) else None,
             "batch_rows": self.batch_rows, "batch_seconds": [round(s, 6) for s in self.batch_seconds],
+            "canary": self.canary,
         }
 
 
 def score_frame(loaded: LoadedVersion, features: pd.DataFrame, *, batch_size: int = 10_000,
-                num_samples: int | None = None, seed: int | None = None) -> tuple[pd.DataFrame, list[float]]:
-    """Predictions for validated ``features`` in batches of ``batch_size`` rows; returns ``(predictions, seconds)``."""
+                num_samples: int | None = None, seed: int | None = None,
+                predict=None) -> tuple[pd.DataFrame, list[float]]:
+    """Predictions for validated ``features`` in batches of ``batch_size`` rows; returns ``(predictions, seconds)``.
+    ``predict(batch, params)``: another predictor than the version's pyfunc (a canary's router)."""
     params = {k: v for k, v in (("num_samples", num_samples), ("seed", seed)) if v is not None}
+    predict = predict or (lambda batch, p: loaded.pyfunc.predict(batch, params=p))
     parts, seconds = [], []
     for start in range(0, len(features), batch_size):
         batch = features.iloc[start:start + batch_size]
         began = time.perf_counter()
-        parts.append(loaded.pyfunc.predict(batch, params=params or None))
+        parts.append(predict(batch, params or None))
         seconds.append(time.perf_counter() - began)
     return pd.concat(parts), seconds
+
+
+def _canary(client, ref: str, tracking_uri: str):
+    """The model's canary split when ``ref`` is a bare model name (what production serves) and one is live."""
+    from pipelines.registry.versions import parse_model_ref
+    from pipelines.serving.canary import load_split
+
+    name, selector = parse_model_ref(ref)
+    return load_split(client, name, tracking_uri=tracking_uri) if selector is None else None
 
 
 def score_file(client, ref: str, input_path: str | Path, output_path: str | Path, *, tracking_uri: str,
@@ -89,11 +105,20 @@ def score_file(client, ref: str, input_path: str | Path, output_path: str | Path
     output_path = Path(output_path)
     if output_path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError(f"output {output_path}: unsupported format {output_path.suffix!r}; use .csv or .parquet")
-    loaded = load_ref(client, ref, tracking_uri=tracking_uri)
+    split = _canary(client, ref, tracking_uri)
+    loaded = split.champion if split is not None else load_ref(client, ref, tracking_uri=tracking_uri)
     frame = read_table(input_path)
     features = validate_input(frame, loaded, str(input_path))
+    predict = None
+    if split is not None:  # each row answered by the version the canary routes it to, which is named per row
+        split.check_frame(frame, str(input_path))
+        if split.key_column is not None:
+            features = pd.concat([features, frame[[split.key_column]]], axis=1)
+        router = split.router()
+        predict = lambda batch, params: router.predict(None, batch, params)  # noqa: E731
     began = time.perf_counter()
-    predictions, batch_seconds = score_frame(loaded, features, batch_size=batch_size, num_samples=num_samples)
+    predictions, batch_seconds = score_frame(loaded, features, batch_size=batch_size, num_samples=num_samples,
+                                             predict=predict)
     seconds = time.perf_counter() - began
     passthrough = frame.drop(columns=list(loaded.bundle.features))
     clash = sorted(set(passthrough.columns) & set(predictions.columns))
@@ -107,6 +132,12 @@ def score_file(client, ref: str, input_path: str | Path, output_path: str | Path
     else:
         out.to_parquet(output_path, index=False)
     rows = [len(features.iloc[s:s + batch_size]) for s in range(0, len(features), batch_size)]
-    result = ScoringResult(loaded.name, loaded.version, len(out), str(output_path), seconds, rows, batch_seconds)
+    canary = None
+    if split is not None:
+        from pipelines.serving.routing import VERSION_COLUMN
+
+        canary = {**split.spec, "rows": int((predictions[VERSION_COLUMN] == split.candidate.version).sum())}
+    result = ScoringResult(loaded.name, loaded.version, len(out), str(output_path), seconds, rows, batch_seconds,
+                           canary)
     Path(f"{output_path}.latency.json").write_text(json.dumps(result.to_json(), indent=2))
     return result

@@ -1,6 +1,9 @@
-"""The retrain DAG parses cleanly and runs both of its branches under ``dag.test()`` with real Airflow and MLflow."""
+"""The retrain DAG parses cleanly and runs each of its branches (promote, reject, deploy_live) under ``dag.test()``
+with real Airflow and MLflow."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from mlflow import MlflowClient
@@ -21,8 +24,8 @@ def test_dagbag_has_no_import_errors(airflow_db):
     assert dag is not None and dag.max_active_runs == 1
     order = [t.task_id for t in dag.topological_sort()]
     assert order[:5] == ["prepare_data", "train", "register", "evaluate", "decide"]
-    assert set(order[5:7]) == {"promote", "reject"} and order[7] == "notify"
-    assert dag.get_task("decide").downstream_task_ids == {"promote", "reject"}
+    assert set(order[5:8]) == {"promote", "deploy_live", "reject"} and order[8] == "notify"
+    assert dag.get_task("decide").downstream_task_ids == {"promote", "deploy_live", "reject"}
     assert dag.get_task("notify").trigger_rule == "none_failed_min_one_success"
     assert set(dag.params) >= {"reason", "config", "overrides"}
 
@@ -114,3 +117,17 @@ def test_dag_test_promotes_a_good_model_and_rejects_a_bad_one(airflow_db, tmp_pa
     assert rejected.tags["viops.gate.passed"] == "false" and "nll_tolerance" in rejected.tags["viops.gate.reasons"]
     assert set(rejected.aliases) == {"challenger"}
     assert len(read_log(audit)) == 1  # a rejection moves no alias, so it writes no audit record
+
+    # 3. deploy.strategy shadow: a version that passes the gate goes to shadow, not to champion.
+    conf = {"reason": "pytest: shadow first", "config": str(tmp_path / "blr_csv.yaml"),
+            "overrides": [*TRAIN, "deploy.strategy=shadow", "train.seed=4"]}
+    run = dag.test(run_conf=conf)
+    states = _states(run)
+    assert run.state == "success", states
+    assert states["deploy_live"] == "success" and {states["promote"], states["reject"]} == {"skipped"}
+    assert str(client.get_model_version_by_alias("blr-example", "champion").version) == "1"
+    candidate = client.get_model_version_by_alias("blr-example", "challenger")
+    assert str(candidate.version) == "3" and candidate.tags["viops.deploy.stage"] == "shadow"
+    assert json.loads(candidate.tags["viops.deploy.policy"])["shadow_windows"] == 3
+    assert candidate.tags["viops.deploy.started_by"] == f"airflow:svi_retrain/{run.run_id}"
+    assert len(read_log(audit)) == 1

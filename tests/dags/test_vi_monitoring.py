@@ -1,5 +1,6 @@
 """vi_monitoring under ``dag.test()`` with real Airflow, MLflow and Evidently: stable -> nothing, NaN burst -> page,
-drift -> a triggered svi_retrain run (read back from Airflow's own records)."""
+drift -> a triggered svi_retrain run (read back from Airflow's own records), a hand-promoted bad version rolled
+back, and a challenger in shadow promoted by the deploy branch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from monitoring.windows import window_key
 from pipelines.config.loading import load_config, parse_overrides
 from pipelines.lifecycle.train import train
 from pipelines.registry.audit import read_log
+from pipelines.registry.gate import evaluate
 from pipelines.registry.promotion import promote
 from tests.dags.conftest import REPO
 from viops.cli import main as monitor_main
@@ -129,6 +131,22 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
     assert record["from_version"] == str(bad.model_version) and record["to_version"] == good
     assert record["actor"] == f"airflow:vi_monitoring/{run.run_id}" and record["trigger"]["incident_id"]
 
+    # A challenger in shadow (one clean window is enough here): the deploy branch promotes it with the evidence.
+    shadow = train(load_config(REPO / "configs" / "demo" / "blr_diabetes.yaml", parse_overrides(
+        ["train.seed=5", "deploy.strategy=shadow", "deploy.shadow_windows=1"])), tracking_uri=uri)
+    assert evaluate(client, MODEL, tracking_uri=uri, candidate=shadow.model_version).passed
+    assert monitor_main(["deploy", "start", "--model", MODEL, "--version", shadow.model_version]) == 0
+    fresh = simulate(load_scenario(SCENARIOS / "diabetes_stable.yaml")[0].model_copy(update={"windows": 1, "seed": 9}),
+                     load_scenario(SCENARIOS / "diabetes_stable.yaml")[1], tmp_path / "shadow")
+    run = dag.test(run_conf={"window": str(fresh.path(fresh.windows()[0]))})
+    states = _states(run)
+    assert run.state == "success" and states["promote_challenger"] == "success", states
+    assert {states[t] for t in ("reject_challenger", "ramp_challenger", "deploy_unchanged", "rollback")} == {"skipped"}
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == shadow.model_version
+    promoted = [r for r in read_log(tmp_path / "audit.jsonl") if r["action"] == "promote"][-1]
+    assert promoted["actor"] == f"airflow:vi_monitoring/{run.run_id}" and promoted["from_version"] == good
+    assert [w["outcome"] for w in promoted["verdict"]["live"]["shadow"]] == ["clean"]
+
 
 def test_vi_monitoring_shape(airflow_db):
     from airflow.dag_processing.dagbag import DagBag
@@ -136,6 +154,8 @@ def test_vi_monitoring_shape(airflow_db):
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("vi_monitoring")
     assert dag.get_task("decide").downstream_task_ids == {"no_action", "trigger_retrain", "rollback", "page",
                                                           "ticket"}
+    assert dag.get_task("deploy").downstream_task_ids == {"promote_challenger", "reject_challenger",
+                                                          "ramp_challenger", "deploy_unchanged"}
     assert dag.get_task("done").trigger_rule == "none_failed_min_one_success"
     assert dag.get_task("trigger_retrain").trigger_dag_id == "svi_retrain"
     assert dag.default_args["retries"] == 2 and dag.default_args["retry_exponential_backoff"]

@@ -3,7 +3,7 @@ with the CeleryExecutor (Redis broker, PostgreSQL metadata, a default and a ``gp
 Prometheus with the generated rules, Alertmanager and the alert receiver. A shifted window's results pushed by
 ``viops monitor`` make Prometheus fire; Alertmanager routes the alert to the receiver, which triggers
 ``vi_monitoring`` through the REST API; that run takes the same decision as the in-process monitor and triggers
-``svi_retrain``, whose ``train`` task runs on the ``gpu`` worker and promotes a new version.
+``svi_retrain``, whose ``train`` task runs on the ``gpu`` worker and deploys a new version in shadow.
 
 The test gets its own databases (dropped after), Redis database, ports and folder. It skips where PostgreSQL,
 Redis or Prometheus are missing, except under ``VIOPS_REQUIRE_INTEGRATION=1``."""
@@ -88,7 +88,7 @@ def _get(url: str, token: str | None = None):
         return json.loads(resp.read())
 
 
-def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_new_champion(stack, tmp_path):
+def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_version_in_shadow(stack, tmp_path):
     stack, profile = stack
     began = time.time()
     from viops.stack.components import base_env, secret
@@ -171,14 +171,23 @@ def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_new_ch
     _wait("the triggered svi_retrain run", lambda: finished("svi_retrain", retrain_id), logs, TIMEOUT_S)
     train_ti = api.call("GET", f"/dags/svi_retrain/dagRuns/{retrain_id}/taskInstances/train")
     assert train_ti["queue"] == "gpu", train_ti
-    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+    # The demo config deploys a retrained version in shadow (deploy.strategy): challenger, not champion yet.
+    live = api.call("GET", f"/dags/svi_retrain/dagRuns/{retrain_id}/taskInstances/deploy_live")
+    assert live["state"] == "success", live
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    candidate = client.get_model_version_by_alias(MODEL, "challenger")
+    assert str(candidate.version) == "2" and candidate.tags["viops.deploy.stage"] == "shadow"
     tags = client.get_run(client.get_model_version(MODEL, "2").run_id).data.tags
     assert tags["viops.airflow.queue"] == "gpu" and tags["viops.airflow.worker"].startswith("gpu@"), tags
     prepare_ti = api.call("GET", f"/dags/svi_retrain/dagRuns/{retrain_id}/taskInstances/prepare_data")
     assert prepare_ti["queue"] == "default"
 
-    # The dashboards: a rollback by hand (pushed as an annotation event), then every panel's and annotation's query
-    # returns data from the real Prometheus over the test's time range, and the PNG snapshots are drawn.
+    # The dashboards: a promotion and a rollback by hand (pushed as annotation events), then every panel's and
+    # annotation's query returns data from the real Prometheus over the test's time range, and the PNGs are drawn.
+    promoted = subprocess.run([str(Path(sys.executable).parent / "viops"), "promote", "--model", MODEL, "--version",
+                               "2", "--reason", "test: the dashboards' promotion annotation", "--json"], env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert promoted.returncode == 0 and json.loads(promoted.stdout)["pushed"], promoted.stderr[-2000:]
     rolled = subprocess.run([str(Path(sys.executable).parent / "viops"), "rollback", "--model", MODEL, "--reason",
                              "test: the dashboards' rollback annotation", "--json"], env=env, capture_output=True,
                             text=True, timeout=300)

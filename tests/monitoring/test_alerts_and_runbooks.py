@@ -37,7 +37,8 @@ def test_burn_rate_alerts_follow_the_sre_workbook_for_every_objective():
     drift = next(o for o in slos.objectives if o.name == "feature_drift")
     budget = f"{1 - drift.target:g}"
     for window, factor in (("1h", "14.4"), ("5m", "14.4"), ("6h", "6"), ("30m", "6")):
-        assert f"avg_over_time(viops_slo_feature_drift_good[{window}])) / {budget} > {factor}" in page["feature_drift"]
+        assert (f'avg_over_time(viops_slo_feature_drift_good{{alias="champion"}}[{window}])) / {budget} > {factor}'
+                in page["feature_drift"])
     for window in ("3d", "6h"):
         assert f"[{window}])) / {budget} > 1" in ticket["feature_drift"]
 

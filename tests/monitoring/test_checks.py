@@ -196,10 +196,12 @@ def test_execute_retrain_trains_on_the_data_plus_the_window_and_gates_it(regress
     client = MlflowClient(uri, uri)
     run = client.get_run(executed["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["viops.trigger_reason"].startswith("ViopsCalibrationBreach")
-    # Trained on the concept-shifted rows too, it beats the champion on its held-out split: the gate passes it and
-    # it is promoted, with the decision as the audit reason.
+    # Trained on the concept-shifted rows too, it beats the champion on its held-out split: the gate passes it. The
+    # demo config deploys such a version in shadow (deploy.strategy), with the decision as its reason: it is the
+    # challenger, and the next windows judge it live before it may become champion.
     version = client.get_model_version("blr-diabetes", executed["version"])
-    assert executed["verdict"]["passed"] and executed["promoted"], executed["verdict"]
-    assert version.tags["viops.gate.passed"] == "true"
-    assert str(client.get_model_version_by_alias("blr-diabetes", "champion").version) == executed["version"]
-    assert version.tags["viops.promote.reason"] == run.data.tags["viops.trigger_reason"]
+    assert executed["verdict"]["passed"] and not executed["promoted"], executed["verdict"]
+    assert executed["deployment"]["stage"] == "shadow" and version.tags["viops.gate.passed"] == "true"
+    assert str(client.get_model_version_by_alias("blr-diabetes", "challenger").version) == executed["version"]
+    assert str(client.get_model_version_by_alias("blr-diabetes", "champion").version) != executed["version"]
+    assert version.tags["viops.deploy.reason"] == run.data.tags["viops.trigger_reason"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from viops.cli import build_parser
 
 COMMANDS = ["prepare", "train", "runs", "register", "conformance", "compare", "diagnose", "evaluate", "promote",
-            "rollback", "score", "verify", "serve", "keys", "simulate", "monitor", "alerts", "dashboards",
+            "rollback", "score", "verify", "serve", "keys", "deploy", "simulate", "monitor", "alerts", "dashboards",
             "alert-receiver", "stack"]
 
 

@@ -12,7 +12,7 @@ import sys
 from viops import REPO
 
 __all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_BAD_INPUT", "EXIT_TRAINING_FAILED", "EXIT_INFRASTRUCTURE", "EXIT_BUSY",
-           "EXIT_UNTRUSTED", "EXIT_CODES", "REPO", "common", "client", "emit"]
+           "EXIT_UNTRUSTED", "EXIT_CODES", "REPO", "common", "client", "emit", "json_object"]
 
 #: The exit codes of every command (README.md#exit-codes).
 EXIT_OK = 0
@@ -55,3 +55,22 @@ def client(args):
 
     uri = resolve_tracking_uri(args.tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def json_object(text: str | None, flag: str) -> dict:
+    """The JSON object an argument such as ``--trigger`` holds ({} when not given).
+
+    Raises:
+        ConfigError: not JSON, or not an object; the message names the flag.
+    """
+    from pipelines.config.base import ConfigError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} must be a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} must be a JSON object, got {type(value).__name__}")
+    return value

@@ -38,7 +38,7 @@ def _cmd_monitor(args) -> int:
         window_id=args.window_id, checks=load_checks_config(args.checks), slos=load_slos(args.slo),
         runbooks=load_runbooks(args.runbooks), state_dir=args.state_dir, pushgateway=args.pushgateway,
         textfile=args.textfile, execute=args.execute, dispatched=args.dispatched, actor=args.actor or default_actor(),
-        drift_report=not args.no_drift_report,
+        drift_report=not args.no_drift_report, deploy_dispatched=args.deploy_dispatched,
     )
     decision = result["decision"]
     breached = [s["name"] for s in result["slo"] if s["status"] == "breach"]
@@ -47,6 +47,9 @@ def _cmd_monitor(args) -> int:
              f"breached {', '.join(breached) or 'nothing'} -> {decision['action']}"
              + (f" ({decision['runbook']})" if decision["runbook"] else "") + f": {decision['reason']}"
              + (f"\n  drift report: {result['drift_report']}" if result["drift_report"] else ""))
+    if result.get("deploy"):
+        shadow = result["deploy"]["decision"]
+        human += f"\n  challenger v{shadow['version']} in shadow -> {shadow['action']}: {shadow['reason']}"
     emit({**result, "tracking_uri": uri}, args.json, human)
     return _fail_on(args.fail_on, decision["action"])
 
@@ -146,6 +149,9 @@ def add_commands(sub) -> None:
     p.add_argument("--dispatched", action="store_true",
                    help="the caller carries out a decided retrain/rollback (as the vi_monitoring DAG does): count it "
                         "for cooldowns; without this or --execute such a decision is recorded as pending")
+    p.add_argument("--deploy-dispatched", action="store_true",
+                   help="the caller carries out a decided promotion or rejection of the challenger in shadow (as the "
+                        "vi_monitoring DAG does, whether or not it acts on the champion's decision)")
     p.add_argument("--actor", help="who acts (default $VIOPS_ACTOR, else the OS user)")
     p.add_argument("--fail-on", choices=("ticket", "page", "retrain", "rollback"),
                    help="exit 1 when the decision is this or stronger (none < ticket < page < retrain < rollback); "

@@ -3,11 +3,10 @@ scoring, and signed versions (checking one, serving one, making a key pair)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from viops.commands.common import EXIT_REJECTED, client, common, emit
+from viops.commands.common import EXIT_REJECTED, client, common, emit, json_object
 
 
 def _cmd_evaluate(args) -> int:
@@ -33,8 +32,9 @@ def _cmd_promote(args) -> int:
     from pipelines.registry.promotion import promote
 
     mlflow_client, uri = client(args)
+    evidence = json_object(args.evidence, "--evidence") or None
     change = promote(mlflow_client, args.model, args.version, reason=args.reason, actor=args.actor or default_actor(),
-                     audit_log=args.audit_log, force=args.force, trigger=_trigger(args))
+                     audit_log=args.audit_log, force=args.force, trigger=_trigger(args), evidence=evidence)
     emit({**change.to_json(), "tracking_uri": uri, "pushed": _push_change(change)}, args.json, change.message)
     return 0
 
@@ -100,17 +100,39 @@ def _cmd_serve(args) -> int:
 
     mlflow_client, uri = client(args)
     name, selector = parse_model_ref(args.model)
-    # The very files the server will load are the ones checked.
-    version, local, verified = fetch_checked(mlflow_client, name, selector, tracking_uri=uri, dst=args.model_dir)
-    checked = "signature verified" if verified else "unverified: no key configured"
-    payload = {"model": name, "version": str(version.version), "verified": verified, "model_dir": str(local),
-               "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
-    emit(payload, args.json, f"serving version {version.version} of {name} ({checked}) from {local} on "
-                             f"{payload['url']}")
+    split = _canary_split(mlflow_client, name, selector, uri)
+    if split is not None:  # what production serves is the split: the router over both versions' checked files
+        import tempfile
+
+        from pipelines.serving.canary import save_router
+
+        local = save_router(mlflow_client, split, tracking_uri=uri,
+                            dst=args.model_dir or tempfile.mkdtemp(prefix="viops-canary-serve-") + "/router")
+        payload = {"model": name, "version": split.champion.version, "canary": split.spec, "verified":
+                   split.champion.verified and split.candidate.verified, "model_dir": str(local),
+                   "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
+        emit(payload, args.json, f"serving the canary split of {name}: version {split.candidate.version} answers "
+                                 f"{split.fraction:.0%} of the rows, version {split.champion.version} the rest (a "
+                                 f"'version' column says which) from {local} on {payload['url']}")
+    else:
+        # The very files the server will load are the ones checked.
+        version, local, verified = fetch_checked(mlflow_client, name, selector, tracking_uri=uri, dst=args.model_dir)
+        checked = "signature verified" if verified else "unverified: no key configured"
+        payload = {"model": name, "version": str(version.version), "verified": verified, "model_dir": str(local),
+                   "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
+        emit(payload, args.json, f"serving version {version.version} of {name} ({checked}) from {local} on "
+                                 f"{payload['url']}")
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     sys.stdout.flush()
     os.execvp(command[0], command)  # replaces this process: what runs is what was verified
+
+
+def _canary_split(mlflow_client, name: str, selector: str | None, uri: str):
+    """The canary split a bare model name serves while a challenger is in canary; None otherwise."""
+    from pipelines.serving.canary import load_split
+
+    return load_split(mlflow_client, name, tracking_uri=uri) if selector is None else None
 
 
 def _cmd_keys(args) -> int:
@@ -133,17 +155,7 @@ def _audited(p) -> None:
 
 
 def _trigger(args) -> dict:
-    from pipelines.config.base import ConfigError
-
-    if not args.trigger:
-        return {}
-    try:
-        trigger = json.loads(args.trigger)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--trigger must be a JSON object: {exc}") from None
-    if not isinstance(trigger, dict):
-        raise ConfigError(f"--trigger must be a JSON object, got {type(trigger).__name__}")
-    return trigger
+    return json_object(args.trigger, "--trigger")
 
 
 def add_commands(sub) -> None:
@@ -165,6 +177,7 @@ def add_commands(sub) -> None:
     p.add_argument("--version", required=True, help="version number or @alias")
     p.add_argument("--reason", default="promoted with viops promote", help="why (recorded in the audit trail)")
     p.add_argument("--force", action="store_true", help="promote even though the gate rejected the version")
+    p.add_argument("--evidence", help="JSON object: a challenger's live (shadow) evidence, kept in the audit record")
     p.set_defaults(func=_cmd_promote)
     p = sub.add_parser("rollback", help="make previous-champion the champion again; tag the demoted version")
     common(p, config=False)

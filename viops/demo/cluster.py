@@ -8,7 +8,9 @@ Pushgateway, Prometheus, Alertmanager and the alert receiver under ``--out``/sta
 3. for each window, trigger ``vi_monitoring`` through the REST API (``act=false``: it measures, pushes, decides and
    leaves the action to the alert path). The scheduler runs it on the Celery workers; Prometheus evaluates what it
    pushed; the alerts it fires go through Alertmanager to the receiver, which triggers the run that acts; a retrain
-   it triggers runs ``train`` on the ``gpu`` queue. Before window 9 a bad version is promoted by hand past the gate;
+   it triggers runs ``train`` on the ``gpu`` queue and ends with the version in shadow; the deploy branch of the
+   observing runs promotes it on live evidence. Before window 9 a bad version is promoted by hand past the gate;
+   before window 10 a retrain on label-shuffled rows goes to shadow, and the deploy branch rejects it;
 4. write ``summary.json`` and ``summary.md``: the executor and metadata stores read from the services, the queue and
    worker of each training, the alerts received from Alertmanager and the runs they triggered, the per-window
    decisions, and the checks of ``make demo``; exit 1 if one fails.
@@ -22,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from viops.demo.candidates import SHUFFLED_BEFORE, retrain_outcome, shuffled_candidate
 from viops.demo.lifecycle import (
     BAD_OVERRIDES,
     BAD_PROMOTION_BEFORE,
@@ -57,7 +60,7 @@ def _monitor_window(cluster: StackClient, index: int, when, key: str, model: str
     observe_id = f"demo__{index:02d}"
     cluster.api.trigger("vi_monitoring", observe_id, {"window": key, "act": False})
     cluster.finished("vi_monitoring", observe_id)
-    result = cluster.xcom("vi_monitoring", observe_id, "monitor")
+    result = observed = cluster.xcom("vi_monitoring", observe_id, "monitor")
     start = when.timestamp()
     until(f"Prometheus to scrape window {key}", lambda: cluster.firing_for(model, start) is not None,
            ALERT_TIMEOUT_S)
@@ -75,15 +78,17 @@ def _monitor_window(cluster: StackClient, index: int, when, key: str, model: str
         states = {t: i["state"] for t, i in cluster.tasks("vi_monitoring", acting).items()}
         if states.get("trigger_retrain") == "success":
             runs["svi_retrain"] = runs["triggered"] = f"monitor__{result['incident_id']}"
-    from viops.demo.report import window_row
+    from viops.demo.report import deploy_entry, window_row
 
-    row = {**window_row(result), "airflow": runs, "prometheus_firing": firing,
+    # The observing run's deploy branch judged the live challenger and carried its decision out (a run that acts
+    # later on the same window finds it already promoted or rejected).
+    row = {**window_row(result), "deploy": deploy_entry(observed), "airflow": runs, "prometheus_firing": firing,
            "alerts_received": [{k: r[k] for k in ("alertname", "fingerprint", "starts_at", "receiver")}
                                for r in received]}
     if "svi_retrain" in runs:
         retrain = cluster.finished("svi_retrain", runs["svi_retrain"], RUN_TIMEOUT_S * 2)
         tasks = cluster.tasks("svi_retrain", retrain["dag_run_id"])
-        row["retrain"] = {"outcome": "promoted" if tasks["promote"]["state"] == "success" else "rejected",
+        row["retrain"] = {"outcome": retrain_outcome({t: i["state"] for t, i in tasks.items()}),
                           "train_queue": tasks["train"]["queue"], "train_hostname": tasks["train"]["hostname"],
                           **(cluster.xcom("svi_retrain", retrain["dag_run_id"], "register") or {})}
     if row["action"] == "rollback" and "alert" in runs:
@@ -136,9 +141,13 @@ def run_cluster_demo(out: Path, *, keep: bool = False) -> dict:
         _say(f"3/5 Simulate {scenario.windows} windows into {profile.windows()}")
         store = simulate(scenario, training, profile.windows())
         _say("4/5 Each window: vi_monitoring (Celery) -> Prometheus -> Alertmanager -> receiver -> the run that acts")
-        rows, bad_version = [], None
+        rows, bad_version, shuffled_version = [], None, None
         for index, when in enumerate(store.windows()):
             event = None
+            if index == SHUFFLED_BEFORE:
+                with _to_log(out / "demo.log"):
+                    shuffled_version, event = shuffled_candidate(client, uri, out)
+                print(f"   before window {index}: {event}")
             if index == BAD_PROMOTION_BEFORE:
                 with _to_log(out / "demo.log"):
                     bad = train(load_config(DEMO_CONFIG, parse_overrides(BAD_OVERRIDES)), tracking_uri=uri,
@@ -167,7 +176,8 @@ def run_cluster_demo(out: Path, *, keep: bool = False) -> dict:
         summary = write_report(out, client, model=first.model_name, rows=rows, scenario=scenario,
                                first_version=first.model_version, bad_version=bad_version,
                                bad_before=BAD_PROMOTION_BEFORE, seconds=time.perf_counter() - started,
-                               mlflow_ui=uri, airflow_ui=profile.url("airflow"), scheduler=True)
+                               mlflow_ui=uri, airflow_ui=profile.url("airflow"), scheduler=True,
+                               shuffled_version=shuffled_version, shuffled_before=SHUFFLED_BEFORE)
         env = airflow_env(profile)
         summary["cluster"] = {
             "executor": _airflow_config(env, "core", "executor"),

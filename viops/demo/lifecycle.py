@@ -8,8 +8,11 @@ MLflow on SQLite and Airflow in-process (``dag.test()`` on a SQLite metadata DB)
    (``configs/scenarios/diabetes_covariate_shift.yaml``);
 3. run the ``vi_monitoring`` DAG on each window. When it triggers ``svi_retrain`` (drift), the triggered run is
    executed at once: in-process Airflow has no scheduler, so the demo starts the queued run with ``dag.test`` at
-   the run's logical date and with its ``conf``. Before window 9 a bad version is promoted by hand past the gate;
-   the monitoring DAG rolls it back;
+   the run's logical date and with its ``conf``. The demo config says ``deploy.strategy: shadow``, so the retrained
+   version goes to shadow: the next windows judge it beside the champion, and the DAG's deploy branch promotes it
+   on live evidence. Before window 9 a bad version is promoted by hand past the gate; the monitoring DAG rolls it
+   back. Before window 10 a version trained on label-shuffled rows passes a gate tuned loose and goes to shadow; its
+   first window rejects it;
 4. write ``summary.md``, ``summary.json`` and plots, and print how to open the MLflow and Airflow UIs.
 """
 
@@ -25,16 +28,14 @@ import time
 from pathlib import Path
 
 from viops import REPO
+from viops.demo.candidates import DEMO_CONFIG, SHUFFLED_BEFORE, live_note, retrain_outcome, shuffled_candidate
 
-DEMO_CONFIG = REPO / "configs" / "demo" / "blr_diabetes.yaml"
 SCENARIO = REPO / "configs" / "scenarios" / "diabetes_covariate_shift.yaml"
 MARKER = ".viops-demo"
 #: The window before which a bad version is promoted by hand (past the gate, with --force).
 BAD_PROMOTION_BEFORE = 9
 #: The bad version: its noise scale is fixed far below the data's, so its predictive intervals are far too narrow.
 BAD_OVERRIDES = ["model.noise={fixed: 0.1}", "train.seed=3"]
-
-
 def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
@@ -177,9 +178,13 @@ def run_demo(out: Path) -> dict:
     if bag.import_errors:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
     monitoring_dag, retrain_dag = bag.get_dag("vi_monitoring"), bag.get_dag("svi_retrain")
-    rows, bad_version = [], None
+    rows, bad_version, shuffled_version = [], None, None
     for index, when in enumerate(windows):
         event = None
+        if index == SHUFFLED_BEFORE:
+            with _to_log(log):
+                shuffled_version, event = shuffled_candidate(client, uri, out)
+            print(f"   before window {index}: {event}")
         if index == BAD_PROMOTION_BEFORE:
             with _to_log(log):
                 bad = train(load_config(DEMO_CONFIG, parse_overrides(BAD_OVERRIDES)), tracking_uri=uri,
@@ -201,8 +206,8 @@ def run_demo(out: Path) -> dict:
                 retrain_dag, f"triggered by window {index}", log, logical_date=queued.logical_date,
                 run_conf=queued.conf)
             row["airflow"]["svi_retrain"] = retrain.run_id
-            row["retrain"] = {"outcome": "promoted" if retrain_states.get("promote") == "success" else "rejected",
-                              "seconds": round(retrain_seconds, 1), **(_xcom(retrain, "register") or {})}
+            row["retrain"] = {"outcome": retrain_outcome(retrain_states), "seconds": round(retrain_seconds, 1),
+                              **(_xcom(retrain, "register") or {})}
         if states.get("rollback") == "success":
             row["rollback"] = _xcom(run, "rollback")
         row["champion_after"] = alias_version(client, model, "champion")
@@ -210,7 +215,7 @@ def run_demo(out: Path) -> dict:
         print(f"   window {index:>2} {row['window']} {row['phase']:<7} drift share {row['drift_share'] or 0:.2f}  "
               f"coverage90 {_fmt(row['calibration']['coverage_90'])}  -> {row['action']:<8}"
               f"{' (' + row['alert'] + ')' if row['alert'] else '':<42} champion v{row['champion_after']}"
-              f"  [{row['seconds'] + row.get('retrain', {}).get('seconds', 0):.0f}s]", flush=True)
+              f"{live_note(row)}  [{row['seconds'] + row.get('retrain', {}).get('seconds', 0):.0f}s]", flush=True)
 
     _say("5/5 Summary and plots")
     from viops.demo.report import write_report
@@ -223,7 +228,8 @@ def run_demo(out: Path) -> dict:
         f"{Path(sys.executable).parent / 'airflow'} api-server --port 8080"])
     summary = write_report(out, client, model=model, rows=rows, scenario=scenario, first_version=first.model_version,
                            bad_version=bad_version, bad_before=BAD_PROMOTION_BEFORE,
-                           seconds=time.perf_counter() - started, mlflow_ui=mlflow_ui, airflow_ui=airflow_ui)
+                           seconds=time.perf_counter() - started, mlflow_ui=mlflow_ui, airflow_ui=airflow_ui,
+                           shuffled_version=shuffled_version, shuffled_before=SHUFFLED_BEFORE)
     for check in summary["checks"]:
         print(f"  [{'ok' if check['ok'] else 'FAILED'}] {check['what']}")
     _say("Where to look")

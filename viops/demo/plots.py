@@ -9,7 +9,7 @@ from pathlib import Path
 __all__ = ["plot_elbo", "plot_windows", "ACTION_COLOURS"]
 
 ACTION_COLOURS = {"none": "#9e9e9e", "ticket": "#bcbd22", "page": "#ff7f0e", "retrain": "#1f77b4",
-                  "rollback": "#d62728"}
+                  "rollback": "#d62728", "promote": "#2ca02c", "reject": "#9467bd"}
 
 
 #: Steps averaged by the smoothed training curve (a centred moving average of the minibatch ELBO per datum).
@@ -87,16 +87,42 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _action_legend(ax, rows: list[dict]) -> None:
-    """Legend entries for the actions that occurred (in decision order), after those already on ``ax``."""
+def _plot_challenger(ax, row: dict, *, first: bool) -> None:
+    """A live challenger's window: a dashed line at its version, and its promotion or rejection when decided."""
+    live = row.get("deploy")
+    if not live:
+        return
+    version, x = int(live["version"]), row["index"]
+    ax.hlines(version, x - 0.5, x + 0.5, color="#555555", lw=1.5, linestyles="dashed",
+              label=f"challenger in {live['stage']}" if first else None)
+    if live["action"] not in ("promote", "reject"):
+        return
+    colour = ACTION_COLOURS[live["action"]]
+    ax.scatter(x, version, s=70, zorder=3, color=colour, edgecolor="black", lw=0.5, marker="D")
+    if live["action"] == "promote":
+        ax.annotate("", (x + 0.5, version), (x, int(row["champion_before"])), zorder=2,
+                    arrowprops={"arrowstyle": "->", "color": colour, "lw": 1.4})
+    what = (f"promoted: {live['clean_windows']} clean\nshadow windows" if live["action"] == "promote" else
+            f"rejected in {live['stage']}\nNLL {live['nll_difference']:+.2f} nats/row" if live["nll_difference"]
+            is not None else f"rejected in {live['stage']}")
+    below = live["action"] == "promote"  # above it, the rollback of a version promoted by hand may sit
+    ax.annotate(what, (x, version), xytext=(-8, -8 if below else 8), textcoords="offset points", ha="right",
+                va="top" if below else "bottom", fontsize=7, color=colour,
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": colour, "lw": 0.5, "alpha": 0.9})
+
+
+def _action_legend(ax, rows: list[dict], live_rows: list[dict] = ()) -> None:
+    """Legend entries for the actions that occurred in ``rows`` (in decision order) and the challenger decisions in
+    ``live_rows``, after those already on ``ax``."""
     from matplotlib.patches import Patch
 
     from monitoring.metrics import DECISIONS
 
     taken = [a for a in DECISIONS if any(r["action"] == a for r in rows)]
+    deployed = [a for a in ("promote", "reject") if any((r.get("deploy") or {}).get("action") == a for r in live_rows)]
     handles, labels = ax.get_legend_handles_labels()
-    handles += [Patch(color=ACTION_COLOURS.get(a, "#555555")) for a in taken]
-    labels += [f"action: {a}" for a in taken]
+    handles += [Patch(color=ACTION_COLOURS.get(a, "#555555")) for a in [*taken, *deployed]]
+    labels += [f"action: {a}" for a in taken] + [f"challenger: {a}" for a in deployed]
     ax.legend(handles, labels, fontsize=7, loc="upper left")
 
 
@@ -152,21 +178,24 @@ def plot_windows(rows: list[dict], plots: Path, start: int) -> list[Path]:
 
 
 def _plot_timeline(rows: list[dict], path: Path, shade) -> Path:
-    """The champion that scored each window as a line over that window; each action as a marker in the window that
-    decided it, on the champion line, with an arrow to the version it left in place from the next window on."""
+    """The champion that scored each window as a line over that window, and a live challenger as a dashed line at its
+    version; each action as a marker in the window that decided it, with an arrow to the version it left in place
+    from the next window on (a promotion on live evidence, too)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     shade(ax)
-    versions = sorted({int(r["champion_before"]) for r in rows} | {int(r["champion_after"]) for r in rows})
-    for r in rows:
+    versions = sorted({int(r["champion_before"]) for r in rows} | {int(r["champion_after"]) for r in rows}
+                      | {int(r["deploy"]["version"]) for r in rows if r.get("deploy")})
+    for i, r in enumerate(rows):
         before, after = int(r["champion_before"]), int(r["champion_after"])
         ax.hlines(before, r["index"] - 0.5, r["index"] + 0.5, color="black", lw=2,
                   label="champion that scored the window" if r is rows[0] else None)
-        if r["event_before"]:
+        if i and before != int(rows[i - 1]["champion_after"]):  # changed between windows: by hand
             ax.annotate(f"v{before} promoted\nby hand", (r["index"] - 0.5, before), xytext=(3, 8),
                         textcoords="offset points", ha="left", va="bottom", fontsize=7, color="#d62728",
                         arrowprops={"arrowstyle": "-", "color": "#d62728", "lw": 0.8})
+        _plot_challenger(ax, r, first=r is next((x for x in rows if x.get("deploy")), None))
         if r["action"] == "none":
             continue
         colour = ACTION_COLOURS.get(r["action"], "#555555")
@@ -182,5 +211,5 @@ def _plot_timeline(rows: list[dict], path: Path, shade) -> Path:
     ax.set_yticks(versions, [f"v{v}" for v in versions])
     ax.set_ylim(min(versions) - 0.9, max(versions) + 0.6)
     ax.set(ylabel="champion version", title="Champion per window, and the action each window's monitor took")
-    _action_legend(ax, [r for r in rows if r["action"] != "none"])
+    _action_legend(ax, [r for r in rows if r["action"] != "none"], rows)
     return _save(fig, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from viops import REPO
 from viops.demo.plots import plot_elbo, plot_windows
 
-__all__ = ["write_report", "acceptance_checks", "window_row"]
+__all__ = ["write_report", "acceptance_checks", "window_row", "deploy_entry"]
 
 
 def window_row(result: dict) -> dict:
@@ -28,22 +28,43 @@ def window_row(result: dict) -> dict:
         "slo": [{k: s[k] for k in ("name", "status", "value", "threshold")} for s in result["slo"]],
         "action": decision["action"], "alert": decision["alert"], "runbook": decision["runbook"],
         "reason": decision["reason"], "incident_id": result.get("incident_id"),
-        "drift_report": result.get("drift_report"),
+        "drift_report": result.get("drift_report"), "deploy": deploy_entry(result),
     }
 
 
-def acceptance_checks(rows: list[dict], *, start: int, bad_before: int | None, bad_version: str | None) -> list[dict]:
-    """What the demo must show: quiet stable windows, a retrain at the shift, and the bad promotion rolled back."""
+def deploy_entry(result: dict) -> dict | None:
+    """The window's live-deployment entry: the challenger judged beside the champion (its version, stage, metrics,
+    verdict and the deployment decision), or None when no challenger was live."""
+    live = result.get("deploy")
+    if not live:
+        return None
+    judged, decision = live["window"], live["decision"]
+    nll = judged.get("nll") or {}
+    return {"version": live["version"], "stage": live["stage"], "fraction": live["fraction"],
+            "outcome": judged["outcome"], "nll_difference": nll.get("difference"), "nll_upper": nll.get("upper"),
+            "coverage_90": (live["report"].get("calibration") or {}).get("coverage_90"),
+            "action": decision["action"], "clean_windows": decision["clean_windows"], "reason": decision["reason"]}
+
+
+def acceptance_checks(rows: list[dict], *, start: int, bad_before: int | None, bad_version: str | None,
+                      shuffled_before: int | None = None, shuffled_version: str | None = None) -> list[dict]:
+    """What the demo must show: quiet stable windows, a retrain at the shift whose version is promoted on live
+    evidence after its shadow windows, the bad promotion rolled back, and the label-shuffled retrain rejected in
+    shadow."""
     stable = [r for r in rows if r["index"] < start]
     checks = [{"what": f"no action on the {len(stable)} stable windows (0-{start - 1})",
                "ok": bool(stable) and all(r["action"] == "none" for r in stable)}]
     at_shift = [r for r in rows if r["index"] in (start, start + 1) and r["action"] == "retrain"]
-    retrained = [r for r in at_shift if r["champion_after"] != r["champion_before"]]
     checks.append({"what": f"drift detected at window {start} or {start + 1} with action retrain"
                            + (f" (window {at_shift[0]['index']})" if at_shift else ""), "ok": bool(at_shift)})
-    checks.append({"what": "a new champion after the retrain"
-                           + (f" (v{retrained[0]['champion_before']} -> v{retrained[0]['champion_after']})"
-                              if retrained else ""), "ok": bool(retrained)})
+    retrained = str((at_shift[0].get("retrain") or {}).get("model_version", "")) if at_shift else ""
+    promoted = next((r for r in rows if (r.get("deploy") or {}).get("action") == "promote"
+                     and r["deploy"]["version"] == retrained), None)
+    ok = (promoted is not None and promoted["champion_after"] == retrained
+          and at_shift[0]["champion_after"] == at_shift[0]["champion_before"])  # not promoted at once
+    checks.append({"what": "the retrained version went to shadow and became champion on live evidence"
+                           + (f" (v{retrained} after {promoted['deploy']['clean_windows']} clean shadow windows, "
+                              f"window {promoted['index']})" if ok else ""), "ok": ok})
     if bad_before is not None:
         window = next((r for r in rows if r["index"] == bad_before), None)
         ok = (window is not None and window["action"] == "rollback" and window["champion_before"] == bad_version
@@ -51,6 +72,14 @@ def acceptance_checks(rows: list[dict], *, start: int, bad_before: int | None, b
         checks.append({"what": f"the bad promotion (v{bad_version}) rolled back within one window"
                                + (f" (window {bad_before}: v{window['champion_before']} -> "
                                   f"v{window['champion_after']})" if ok else ""), "ok": ok})
+    if shuffled_before is not None:
+        window = next((r for r in rows if r["index"] == shuffled_before), None)
+        live = (window or {}).get("deploy") or {}
+        ok = (live.get("action") == "reject" and live.get("version") == shuffled_version
+              and all(r["champion_after"] != shuffled_version for r in rows))
+        checks.append({"what": f"the label-shuffled retrain (v{shuffled_version}) rejected in shadow, never champion"
+                               + (f" (window {shuffled_before}: NLL {live['nll_difference']:+.2f} nats/row vs the "
+                                  f"champion)" if ok and live.get("nll_difference") is not None else ""), "ok": ok})
     return checks
 
 
@@ -91,7 +120,8 @@ def _markdown(summary: dict) -> str:
     lines = ["# viops demo", "",
              f"Model `{summary['model']}`; {len(summary['windows'])} windows of scenario `{summary['scenario']}` "
              f"(covariate shift from window {summary['shift_from']}); a bad version promoted by hand before window "
-             f"{summary['bad_promotion_before']}. Took {summary['seconds']:.0f} s.", "", "## Checks", ""]
+             f"{summary['bad_promotion_before']}; a retrain on label-shuffled rows deployed in shadow before window "
+             f"{summary.get('shuffled_before')}. Took {summary['seconds']:.0f} s.", "", "## Checks", ""]
     lines += [f"- {'✅' if c['ok'] else '❌'} {c['what']}" for c in summary["checks"]]
     lines += ["", "## Windows", "",
               "| # | window | phase | drift share | drift report | coverage 90% | action | runbook | "
@@ -111,6 +141,17 @@ def _markdown(summary: dict) -> str:
                  else "")
               + (f"; [drift report]({_relative(r['drift_report'], summary['out'])})" if r.get("drift_report") else "")
               for r in summary["windows"] if r["alerts"]]
+    live = [r for r in summary["windows"] if r.get("deploy")]
+    if live:
+        lines += ["", "Live deployment: the challenger judged beside the champion on each window (docs/deployment.md):",
+                  "", "| # | challenger | stage | outcome | NLL vs champion (nats/row) | coverage 90% | decision |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in live:
+            d = r["deploy"]
+            nll = "-" if d["nll_difference"] is None else f"{d['nll_difference']:+.3f} (upper {d['nll_upper']:+.3f})"
+            coverage = "-" if d["coverage_90"] is None else f"{d['coverage_90']:.2f}"
+            lines.append(f"| {r['index']} | v{d['version']} | {d['stage']} | {d['outcome']} | {nll} | {coverage} | "
+                         f"**{d['action']}**: {d['reason']} |")
     triggered = [r for r in summary["windows"] if r["airflow"].get("triggered")]
     if triggered:
         how = ("the scheduler ran each on the Celery workers" if summary.get("scheduler") else
@@ -138,7 +179,8 @@ def _markdown(summary: dict) -> str:
 
 def write_report(out: Path, client, *, model: str, rows: list[dict], scenario, first_version: str,
                  bad_version: str | None, bad_before: int | None, seconds: float, mlflow_ui: str,
-                 airflow_ui: str, scheduler: bool = False) -> dict:
+                 airflow_ui: str, scheduler: bool = False, shuffled_version: str | None = None,
+                 shuffled_before: int | None = None) -> dict:
     """``scheduler``: the runs went through Airflow's scheduler (``make demo-cluster``), not ``dag.test()``."""
     from pipelines.registry.audit import read_log
 
@@ -149,7 +191,9 @@ def write_report(out: Path, client, *, model: str, rows: list[dict], scenario, f
     summary = {
         "model": model, "scenario": scenario.name, "shift_from": scenario.start, "first_version": str(first_version),
         "bad_version": bad_version, "bad_promotion_before": bad_before, "seconds": round(seconds, 1),
-        "checks": acceptance_checks(rows, start=scenario.start, bad_before=bad_before, bad_version=bad_version) + [
+        "shuffled_version": shuffled_version, "shuffled_before": shuffled_before,
+        "checks": acceptance_checks(rows, start=scenario.start, bad_before=bad_before, bad_version=bad_version,
+                                    shuffled_before=shuffled_before, shuffled_version=shuffled_version) + [
             {"what": f"every version ({len(versions)}) is signed and its files verify",
              "ok": bool(versions) and all(v["signature_verified"] for v in versions)}],
         "windows": rows, "versions": versions, "audit": read_log(out / "audit.jsonl"),

@@ -40,8 +40,9 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
     shipped = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
     assert {p for p in shipped if p.startswith("pipelines/")} == {
         "pipelines/__init__.py", "pipelines/build.py", "pipelines/config/__init__.py", "pipelines/config/base.py",
-        "pipelines/config/loading.py", "pipelines/config/model.py", "pipelines/config/schema.py",
-        "pipelines/serving/__init__.py", "pipelines/serving/bundle.py", "pipelines/serving/pyfunc.py"}
+        "pipelines/config/loading.py", "pipelines/config/model.py", "pipelines/config/release.py",
+        "pipelines/config/schema.py", "pipelines/serving/__init__.py", "pipelines/serving/bundle.py",
+        "pipelines/serving/pyfunc.py"}
     assert "models/families/gaussian.py" in shipped and "models/blr.py" in shipped
 
 
