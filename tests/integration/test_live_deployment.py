@@ -163,6 +163,9 @@ def test_canary_routing_is_sticky_and_a_canary_that_breaks_calibration_is_rolled
     served = mlflow.pyfunc.load_model(str(router)).predict(rows[split.champion.bundle.features])
     assert (served["version"].astype(str).to_numpy() == answered.to_numpy()).all()
     assert np.allclose(served["mean"], pd.read_csv(root / "first.csv")["mean"])
+    # Over HTTP: viops serve on the bare name serves the router with mlflow models serve.
+    http = _serve_and_predict(root, mlflow_server, rows[split.champion.bundle.features].head(60))
+    assert [str(p["version"]) for p in http] == answered.head(60).tolist()
 
     result = monitor(store, when, root / "canary-state")["deploy"]
     assert result["stage"] == "canary" and result["canary"]["rows"] == first.canary["rows"]
@@ -178,3 +181,36 @@ def test_canary_routing_is_sticky_and_a_canary_that_breaks_calibration_is_rolled
     # Rolled back: a bare model name serves the champion alone again.
     after = score_file(client, MODEL, root / "requests.csv", root / "after.csv", tracking_uri=mlflow_server)
     assert after.canary is None and after.version == champion
+
+
+def _serve_and_predict(root, tracking_uri: str, rows: pd.DataFrame) -> list[dict]:
+    """``viops serve --model MODEL`` (what production serves) in its own process; its predictions for ``rows``."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from tests.conftest import free_port
+    from tests.integration.conftest import stop, wait_healthy
+
+    port, log_path = free_port(), root / "serve.log"
+    venv_bin = Path(sys.executable).parent
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "viops", "serve", "--model", MODEL, "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+                                     "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+                                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, proc, log_path, path="/ping", timeout=180)
+            body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}}
+            request = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                predictions = json.loads(resp.read())["predictions"]
+        finally:
+            stop(proc)
+    assert "serving the canary split of " in log_path.read_text()
+    return predictions
