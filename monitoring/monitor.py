@@ -35,12 +35,16 @@ def build_checks(config: ChecksConfig) -> list[DriftCheck | CalibrationCheck | V
     return [check for check in checks if check.config.enabled]
 
 
-def score_window(frame: pd.DataFrame, finite: np.ndarray, champion: Champion) -> tuple[pd.DataFrame, dict]:
-    """The champion's predictions for the finite rows: those already in the window when it carries a complete set,
-    else scored now. Returns ``(predictions indexed like the finite rows, scoring summary)``."""
+def score_window(frame: pd.DataFrame, finite: np.ndarray, champion: Champion,
+                 scored_by: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """The champion's predictions for the finite rows: those already in the window when it carries a complete set
+    that this version scored (``scored_by``, ``model/version``; None when the window does not say, as a file brought
+    with its own predictions), else scored now. A window another version scored (the champion changed since) is
+    scored again. Returns ``(predictions indexed like the finite rows, scoring summary)``."""
     columns = list(champion.reference_predictions.columns)
     rows = frame.loc[finite]
-    if all(c in frame.columns for c in columns) and np.isfinite(rows[columns].to_numpy(dtype=float)).all():
+    ours = scored_by is None or scored_by == champion.loaded.ref
+    if ours and all(c in frame.columns for c in columns) and np.isfinite(rows[columns].to_numpy(dtype=float)).all():
         return rows[columns], {"scored_now": 0, "version": "as stored in the window"}
     features = rows[champion.features].astype("float64")
     predictions, seconds = score_frame(champion.loaded, features)
@@ -106,7 +110,8 @@ def check_window(window: Window, champion: Champion, config: ChecksConfig,
     context = context or WindowContext()
     frame = window.frame
     inputs, finite = check_inputs(frame, champion)
-    predictions, scoring = score_window(frame, finite, champion) if finite.any() else (pd.DataFrame(), {})
+    predictions, scoring = score_window(frame, finite, champion, window.scored_by) if finite.any() else (
+        pd.DataFrame(), {})
     features = frame.loc[finite, champion.features].astype("float64")
     labelled, invalid = _labelled(window, champion)
     if labelled is not None:  # a row with a schema problem reaches no check, labelled or not

@@ -128,6 +128,12 @@ class Window:
             return None
         return WindowStore(self.path.parent.parent)
 
+    @property
+    def scored_by(self) -> str | None:
+        """The ``model/version`` whose predictions the window's partition stores (None: not recorded)."""
+        store = self.store
+        return None if store is None else store.meta(self.start).get("scored_by")
+
     def drift_report_path(self) -> Path:
         """Where this window's Evidently drift report goes: ``drift_report.html`` in its store partition, else
         ``<file stem>.drift_report.html`` beside the file."""

@@ -169,6 +169,13 @@ def test_monitor_writes_predictions_back_into_the_window_store(regression, tmp_p
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["scoring"]["scored_now"] == 0 and not again["scoring"]["written_back"]
     assert again["decision"] == first["decision"] and again["incident_id"] == first["incident_id"]
+    # Predictions another version stored (the champion changed since) are not taken for this one's: scored again.
+    WindowStore(tmp_path / "w").write(window, stored, meta={**WindowStore(tmp_path / "w").meta(window),
+                                                            "scored_by": "blr-diabetes/7"})
+    assert main(args) == 0
+    other = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert other["scoring"]["scored_now"] == first["inputs"]["finite_rows"] and other["scoring"]["version"] == "1"
+    assert WindowStore(tmp_path / "w").meta(window)["scored_by"] == "blr-diabetes/1"
 
 
 def test_execute_retrain_trains_on_the_data_plus_the_window_and_gates_it(regression, tmp_path, capsys, monkeypatch):
