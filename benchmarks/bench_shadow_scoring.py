@@ -85,11 +85,13 @@ def main() -> int:
     for run in cases.values():  # warm-up
         run()
     seconds = {name: [] for name in cases}
+    cpu = {name: [] for name in cases}  # this process's CPU time: less moved by other load on the machine
     for _ in range(args.rounds):
         for name, run in cases.items():
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             run()
             seconds[name].append(time.perf_counter() - began)
+            cpu[name].append(time.process_time() - began_cpu)
     median = {name: statistics.median(s) for name, s in seconds.items()}
     report = {
         "rows": args.rows, "rounds": args.rounds, "canary_fraction": args.fraction,
@@ -100,6 +102,8 @@ def main() -> int:
         # slows both sides of a round alike
         "paired_ratio_to_single": {name: round(statistics.median(a / b for a, b in zip(s, seconds["single"])), 2)
                                    for name, s in seconds.items()},
+        "cpu_ratio_to_single": {name: round(statistics.median(c) / statistics.median(cpu["single"]), 2)
+                                for name, c in cpu.items()},
         "shadow_target_met": median["shadow"] / median["single"] <= 2.2,
     }
     print(json.dumps(report, indent=None if args.json else 2))

@@ -145,7 +145,9 @@ def vi_monitoring():
     @task
     def deploy_unchanged(result: dict) -> str:
         shadow = result.get("deploy")
-        return "no challenger in shadow" if not shadow else shadow["decision"]["reason"]
+        if not shadow:
+            return "no challenger deployed live"
+        return shadow.get("error") or shadow["decision"]["reason"]
 
     @task
     def page(result: dict) -> dict:

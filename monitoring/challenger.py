@@ -135,8 +135,13 @@ def monitor_challenger(client, current: Window, champion: Champion, champion_sta
     executed = None
     acts = decision.action in ("promote", "reject", "ramp")
     if execute and acts:
-        executed = carry_out(client, decision, policy, actor=actor, trigger={**(trigger or {}), "incident_id":
-                             incident or (trigger or {}).get("incident_id")})
+        from pipelines.registry.lease import LeaseHeld
+
+        try:
+            executed = carry_out(client, decision, policy, actor=actor, trigger={
+                **(trigger or {}), "incident_id": incident or (trigger or {}).get("incident_id")})
+        except LeaseHeld as exc:  # another promotion, rollback or retrain of the model is under way: next window
+            executed = {"action": decision.action, "skipped": True, "reason": str(exc)}
     state.record({"window": current.key, "version": version, "rows": report.inputs.rows,
                   "cusum": report.drift.cusum if report.drift is not None else None,
                   "slo": {s.name: s.good for s in statuses}, "shadow": judged.to_json(), "action": decision.action,

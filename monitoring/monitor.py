@@ -214,12 +214,6 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
         except LeaseHeld as exc:  # single flight: another monitor or operator is already on it
             body["executed"] = {"action": decision.action, "skipped": True, "reason": str(exc)}
     automated = decision.action in AUTOMATED
-    from monitoring.challenger import monitor_challenger
-
-    body["deploy"] = None if alias != CHAMPION else monitor_challenger(
-        client, current, champion, statuses, model=model, tracking_uri=tracking_uri, checks=checks, slos=slos,
-        state_dir=state_dir, champion_action=decision.action, pushgateway=pushgateway, execute=execute,
-        dispatched=dispatched or deploy_dispatched, actor=actor, trigger={"incident_id": body["incident_id"]})
     body["pending"] = decision.action if automated and not execute and not dispatched else None
     state.record({"window": window, "version": champion.loaded.version, "rows": report.inputs.rows,
                   "cusum": report.drift.cusum if report.drift and report.drift.cusum is not None
@@ -228,7 +222,28 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
                   "slo": {s.name: s.good for s in statuses}, "firing": decision.firing, "action": decision.action,
                   "executed": automated and (execute or dispatched), "runbook": decision.alert,
                   "monitored_at": time.time()})
+    body["deploy"] = None if alias != CHAMPION else _challenger_pass(
+        client, current, champion, statuses, model=model, tracking_uri=tracking_uri, checks=checks, slos=slos,
+        state_dir=state_dir, champion_action=decision.action, pushgateway=pushgateway, execute=execute,
+        dispatched=dispatched or deploy_dispatched, actor=actor, trigger={"incident_id": body["incident_id"]})
     return body
+
+
+def _challenger_pass(client, *args, **kwargs) -> dict | None:
+    """The live challenger's pass (:func:`monitoring.challenger.monitor_challenger`), after the champion's window is
+    recorded. A challenger that cannot be judged (its version or evidence unreadable) is reported, and never stops
+    the champion's monitoring or its decision from being carried out."""
+    import logging
+
+    from monitoring.challenger import monitor_challenger
+    from pipelines.registry.versions import RegistryError
+    from pipelines.tables import DataError
+
+    try:
+        return monitor_challenger(client, *args, **kwargs)
+    except (RegistryError, DataError) as exc:
+        logging.getLogger(__name__).warning("the live challenger could not be judged on this window: %s", exc)
+        return {"error": f"the live challenger could not be judged on this window: {exc}", "decision": None}
 
 
 def _write_drift_report(report: WindowReport, window: Window) -> str | None:

@@ -132,3 +132,16 @@ def test_a_canary_that_breaks_calibration_on_its_rows_is_rolled_back_at_once():
     feed = judge_window("w0", "2", [], [], _paired(0.0), CANARY, step=0, fraction=0.1,
                         canary_statuses=[_status("coverage_90", "breach"), _status("input_validity", "breach")])
     assert feed.outcome == "undecided" and not feed.canary_breached
+
+
+def test_a_challenger_that_cannot_be_judged_is_reported_and_never_stops_the_champions_window(monkeypatch):
+    import monitoring.challenger
+    from monitoring.monitor import _challenger_pass
+    from pipelines.registry.versions import RegistryError
+
+    def unreadable(*args, **kwargs):
+        raise RegistryError("version 4 of m is PENDING_REGISTRATION, not READY")
+
+    monkeypatch.setattr(monitoring.challenger, "monitor_challenger", unreadable)
+    reported = _challenger_pass(None)
+    assert reported["decision"] is None and "version 4 of m is PENDING_REGISTRATION" in reported["error"]

@@ -47,9 +47,12 @@ def _cmd_monitor(args) -> int:
              f"breached {', '.join(breached) or 'nothing'} -> {decision['action']}"
              + (f" ({decision['runbook']})" if decision["runbook"] else "") + f": {decision['reason']}"
              + (f"\n  drift report: {result['drift_report']}" if result["drift_report"] else ""))
-    if result.get("deploy"):
-        shadow = result["deploy"]["decision"]
-        human += f"\n  challenger v{shadow['version']} in shadow -> {shadow['action']}: {shadow['reason']}"
+    live = result.get("deploy")
+    if live and live.get("error"):
+        human += f"\n  {live['error']}"
+    elif live:
+        shadow = live["decision"]
+        human += f"\n  challenger v{shadow['version']} in {live['stage']} -> {shadow['action']}: {shadow['reason']}"
     emit({**result, "tracking_uri": uri}, args.json, human)
     return _fail_on(args.fail_on, decision["action"])
 

@@ -29,6 +29,7 @@ def window_row(result: dict) -> dict:
         "action": decision["action"], "alert": decision["alert"], "runbook": decision["runbook"],
         "reason": decision["reason"], "incident_id": result.get("incident_id"),
         "drift_report": result.get("drift_report"), "deploy": deploy_entry(result),
+        "deploy_error": (result.get("deploy") or {}).get("error"),
     }
 
 
@@ -36,7 +37,7 @@ def deploy_entry(result: dict) -> dict | None:
     """The window's live-deployment entry: the challenger judged beside the champion (its version, stage, metrics,
     verdict and the deployment decision), or None when no challenger was live."""
     live = result.get("deploy")
-    if not live:
+    if not live or live.get("error"):  # none live, or one that could not be judged (the row's reason says so)
         return None
     judged, decision = live["window"], live["decision"]
     nll = judged.get("nll") or {}
