@@ -57,15 +57,16 @@ def _paired_rows(current: Window, champion: Champion, challenger: Champion, chec
     return rows
 
 
-def _canary_slice(current: Window, deployment, challenger: Champion, checks: ChecksConfig, slos):
-    """The canary's own rows (routed as production routes them) checked on their own: ``(report, statuses)``."""
+def _canary_slice(current: Window, deployment, challenger: Champion, checks: ChecksConfig, slos, scored):
+    """The canary's own rows (routed as production routes them) checked on their own, with the predictions the
+    challenger made of the whole window (``scored``): ``(report, statuses)``."""
     from monitoring.slo import evaluate_slos
     from pipelines.serving.routing import route
 
     answered = route(current.frame, deployment.fraction, deployment.policy.key_column)
     rows = dataclasses.replace(current, frame=current.frame.loc[answered])
     calibration_and_latency = checks.model_copy(update={"drift": checks.drift.model_copy(update={"enabled": False})})
-    report = check_window(rows, challenger, calibration_and_latency)
+    report = check_window(rows, challenger, calibration_and_latency, scored=scored)
     statuses = evaluate_slos(slos, report, []) if slos is not None else []
     return report, [s for s in statuses if s.name in (*CANARY_OBJECTIVES, "input_schema", "input_validity")]
 
@@ -100,7 +101,7 @@ def monitor_challenger(client, current: Window, champion: Champion, champion_sta
                      num_samples=checks.vi_health.predictive_samples, seed=checks.seed)
     canary = None
     if deployment.stage == "canary":
-        canary = _canary_slice(unscored, deployment, challenger, checks, slos)
+        canary = _canary_slice(unscored, deployment, challenger, checks, slos, report.predictions)
     judged = judge_window(current.key, version, statuses, champion_statuses, nll, policy,
                           canary_statuses=None if canary is None else canary[1],
                           step=deployment.step if canary is not None else None, fraction=deployment.fraction)

@@ -103,15 +103,20 @@ def _cusum(drift: DriftSummary | None, before: float | None, config: ChecksConfi
 
 
 def check_window(window: Window, champion: Champion, config: ChecksConfig,
-                 context: WindowContext | None = None) -> WindowReport:
+                 context: WindowContext | None = None, scored: pd.DataFrame | None = None) -> WindowReport:
     """Run every enabled check of ``config`` on ``window`` against ``champion``: the rows are prepared once (finite
     rows scored, labelled rows by the shared rule, both capped at ``row_cap``), then each check that has the rows it
-    needs calculates its result from them (:attr:`WindowReport.evidence` says which had too few)."""
+    needs calculates its result from them (:attr:`WindowReport.evidence` says which had too few). ``scored``: this
+    version's predictions of these rows, already made (a canary's slice of the window it scored whole)."""
     context = context or WindowContext()
     frame = window.frame
     inputs, finite = check_inputs(frame, champion)
-    predictions, scoring = score_window(frame, finite, champion, window.scored_by) if finite.any() else (
-        pd.DataFrame(), {})
+    if scored is not None:
+        predictions, scoring = scored.loc[frame.index[finite]], {"scored_now": 0, "version": champion.loaded.version}
+    elif finite.any():
+        predictions, scoring = score_window(frame, finite, champion, window.scored_by)
+    else:
+        predictions, scoring = pd.DataFrame(), {}
     features = frame.loc[finite, champion.features].astype("float64")
     labelled, invalid = _labelled(window, champion)
     if labelled is not None:  # a row with a schema problem reaches no check, labelled or not
