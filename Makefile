@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.viops-installed
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). Most tests wait on servers and child processes as much as they compute, so a 2-core
+# machine runs three at once; each test module stays on one worker (its module fixtures start once).
+TEST_WORKERS ?= 3
 
 .PHONY: setup test demo demo-cluster bench clean stack-up stack-down
 
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m viops.demo --out demo_out
@@ -36,6 +39,7 @@ demo-cluster: $(STAMP)
 	$(PY) -m viops.demo.cluster --out demo_cluster_out
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/bench_blr_training.py
 
 clean:

@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution, Independent, Normal, biject_to, constraints
 
-from models.latent import GlobalLatentModel, LatentBlock, move_distribution, positive_log_prior
+from models.latent import (
+    GlobalLatentModel,
+    LatentBlock,
+    gaussian_log_likelihood,
+    move_distribution,
+    positive_log_prior,
+)
 
 __all__ = ["BayesianLinearRegression", "LatentBlock"]
 
@@ -113,16 +119,21 @@ class BayesianLinearRegression(GlobalLatentModel):
             self._gaussian_prior = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
         return self._gaussian_prior
 
+    def _mean_and_scale(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """The predictive mean ``(S, B)`` (one matmul for every draw) and the noise scale: a number, or ``(S, 1)``."""
+        p = self.num_features
+        if self.fit_intercept:
+            mean = torch.addmm(z[:, p : p + 1], z[:, :p], x.T)
+        else:
+            mean = z[:, :p] @ x.T
+        return mean, self._to_positive(z[:, -1:]) if self.learns_noise else self.noise_scale
+
     def predictive(self, z: torch.Tensor, x: torch.Tensor) -> Normal:
         """p(y | x, z) for every draw and row: a Normal with batch shape ``(S, B)``."""
-        params = self.unpack(z)
-        mean = torch.addmm(params["intercept"].unsqueeze(-1), params["weights"], x.T)
-        if self.learns_noise:
-            scale = params["noise_scale"].unsqueeze(-1).expand_as(mean)
-        else:
-            scale = torch.full_like(mean, self.noise_scale)
+        mean, scale = self._mean_and_scale(z, x)
+        scale = scale.expand_as(mean) if torch.is_tensor(scale) else mean.new_tensor(scale).expand_as(mean)
         return Normal(mean, scale, validate_args=False)
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y_i | x_i, z_s) per draw and row, shape ``(S, B)``."""
-        return self.predictive(z, x).log_prob(y)
+        return gaussian_log_likelihood(y, *self._mean_and_scale(z, x))

@@ -18,7 +18,13 @@ import torch
 from torch.distributions import Categorical, Distribution, Independent, Normal, biject_to, constraints
 
 from models.families import MeanFieldGaussian
-from models.latent import GlobalLatentModel, LatentBlock, move_distribution, positive_log_prior
+from models.latent import (
+    GlobalLatentModel,
+    LatentBlock,
+    gaussian_log_likelihood,
+    move_distribution,
+    positive_log_prior,
+)
 
 __all__ = ["BayesianNeuralNetwork", "ACTIVATIONS"]
 
@@ -127,26 +133,31 @@ class BayesianNeuralNetwork(GlobalLatentModel):
         if self.task == "classification":
             logits = torch.cat([torch.zeros_like(out), out], -1) if self.num_classes == 2 else out
             return Categorical(logits=logits, validate_args=False)
-        mean = out.squeeze(-1)
-        if self.learns_noise:
-            scale = self._to_positive(z[..., -1]).unsqueeze(-1).expand_as(mean)
-        else:
-            scale = torch.full_like(mean, self.noise_scale)
+        mean, scale = out.squeeze(-1), self._noise(z)
+        scale = scale.expand_as(mean) if torch.is_tensor(scale) else mean.new_tensor(scale).expand_as(mean)
         return Normal(mean, scale, validate_args=False)
+
+    def _noise(self, z: torch.Tensor) -> float | torch.Tensor:
+        """The regression noise scale: the fixed number, or one per draw ``(S, 1)``."""
+        return self._to_positive(z[..., -1:]) if self.learns_noise else self.noise_scale
 
     def predictive(self, z: torch.Tensor, x: torch.Tensor) -> Distribution:
         """p(y | x, z) with batch shape ``(S, B)``: Normal (regression) or Categorical (classification)."""
         return self._head(self.outputs(z, x), z)
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._log_prob(self.predictive(z, x), y)
+        return self._log_prob(self.outputs(z, x), z, y)
 
     def local_log_likelihood(self, family, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y | x) per particle and row with locally reparameterised layers; ``z`` supplies the noise scale."""
-        return self._log_prob(self._head(self.local_outputs(family, x, z.shape[0]), z), y)
+        return self._log_prob(self.local_outputs(family, x, z.shape[0]), z, y)
 
-    def _log_prob(self, dist: Distribution, y: torch.Tensor) -> torch.Tensor:
-        return dist.log_prob(y.long() if self.task == "classification" else y)
+    def _log_prob(self, out: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(y | outputs): the predictive's density (Gaussian in closed form, as :func:`gaussian_log_likelihood`
+        explains)."""
+        if self.task == "classification":
+            return self._head(out, z).log_prob(y.long())
+        return gaussian_log_likelihood(y, out.squeeze(-1), self._noise(z))
 
     # -- the prior --------------------------------------------------------------------------------------------------
 

@@ -59,14 +59,16 @@ def elbo(
     batch_size = x.shape[0]
     if batch_size == 0:
         raise ValueError("the minibatch is empty")
-    z = family.rsample(num_particles, antithetic=antithetic)
+    z, kl = family.rsample_and_kl(num_particles, model.gaussian_prior(), antithetic=antithetic)
     if getattr(model, "local_reparameterization", False):
         log_lik = model.local_log_likelihood(family, z, x, y)
     else:
         log_lik = model.log_likelihood(z, x, y)
-    log_lik = log_lik.sum(-1) * (dataset_size / batch_size)
-    expected_log_likelihood = log_lik.mean()
-    kl, analytic = _kl(model, family, z)
+    # the mean over draws of each draw's summed log-likelihood, scaled by N / |B|
+    expected_log_likelihood = log_lik.sum() * (dataset_size / (batch_size * log_lik.shape[0]))
+    analytic = kl is not None
+    if not analytic:
+        kl = (family.log_prob(z) - model.log_prior(z)).mean()
     return ELBOTerms(expected_log_likelihood - kl, expected_log_likelihood, kl, analytic)
 
 

@@ -11,9 +11,14 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the cores: one compute thread each (and in the commands they start), instead of
+    # every process spreading its tensor operations over all cores at once.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO / "configs" / "examples" / "blr_csv.yaml"

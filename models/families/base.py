@@ -91,15 +91,33 @@ class VariationalFamily(nn.Module):
         gradient that are odd in the noise cancel within a pair (Geffner & Domke 2020 discuss such control variates
         for VI). For a Gaussian likelihood this removes the minibatch-gradient noise from the scale gradients.
         """
+        return self.transform_noise(self._noise(num_particles, antithetic, generator))
+
+    def _noise(self, num_particles: int, antithetic: bool, generator: torch.Generator | None) -> torch.Tensor:
+        """Standard-normal noise ``(num_particles, noise_dim)``, in mirrored pairs when ``antithetic``."""
         if antithetic and num_particles > 1 and not self.symmetric:
-            raise ValueError(f"{type(self).__name__} is not symmetric about its mean; antithetic draws need one that is")
+            raise ValueError(
+                f"{type(self).__name__} is not symmetric about its mean; antithetic draws need one that is")
         pairs = antithetic and num_particles > 1
         draws = (num_particles + 1) // 2 if pairs else num_particles
         like = self.precond_shift
         noise = torch.randn((draws, self.noise_dim), generator=generator, device=like.device, dtype=like.dtype)
         if pairs:
             noise = torch.cat([noise, -noise])[:num_particles]
-        return self.transform_noise(noise)
+        return noise
+
+    def rsample_and_kl(self, num_particles: int, prior: Distribution | None, antithetic: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What one ELBO step needs from q: :meth:`rsample` draws and the analytic KL(q || prior), or None when
+        there is no prior or no closed form. Families whose parameters cost something to assemble (mean-field)
+        override it to assemble them once for both."""
+        z = self.rsample(num_particles, antithetic=antithetic)
+        if prior is None:
+            return z, None
+        try:
+            return z, self.kl_to(prior)
+        except NotImplementedError:
+            return z, None
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log q(z) for draws of shape ``(..., dim)``."""

@@ -6,12 +6,35 @@ import math
 
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
+from torch.distributions import (
+    Distribution,
+    Independent,
+    LowRankMultivariateNormal,
+    MultivariateNormal,
+    Normal,
+)
 from torch.nn import functional as F
 
-from models.families.base import VariationalFamily, initial_loc, inverse_softplus, positive_scale
+from models.families.base import (
+    VariationalFamily,
+    _is_diagonal_normal,
+    initial_loc,
+    inverse_softplus,
+    positive_scale,
+)
 
-__all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian"]
+__all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian", "diagonal_gaussian_kl"]
+
+
+def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torch.Tensor, prior_scale: torch.Tensor
+                         ) -> torch.Tensor:
+    """KL(N(loc, diag scale^2) || N(prior_loc, diag prior_scale^2)) in closed form, summed over coordinates.
+
+    torch's ``kl_divergence`` of the two ``Independent(Normal)`` gives the same value (``tests/models`` checks it);
+    this is its arithmetic without building distribution objects on every training step.
+    """
+    var_ratio = (scale / prior_scale).square()
+    return 0.5 * (var_ratio + ((loc - prior_loc) / prior_scale).square() - 1 - var_ratio.log()).sum()
 
 
 class MeanFieldGaussian(VariationalFamily):
@@ -34,6 +57,16 @@ class MeanFieldGaussian(VariationalFamily):
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Map standard-normal noise ``(..., dim)`` to draws from q (the reparameterisation itself)."""
         return self._loc() + self.scale * noise
+
+    def rsample_and_kl(self, num_particles: int, prior: Distribution | None, antithetic: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draws and the analytic KL to a diagonal Gaussian prior from one evaluation of q's location and scale
+        (the same draws as :meth:`rsample`: ``loc + scale * noise``)."""
+        if prior is None or not _is_diagonal_normal(prior):
+            return super().rsample_and_kl(num_particles, prior, antithetic)
+        loc, scale = self._loc(), self.scale
+        z = loc + scale * self._noise(num_particles, antithetic, None)
+        return z, diagonal_gaussian_kl(loc, scale, prior.base_dist.loc, prior.base_dist.scale)
 
     def _unit_scale(self) -> None:
         self.scale_unconstrained.fill_(inverse_softplus(1.0))

@@ -78,11 +78,19 @@ class GradientNorms(pl.Callback):
     telemetry is flushed, so this adds no host sync.
     """
 
+    def __init__(self):
+        self._named: list[tuple[str, torch.Tensor]] | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._named = [(f"grad_norm/{name}", p) for name, p in pl_module.trained_parameters()]
+
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        named = [(n, p.grad) for n, p in pl_module.trained_parameters() if p.grad is not None]
+        if self._named is None:
+            self.on_train_start(trainer, pl_module)
+        named = [(key, p.grad) for key, p in self._named if p.grad is not None]
         if named:
             norms = torch._foreach_norm([g for _, g in named])
-            pl_module.step_stats.update({f"grad_norm/{name}": norm for (name, _), norm in zip(named, norms)})
+            pl_module.step_stats.update(zip([key for key, _ in named], norms))
 
 
 class NonFiniteGuard(pl.Callback):
@@ -165,23 +173,32 @@ class StepTelemetry(pl.Callback):
         self.sink(names, rows)
 
 
+#: Average at most every this many iterates, and keep at least MIN_AVERAGED of them (IterateAveraging).
+AVERAGE_EVERY, MIN_AVERAGED = 8, 50
+
+
 class IterateAveraging(pl.Callback):
     """Polyak-Ruppert averaging of the variational parameters over the last ``fraction`` of the planned steps.
 
     Averaging the iterates of a decaying-step SGD removes the jitter that minibatch noise leaves in the final iterate
-    (Polyak & Juditsky 1992); it uses :class:`torch.optim.swa_utils.AveragedModel` with fused updates. At the end of
-    training the averaged parameters are copied into the family.
+    (Polyak & Juditsky 1992); it uses :class:`torch.optim.swa_utils.AveragedModel` with fused updates. It averages
+    every ``every``-th iterate of the window (up to :data:`AVERAGE_EVERY`, keeping at least :data:`MIN_AVERAGED`
+    iterates): consecutive iterates at a small step size are nearly equal, so thinning leaves the average as it was
+    (SWA averages once per epoch) while the update stops costing a share of every small model's step. At the end
+    of training the averaged parameters are copied into the family.
     """
 
     def __init__(self, fraction: float):
         self.fraction = fraction
         self.averaged: AveragedModel | None = None
         self.start_step: int | None = None
+        self.every = 1
         self.num_averaged = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         total = int(getattr(pl_module, "planned_steps", trainer.estimated_stepping_batches))
         self.start_step = int(total * (1.0 - self.fraction)) if self.fraction > 0 else None
+        self.every = max(1, min(AVERAGE_EVERY, (total - (self.start_step or 0)) // MIN_AVERAGED))
         restored, self._restored = getattr(self, "_restored", None), None
         if restored is not None:  # resumed from a checkpoint taken while averaging
             self.averaged = AveragedModel(pl_module.family, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
@@ -199,6 +216,8 @@ class IterateAveraging(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         # The parameters here are the iterate produced by the previous step.
         if self.start_step is None or trainer.global_step <= self.start_step:
+            return
+        if (trainer.global_step - self.start_step) % self.every:
             return
         if self.averaged is None:
             self.averaged = AveragedModel(pl_module.family, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)

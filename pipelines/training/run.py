@@ -149,7 +149,7 @@ def _ddp_worker_rank() -> int:
 
 def _train_in_run(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, experiment_id: str,
                   num_classes: int | None, rank: int = 0, resume: Resumable | None = None) -> TrainingResult:
-    from pipelines.training.svi_module import planned_steps
+    from pipelines.training.loaders import planned_steps
     from pipelines.training.telemetry import make_sink
 
     checkpoints = run_checkpoint_dir(config.train.checkpoint_dir, run_id)

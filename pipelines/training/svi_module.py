@@ -1,4 +1,4 @@
-"""A thin LightningModule over the ``models/`` ELBO, and index-slicing data loaders.
+"""A thin LightningModule over the ``models/`` ELBO (its loaders are in :mod:`pipelines.training.loaders`).
 
 The module owns no logic beyond one ``_shared_step``: the objective lives in :mod:`models.objectives`, and logging,
 NaN guards, averaging and early stopping live in :mod:`pipelines.callbacks`.
@@ -10,117 +10,21 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 
 from models.families import VariationalFamily
 from models.objectives import elbo, held_out_fit
 from pipelines.config.schema import TrainSettings
+from pipelines.training.loaders import (
+    MinibatchGroup,
+    TensorTable,
+    make_loader,
+    overrides_step_hook,
+    planned_steps,
+    steps_per_epoch,
+)
 
-__all__ = ["MinibatchSVI", "SVIModule", "TensorTable", "IndexBatches", "MinibatchGroup", "gather_rows", "planned_steps"]
-
-
-def gather_rows(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``index`` of ``x`` and ``y``. ``index_select`` copies whole rows; on CPU it is ~3x faster than ``x[index]``,
-    whose generic advanced-indexing kernel dominated the step time of small models."""
-    return x.index_select(0, index), y.index_select(0, index)
-
-
-class TensorTable(Dataset):
-    """Feature and target tensors indexed by a whole batch of row indices at once (no per-row collate)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, index):
-        """Rows for one index tensor; for a list of index tensors, a :class:`MinibatchGroup` of those minibatches."""
-        if isinstance(index, list):
-            return MinibatchGroup(self.x, self.y, index)
-        return gather_rows(self.x, self.y, index)
-
-
-class MinibatchGroup:
-    """Consecutive minibatches of one Lightning batch: their rows are gathered in one ``index_select`` when iteration
-    starts, and each minibatch is a contiguous view of that block (one pass over random rows instead of one per step).
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, indices: list[torch.Tensor]):
-        self.x, self.y, self.indices = x, y, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self):
-        xs, ys = gather_rows(self.x, self.y, torch.cat(self.indices) if len(self.indices) > 1 else self.indices[0])
-        start = 0
-        for index in self.indices:
-            stop = start + len(index)
-            yield xs[start:stop], ys[start:stop]
-            start = stop
-
-
-class IndexBatches(Sampler):
-    """Minibatch index tensors from a fresh permutation each epoch (in order when not shuffled).
-
-    With ``group > 1`` it yields lists of up to ``group`` consecutive minibatches, which the module steps through
-    one optimiser step each; an epoch still visits every row exactly once.
-    """
-
-    def __init__(self, num_rows: int, batch_size: int, *, shuffle: bool, seed: int = 0, device=None, group: int = 1,
-                 rank: int = 0, world_size: int = 1):
-        self.num_rows, self.batch_size, self.shuffle, self.group = num_rows, batch_size, shuffle, group
-        self.device = device
-        self.rank, self.world_size = rank, world_size
-        # The same seed on every rank: all ranks draw the same permutation and each keeps its own strided shard.
-        self.generator = torch.Generator().manual_seed(seed)
-
-    @property
-    def rows_per_rank(self) -> int:
-        return math.ceil(self.num_rows / self.world_size)
-
-    @property
-    def minibatches_per_epoch(self) -> int:
-        return steps_per_epoch(self.num_rows, self.batch_size, self.world_size)
-
-    def __len__(self) -> int:
-        return math.ceil(self.minibatches_per_epoch / self.group) if self.group > 1 else self.minibatches_per_epoch
-
-    def __iter__(self):
-        if self.shuffle:
-            order = torch.randperm(self.num_rows, generator=self.generator)
-        else:
-            order = torch.arange(self.num_rows)
-        if self.world_size > 1:  # pad by wrapping so that every rank takes the same number of steps
-            order = torch.cat([order, order[: self.rows_per_rank * self.world_size - self.num_rows]])
-            order = order[self.rank :: self.world_size]
-        order = order.to(self.device) if self.device is not None else order
-        batches = order.split(self.batch_size)
-        if self.group == 1:
-            yield from batches
-        else:
-            for start in range(0, len(batches), self.group):
-                yield list(batches[start : start + self.group])
-
-
-def _loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int, group: int = 1, rank: int = 0,
-            world_size: int = 1) -> DataLoader:
-    sampler = IndexBatches(len(table), batch_size, shuffle=shuffle, seed=seed, device=table.x.device, group=group,
-                           rank=rank, world_size=world_size)
-    return DataLoader(table, sampler=sampler, batch_size=None, num_workers=0)
-
-
-def steps_per_epoch(num_rows: int, batch_size: int, world_size: int = 1) -> int:
-    """Minibatches each process takes per epoch when ``world_size`` processes share ``num_rows`` rows."""
-    return math.ceil(math.ceil(num_rows / world_size) / batch_size)
-
-
-def planned_steps(num_rows: int, settings: TrainSettings, world_size: int = 1) -> int:
-    """SVI steps (per process) in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
-    return steps_per_epoch(num_rows, settings.batch_size, world_size) * settings.max_epochs
+__all__ = ["MinibatchSVI", "SVIModule"]
 
 
 class MinibatchSVI(pl.LightningModule):
@@ -149,7 +53,7 @@ class MinibatchSVI(pl.LightningModule):
         self.world_size = settings.world_size
         #: Scalars of the current SVI step (device tensors, never synced here), read by the callbacks.
         self.step_stats: dict[str, torch.Tensor] = {}
-        self._plain_backward = False
+        self._step_hooks: list[pl.Callback] | None = None
 
     def trained_parameters(self):
         """``(name, parameter)`` pairs that the optimiser updates (gradient norms are logged per pair)."""
@@ -173,7 +77,7 @@ class MinibatchSVI(pl.LightningModule):
         return TensorTable(xy[0].to(self.device), xy[1].to(self.device))
 
     def train_dataloader(self) -> DataLoader:
-        return _loader(
+        return make_loader(
             self._table(self.train_xy), self.settings.batch_size, shuffle=True, seed=self.settings.seed,
             group=self.settings.steps_per_batch, rank=self.global_rank, world_size=self.world_size,
         )
@@ -182,7 +86,7 @@ class MinibatchSVI(pl.LightningModule):
         if self.val_xy is None or self.val_xy[0].shape[0] == 0:
             return []
         table = self._table(self.val_xy)
-        return _loader(table, max(len(table), 1), shuffle=False, seed=0)
+        return make_loader(table, max(len(table), 1), shuffle=False, seed=0)
 
     # -- steps ------------------------------------------------------------------------------------------------------
 
@@ -194,7 +98,9 @@ class MinibatchSVI(pl.LightningModule):
                 f"train.steps_per_batch={self.settings.steps_per_batch} needs a single process; "
                 f"with {trainer.world_size} processes (DDP) set train.steps_per_batch=1"
             )
-        self._plain_backward = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
+        # One process in full precision: each SVI step runs the callbacks' per-step hook directly (_plain_step).
+        plain = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
+        self._step_hooks = [cb for cb in trainer.callbacks if overrides_step_hook(cb)] if plain else None
         if trainer.world_size > 1:
             torch.manual_seed(self.settings.seed + 7919 * trainer.global_rank)  # independent draws of z per rank
 
@@ -204,20 +110,42 @@ class MinibatchSVI(pl.LightningModule):
         loss = None
         for minibatch in batch if isinstance(batch, MinibatchGroup) else [batch]:
             loss = self._shared_step(minibatch, "train")
-            optimizer.zero_grad(set_to_none=True)
-            if self._plain_backward:
-                loss.backward()  # full precision, one process: nothing for Lightning's backward wrapper to add
+            if self._step_hooks is not None:
+                self._plain_step(optimizer, loss)
             else:
+                optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
-            if self.settings.gradient_clip_val is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=self.settings.gradient_clip_val,
-                                    gradient_clip_algorithm="norm")
-            optimizer.step()
+                if self.settings.gradient_clip_val is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=self.settings.gradient_clip_val,
+                                        gradient_clip_algorithm="norm")
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             if self.trainer.should_stop:
                 break
         return loss.detach()
+
+    def _plain_step(self, optimizer, loss: torch.Tensor) -> None:
+        """One SVI step in one process at full precision, without Lightning's per-step wrappers.
+
+        ``optimizer.step()`` would go through the strategy, the precision plugin and a closure that calls
+        ``on_before_optimizer_step`` on every callback under a profiler context: at a small model's step time that
+        costs more than the step. Here the callbacks that implement the hook (:attr:`_step_hooks`, found at fit
+        start) are called directly, with the same arguments and at the same point (after backward and clipping,
+        before the update), and Lightning's step count advances as ``LightningOptimizer.step`` advances it.
+        DDP and mixed precision take the wrapped path.
+        """
+        raw = optimizer.optimizer
+        raw.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.gradient_clip_val is not None:
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.trained_parameters()], self.settings.gradient_clip_val)
+        trainer = self.trainer
+        for callback in self._step_hooks:
+            callback.on_before_optimizer_step(trainer, self, raw)
+        optimizer._on_before_step()  # the manual loop's step progress (trainer.global_step) and profiler
+        raw.step()
+        optimizer._on_after_step()
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         # Validation metrics reach MLflow at the SVI step, the x axis of the per-step telemetry (``elbo``), not at

@@ -36,6 +36,31 @@ def test_log_likelihood_matches_a_direct_computation():
     torch.testing.assert_close(model.log_likelihood(z, x, y), direct)
 
 
+@pytest.mark.parametrize("learned", [False, True])
+def test_the_closed_form_log_likelihood_is_torchs_normal_density(learned):
+    """The training step's log-likelihood (closed form, no distribution objects) is the density of the model's
+    torch.distributions predictive, with the noise fixed or learned (one scale per draw)."""
+    noise = {"noise_prior": HalfNormal(1.0)} if learned else {"noise_scale": 0.7}
+    for fit_intercept in (True, False):
+        model = BayesianLinearRegression(3, _normal(), _normal(), fit_intercept=fit_intercept, **noise)
+        z, x, y = torch.randn(4, model.latent_dim), torch.randn(9, 3), torch.randn(9)
+        torch.testing.assert_close(model.log_likelihood(z, x, y), model.predictive(z, x).log_prob(y))
+
+
+def test_mean_field_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl():
+    family = MeanFieldGaussian(5, init_scale=0.3, init_loc=torch.randn(5))
+    family.precondition(torch.randn(5), torch.rand(5) + 0.5)
+    with torch.no_grad():
+        family.loc.normal_()
+    prior = Independent(Normal(torch.full((5,), 0.2), torch.full((5,), 1.7)), 1)
+    torch.manual_seed(3)
+    z, kl = family.rsample_and_kl(4, prior, antithetic=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(z, family.rsample(4, antithetic=True))
+    torch.testing.assert_close(kl, torch.distributions.kl_divergence(family.distribution(), prior))
+    assert family.rsample_and_kl(2, None)[1] is None
+
+
 def test_analytic_kl_agrees_with_monte_carlo():
     torch.manual_seed(0)
     model = BayesianLinearRegression(3, _normal(0.0, 2.0), _normal(1.0, 3.0), noise_scale=1.0)

@@ -96,6 +96,20 @@ def test_bnn_forward_matches_a_plain_mlp_for_one_weight_draw():
     assert classifier.predictive(torch.randn(3, classifier.latent_dim), x).probs.shape == (3, 5, 3)
 
 
+def test_bnn_log_likelihood_is_its_predictives_density():
+    """The closed-form Gaussian log-likelihood of the training step, for fixed and learned noise, and the classifier's,
+    are the densities of the torch.distributions predictive."""
+    from torch.distributions import HalfNormal
+
+    x = torch.randn(6, 4)
+    learned = BayesianNeuralNetwork(4, [8], Normal(0.0, 1.0), noise_prior=HalfNormal(1.0))
+    for model, y in ((_bnn(False), torch.randn(6)), (learned, torch.randn(6)),
+                     (_bnn(False, "classification"), torch.randint(0, 3, (6,)).float())):
+        z = torch.randn(3, model.latent_dim)
+        expected = model.predictive(z, x).log_prob(y.long() if model.task == "classification" else y)
+        torch.testing.assert_close(model.log_likelihood(z, x, y), expected)
+
+
 def test_local_reparameterisation_estimates_the_same_elbo_with_less_gradient_noise():
     torch.manual_seed(3)
     x = torch.randn(256, 4)

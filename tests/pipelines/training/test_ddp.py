@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipelines.training.svi_module import IndexBatches
+from pipelines.training.loaders import IndexBatches
 from tests.conftest import REPO, make_regression_csv
 
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from pipelines.training.svi_module import IndexBatches, MinibatchGroup, TensorTable
+from pipelines.training.loaders import IndexBatches, MinibatchGroup, TensorTable
 
 
 def _table(rows: int = 103) -> TensorTable:

@@ -1,0 +1,117 @@
+"""The real limits the training benchmarks measure viops against: a minimal loop written from scratch, and Pyro.
+
+Neither touches ``models/``: a baseline that calls the project's own model code pays whatever that code costs and
+hides it. Both run the same SVI problem as viops' Bayesian linear regression with a fixed noise scale, a mean-field
+Gaussian q, ``num_particles`` reparameterised draws (antithetic pairs for the minimal loop, as viops), the minibatch
+likelihood scaled by N/|B|, Adam, and rows shuffled once per epoch and sliced.
+
+- :func:`minimal_blr`: the SVI maths and nothing else: no framework, no ``torch.distributions``, the KL of two
+  diagonal Gaussians in closed form, one matmul for every particle, the learning rate written into Adam directly.
+- :func:`pyro_blr`: Pyro's ``SVI`` with ``Trace_ELBO(num_particles, vectorize_particles=True)`` and ``AutoNormal``,
+  the likelihood in a subsampled ``plate`` (Pyro scales it by N/|B|), with Pyro's argument validation off as its
+  documentation advises for speed. Pyro is the ``bench`` extra
+  (``pip install -e '.[bench]'``); without it :func:`pyro_blr` returns None.
+
+Each returns steps per second over exactly ``steps`` optimisation steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch.nn import functional as F
+
+__all__ = ["cosine_lr", "minimal_blr", "pyro_blr"]
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def cosine_lr(lr: float, floor: float, step: int, steps: int) -> float:
+    """viops' schedule: cosine decay from ``lr`` to ``floor * lr`` over ``steps``."""
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+
+
+def minimal_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, noise: float, prior_scale: float,
+                lr: float, betas: tuple[float, float], final_lr_ratio: float, num_particles: int = 2,
+                init_scale: float = 0.1, seed: int = 0) -> float:
+    """Mean-field SVI of ``y ~ N(x w + b, noise)`` with ``w, b ~ N(0, prior_scale)``, from scratch."""
+    torch.manual_seed(seed)
+    n, p = x.shape
+    d = p + 1
+    loc = torch.zeros(d, requires_grad=True)
+    raw_scale = torch.full((d,), init_scale + math.log(-math.expm1(-init_scale)), requires_grad=True)
+    opt = torch.optim.Adam([loc, raw_scale], lr=lr, betas=betas)
+    half = (num_particles + 1) // 2
+    log_norm = math.log(noise) + 0.5 * LOG_2PI
+    start = time.perf_counter()
+    for done, _, xb, yb in _minibatches(x, y, batch_size, steps):
+        scale = F.softplus(raw_scale)
+        eps = torch.randn(half, d)
+        eps = torch.cat([eps, -eps])[:num_particles]
+        z = loc + scale * eps  # (S, d)
+        mean = torch.addmm(z[:, p : p + 1], z[:, :p], xb.T)  # (S, B): one matmul for every particle
+        log_lik = -0.5 * ((yb - mean) / noise).square() - log_norm
+        expected = log_lik.sum(1).mean() * (n / xb.shape[0])
+        var_ratio = (scale / prior_scale).square()
+        kl = 0.5 * (var_ratio + (loc / prior_scale).square() - 1 - var_ratio.log()).sum()
+        loss = (kl - expected) / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(lr, final_lr_ratio, done, steps)
+        opt.step()
+    return steps / (time.perf_counter() - start)
+
+
+def pyro_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, noise: float, prior_scale: float,
+             lr: float, betas: tuple[float, float], num_particles: int = 2, seed: int = 0) -> float | None:
+    """The same SVI in Pyro (``AutoNormal``, vectorised particles, subsampled plate); None without Pyro."""
+    try:
+        import pyro
+        import pyro.distributions as dist
+        from pyro.infer import SVI, Trace_ELBO
+        from pyro.infer.autoguide import AutoNormal
+        from pyro.optim import Adam
+    except ImportError:
+        return None
+    n, p = x.shape
+
+    def model(xb, yb, rows):
+        w = pyro.sample("w", dist.Normal(0.0, prior_scale).expand([p]).to_event(1))
+        b = pyro.sample("b", dist.Normal(0.0, prior_scale))
+        if w.dim() > 1:  # vectorised particles: w (S, 1, p), b (S, 1) -> mean (S, B)
+            mean = (xb @ w.transpose(-1, -2)).squeeze(-1) + b
+        else:  # Pyro's first, unvectorised trace of the model (the guide's prototype)
+            mean = xb @ w + b
+        with pyro.plate("data", n, subsample=rows):
+            pyro.sample("y", dist.Normal(mean, noise), obs=yb)
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    validating = torch.distributions.Distribution._validate_args
+    pyro.enable_validation(False)  # Pyro checks every distribution's arguments by default; tuned for speed here
+    try:
+        guide = AutoNormal(model)
+        svi = SVI(model, guide, Adam({"lr": lr, "betas": betas}),
+                  Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1))
+        start = time.perf_counter()
+        for _, rows, xb, yb in _minibatches(x, y, batch_size, steps):
+            svi.step(xb, yb, rows)
+        return steps / (time.perf_counter() - start)
+    finally:  # it also switched torch.distributions' validation off for the whole process
+        pyro.enable_validation(validating)
+
+
+def _minibatches(x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int):
+    """``steps`` minibatches ``(step, rows, x_rows, y_rows)``: rows shuffled once per epoch, then sliced."""
+    n, done = x.shape[0], 0
+    while True:
+        perm = torch.randperm(n)
+        xs, ys = x.index_select(0, perm), y.index_select(0, perm)
+        for lo in range(0, n, batch_size):
+            if done >= steps:
+                return
+            yield done, perm[lo : lo + batch_size], xs[lo : lo + batch_size], ys[lo : lo + batch_size]
+            done += 1
