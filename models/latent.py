@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributions import Distribution, biject_to, constraints
 
-from models.priors import Flat
+from models.priors import Flat, without_sample_checks
 
 __all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "move_distribution", "positive_log_prior"]
 
@@ -94,12 +94,14 @@ def gaussian_log_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: float | 
     return -0.5 * ((y - mean) / scale).square() - (log_scale + _HALF_LOG_2PI)
 
 
+_TO_POSITIVE = biject_to(constraints.positive)
+
+
 def positive_log_prior(prior: Distribution, u: torch.Tensor) -> torch.Tensor:
     """log-density of ``u``, the unconstrained coordinate of a positive parameter ``sigma = biject_to(positive)(u)``:
     ``log prior(sigma) + log |d sigma / d u|``."""
-    to_positive = biject_to(constraints.positive)
-    sigma = to_positive(u)
-    return prior.log_prob(sigma) + to_positive.log_abs_det_jacobian(u, sigma)
+    sigma = _TO_POSITIVE(u)
+    return prior.log_prob(sigma) + _TO_POSITIVE.log_abs_det_jacobian(u, sigma)
 
 
 def move_distribution(dist: Distribution, device: torch.device | str) -> Distribution:
@@ -107,4 +109,5 @@ def move_distribution(dist: Distribution, device: torch.device | str) -> Distrib
     if isinstance(dist, Flat):
         return dist
     params = {k: getattr(dist, k).to(device) for k in dist.arg_constraints if hasattr(dist, k)}
-    return type(dist)(**params)
+    moved = type(dist)(**params)
+    return without_sample_checks(moved) if not dist._validate_args else moved

@@ -59,7 +59,13 @@ def elbo(
     batch_size = x.shape[0]
     if batch_size == 0:
         raise ValueError("the minibatch is empty")
-    z, kl = family.rsample_and_kl(num_particles, model.gaussian_prior(), antithetic=antithetic)
+    prior = model.gaussian_prior()
+    log_q = None
+    if prior is not None:
+        z, kl = family.rsample_and_kl(num_particles, prior, antithetic=antithetic)
+    else:
+        z, log_q = family.rsample_with_log_prob(num_particles, antithetic=antithetic)
+        kl = None
     if getattr(model, "local_reparameterization", False):
         log_lik = model.local_log_likelihood(family, z, x, y)
     else:
@@ -68,7 +74,7 @@ def elbo(
     expected_log_likelihood = log_lik.sum() * (dataset_size / (batch_size * log_lik.shape[0]))
     analytic = kl is not None
     if not analytic:
-        kl = (family.log_prob(z) - model.log_prior(z)).mean()
+        kl = ((family.log_prob(z) if log_q is None else log_q) - model.log_prior(z)).mean()
     return ELBOTerms(expected_log_likelihood - kl, expected_log_likelihood, kl, analytic)
 
 

@@ -20,7 +20,7 @@ from torch.distributions import (
     constraints,
 )
 
-__all__ = ["Flat", "HalfStudentT", "make_prior", "PRIOR_KINDS", "SCALE_PRIOR_KINDS"]
+__all__ = ["Flat", "HalfStudentT", "make_prior", "without_sample_checks", "PRIOR_KINDS", "SCALE_PRIOR_KINDS"]
 
 
 class Flat(Distribution):
@@ -100,4 +100,14 @@ def make_prior(kind: str, params: dict | None = None, *, positive: bool = False)
     if kind not in table:
         what = "a scale parameter" if positive else "a coefficient"
         raise ValueError(f"unknown prior {kind!r} for {what}; allowed: {', '.join(sorted(table))}")
-    return table[kind](**(params or {}))
+    return without_sample_checks(table[kind](**(params or {})))
+
+
+def without_sample_checks(dist: Distribution) -> Distribution:
+    """``dist`` (its parameters already validated when it was built) with the per-call check of ``log_prob``'s
+    argument turned off: a prior is evaluated at every training step, at values inside its support by construction
+    (the models map unconstrained draws into it), and the check cost as much as the density."""
+    for part in (dist, getattr(dist, "base", None), getattr(dist, "base_dist", None)):
+        if isinstance(part, Distribution):
+            part._validate_args = False
+    return dist

@@ -26,6 +26,11 @@ from models.families.base import (
 __all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian", "diagonal_gaussian_kl"]
 
 
+def _standard_normal_log_density(noise: torch.Tensor) -> torch.Tensor:
+    """``sum_i log N(noise_i | 0, 1)`` over the last dimension."""
+    return -0.5 * noise.square().sum(-1) - 0.5 * noise.shape[-1] * math.log(2 * math.pi)
+
+
 def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torch.Tensor, prior_scale: torch.Tensor
                          ) -> torch.Tensor:
     """KL(N(loc, diag scale^2) || N(prior_loc, diag prior_scale^2)) in closed form, summed over coordinates.
@@ -67,6 +72,15 @@ class MeanFieldGaussian(VariationalFamily):
         loc, scale = self._loc(), self.scale
         z = loc + scale * self._noise(num_particles, antithetic, None)
         return z, diagonal_gaussian_kl(loc, scale, prior.base_dist.loc, prior.base_dist.scale)
+
+    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws ``loc + scale * eps`` and ``log q = sum log N(eps | 0, 1) - sum log scale``: the density of the
+        draws, read from the noise that made them (no solve; the identity holds for every parameter value, so
+        its gradient is that of ``log_prob(z)``)."""
+        noise = self._noise(num_particles, antithetic, None)
+        scale = self.scale
+        return self._loc() + scale * noise, _standard_normal_log_density(noise) - scale.log().sum()
 
     def _unit_scale(self) -> None:
         self.scale_unconstrained.fill_(inverse_softplus(1.0))
@@ -121,6 +135,15 @@ class FullRankGaussian(VariationalFamily):
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return self._loc() + noise @ self.scale_tril.T
+
+    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws ``loc + L eps`` and ``log q = sum log N(eps | 0, 1) - sum log diag L`` from one evaluation of the
+        Cholesky factor ``L`` (``MultivariateNormal.log_prob`` would rebuild it and solve with it)."""
+        noise = self._noise(num_particles, antithetic, None)
+        tril = self.scale_tril
+        log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum()
+        return self._loc() + noise @ tril.T, _standard_normal_log_density(noise) - log_det
 
     def _unit_scale(self) -> None:
         self.scale_diag_unconstrained.fill_(inverse_softplus(1.0))

@@ -133,6 +133,8 @@ class TrainSettings(StrictModel):
     steps_per_batch: PositiveInt = 32
     val_every_n_steps: PositiveInt = 500
     log_step_metrics: bool = True
+    # Step metrics go to MLflow as one row per this many steps (their means, nan_count summed); 1: every step.
+    metrics_every_n_steps: PositiveInt = 10
     log_every_n_steps: PositiveInt = 500
     checkpoint_every_seconds: PositiveFloat = 300.0  # last.ckpt is also written when training ends or raises
     checkpoint_dir: str | None = None  # one folder per run; default $VIOPS_WORK_DIR/checkpoints (docs/training.md)

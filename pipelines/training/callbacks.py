@@ -125,20 +125,27 @@ class NonFiniteGuard(pl.Callback):
 
 
 class StepTelemetry(pl.Callback):
-    """Collect every SVI step's scalars and hand them to ``sink`` in batches of ``flush_every_n_steps`` steps.
+    """Collect every SVI step's scalars and hand them to ``sink`` as one row per window of ``every_n_steps`` steps,
+    in batches of about ``flush_every_n_steps`` steps.
 
-    Per step it stacks the step's scalars into one device tensor (no sync); a flush reads them back in one transfer
-    and adds ``grad_norm/total``, ``nan_count`` (non-finite values among the step's scalars) and ``lr``.
-    The series are fixed at the first step, so this callback goes after :class:`GradientNorms` in the list.
+    Per step it stacks the step's scalars into one device tensor (no sync); a flush reads them back in one transfer,
+    adds ``grad_norm/total`` and ``nan_count`` (non-finite values among the step's scalars), and reduces each window
+    of steps to one row at its last step: the mean of every series over the window, ``nan_count`` summed (a single
+    non-finite step shows), ``lr`` at the last step. With ``every_n_steps=1`` every step is a row. A window is sent
+    once it is complete (or when training ends), so no step is logged twice. The series are fixed at the first
+    step, so this callback goes after :class:`GradientNorms` in the list.
 
     Args:
         sink: called as ``sink(names, rows)`` with ``rows = [(step, timestamp_ms, [values...]), ...]``.
         flush_every_n_steps: steps per batch sent to the sink.
+        every_n_steps: steps per logged row.
     """
 
-    def __init__(self, sink: Callable[[list[str], list], None], flush_every_n_steps: int = 500):
+    def __init__(self, sink: Callable[[list[str], list], None], flush_every_n_steps: int = 500,
+                 every_n_steps: int = 1):
         self.sink = sink
         self.flush_every_n_steps = flush_every_n_steps
+        self.every_n_steps = every_n_steps
         self.names: list[str] | None = None
         self._values: list[torch.Tensor] = []
         self._meta: list[tuple[int, float, int]] = []
@@ -152,24 +159,40 @@ class StepTelemetry(pl.Callback):
         self._values.append(torch.stack([stats[name] for name in self.names]))
         self._meta.append((trainer.global_step, optimizer.param_groups[0]["lr"], int(time.time() * 1000)))
         if len(self._values) >= self.flush_every_n_steps:
-            self.flush()
+            self.flush(final=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.flush()
 
-    def flush(self) -> None:
+    def flush(self, final: bool = True) -> None:
+        """Send the complete windows collected so far (every window when ``final``)."""
         if not self._values:
             return
-        table = torch.stack(self._values).float().cpu()
+        k = self.every_n_steps
+        steps = torch.tensor([step for step, _, _ in self._meta])
+        windows = torch.div(steps, k, rounding_mode="floor")
+        keep = 0
+        if not final and (int(steps[-1]) + 1) % k:  # the last window is still filling: keep it for the next flush
+            keep = int((windows == windows[-1]).sum())
+            if keep == len(self._meta):
+                return
+        cut = len(self._meta) - keep
+        table = torch.stack(self._values[:cut]).float().cpu()
         grad_cols = [i for i, name in enumerate(self.names) if name.startswith("grad_norm/")]
         total = table[:, grad_cols].pow(2).sum(1).sqrt() if grad_cols else torch.zeros(len(table))
         nan_count = (~torch.isfinite(table)).sum(1).float()
-        full = torch.cat([table, total[:, None], nan_count[:, None]], 1).tolist()
+        per_step = torch.cat([table, total[:, None], nan_count[:, None]], 1)
         names = [*self.names, "grad_norm/total", "nan_count", "lr"]
-        rows = [(step, ts, [*values, lr]) for (step, lr, ts), values in zip(self._meta, full)]
         elbo_at = names.index("elbo")
-        self.elbo_history.extend((step, values[elbo_at]) for step, _, values in rows)
-        self._values, self._meta = [], []
+        self.elbo_history.extend(zip(steps[:cut].tolist(), per_step[:, elbo_at].tolist()))
+        _, inverse, counts = torch.unique_consecutive(windows[:cut], return_inverse=True, return_counts=True)
+        sums = torch.zeros(len(counts), per_step.shape[1]).index_add_(0, inverse, per_step)
+        rows_values = sums / counts[:, None]
+        rows_values[:, -1] = sums[:, -1]  # nan_count: summed over the window
+        last = (torch.cumsum(counts, 0) - 1).tolist()
+        rows = [(self._meta[i][0], self._meta[i][2], [*values, self._meta[i][1]])
+                for i, values in zip(last, rows_values.tolist())]
+        self._values, self._meta = self._values[cut:], self._meta[cut:]
         self.sink(names, rows)
 
 

@@ -156,7 +156,8 @@ class _Callbacks:
         from pipelines.training.progress import TrainingProgress
 
         settings, amortized = config.train, config.model.kind == "vae"
-        self.telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps)
+        self.telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps,
+                                       every_n_steps=settings.metrics_every_n_steps)
         self.guard = NonFiniteGuard()
         self.all = [GradientNorms(), self.guard, self.telemetry]
         if not amortized:

@@ -29,8 +29,8 @@ __all__ = ["MlflowMetricSink", "ThreadedMetricSink", "NullSink", "make_sink", "r
 MAX_METRICS_PER_REQUEST = 1000
 #: The writer process reads the run id from here (and the tracking URI from ``MLFLOW_TRACKING_URI``).
 RUN_ID_ENV = "VIOPS_TELEMETRY_RUN_ID"
-#: Runs with at least this many planned steps write their telemetry from a separate process.
-PROCESS_SINK_MIN_STEPS = 1000
+#: Runs that will log at least this many rows of step metrics write them from a separate process.
+PROCESS_SINK_MIN_ROWS = 1000
 #: Undelivered batches (JSON lines ``{"names": [...], "rows": [...]}``) in the run's checkpoint folder.
 SPOOL = "telemetry.spool.jsonl"
 SPOOL_ENV = "VIOPS_TELEMETRY_SPOOL"
@@ -96,12 +96,12 @@ class NullSink:
         pass
 
 
-def make_sink(tracking_uri: str, run_id: str, planned_steps: int, enabled: bool = True, spool=None):
-    """A writer process for long runs (its start-up costs ~2 s of CPU), a background thread for short ones; both
-    spool what they cannot deliver to ``spool``."""
+def make_sink(tracking_uri: str, run_id: str, planned_rows: int, enabled: bool = True, spool=None):
+    """A writer process for runs that log many rows of step metrics (its start-up costs ~2 s of CPU), a background
+    thread for the others; both spool what they cannot deliver to ``spool``."""
     if not enabled:
         return NullSink()
-    if planned_steps >= PROCESS_SINK_MIN_STEPS:
+    if planned_rows >= PROCESS_SINK_MIN_ROWS:
         return MlflowMetricSink(tracking_uri, run_id, spool)
     return ThreadedMetricSink(tracking_uri, run_id, spool)
 

@@ -61,6 +61,31 @@ def test_mean_field_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl():
     assert family.rsample_and_kl(2, None)[1] is None
 
 
+@pytest.mark.parametrize("kind", ["mean_field", "full_rank", "low_rank"])
+def test_draws_with_their_density_are_rsample_and_log_prob_with_the_same_gradient(kind):
+    """The Monte-Carlo KL's log q read from the noise is log_prob at the draws, value and gradient."""
+    from models.families import make_family
+
+    family = make_family(kind, 4, init_scale=0.4)
+    family.precondition(torch.randn(4), torch.rand(4) + 0.5)
+    with torch.no_grad():
+        for parameter in family.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    torch.manual_seed(5)
+    z, log_q = family.rsample_with_log_prob(6, antithetic=True)
+    torch.manual_seed(5)
+    expected_z = family.rsample(6, antithetic=True)
+    expected = family.log_prob(expected_z)
+    torch.testing.assert_close(z, expected_z)
+    torch.testing.assert_close(log_q, expected)
+    parameters = list(family.parameters())
+    fast = torch.autograd.grad((log_q * torch.arange(6.0)).sum(), parameters, allow_unused=True)
+    slow = torch.autograd.grad((expected * torch.arange(6.0)).sum(), parameters, allow_unused=True)
+    for parameter, a, b in zip(parameters, fast, slow):  # None: no path (log q of its own draws ignores loc)
+        zero = torch.zeros_like(parameter)
+        torch.testing.assert_close(zero if a is None else a, zero if b is None else b, atol=1e-5, rtol=1e-4)
+
+
 def test_analytic_kl_agrees_with_monte_carlo():
     torch.manual_seed(0)
     model = BayesianLinearRegression(3, _normal(0.0, 2.0), _normal(1.0, 3.0), noise_scale=1.0)

@@ -44,7 +44,8 @@ def fit(config_path, tracking_uri, **overrides):
 @pytest.mark.slow
 def test_example_config_recovers_closed_form_posterior(example_dir, tracking_uri):
     # 4,000 rows (2,800 for training) and 4 latent dims; only max_epochs is raised (3,300 steps), as the issue allows.
-    data, result = fit(example_dir / "blr_csv.yaml", tracking_uri, **{"train.max_epochs": 300})
+    data, result = fit(example_dir / "blr_csv.yaml", tracking_uri,
+                       **{"train.max_epochs": 300, "train.metrics_every_n_steps": 1})
     exact_mean, exact_sd = closed_form(data)
     mean, sd = fitted(result, tracking_uri)
     assert np.abs((mean - exact_mean) / exact_sd).max() < 0.1, (mean, exact_mean, exact_sd)
