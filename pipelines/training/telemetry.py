@@ -30,7 +30,7 @@ MAX_METRICS_PER_REQUEST = 1000
 #: The writer process reads the run id from here (and the tracking URI from ``MLFLOW_TRACKING_URI``).
 RUN_ID_ENV = "VIOPS_TELEMETRY_RUN_ID"
 #: Runs that will log at least this many rows of step metrics write them from a separate process.
-PROCESS_SINK_MIN_ROWS = 1000
+PROCESS_SINK_MIN_ROWS = 250
 #: Undelivered batches (JSON lines ``{"names": [...], "rows": [...]}``) in the run's checkpoint folder.
 SPOOL = "telemetry.spool.jsonl"
 SPOOL_ENV = "VIOPS_TELEMETRY_SPOOL"
