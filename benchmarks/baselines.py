@@ -12,7 +12,10 @@ likelihood scaled by N/|B|, Adam, and rows shuffled once per epoch and sliced.
   documentation advises for speed. Pyro is the ``bench`` extra
   (``pip install -e '.[bench]'``); without it :func:`pyro_blr` returns None.
 
-Each returns steps per second over exactly ``steps`` optimisation steps.
+The BNN and the VAE of the zoo configs have their own minimal loops, the same maths as viops' in the same plain
+style (:func:`minimal_bnn`: Bayes by Backprop with local reparameterisation and a learned noise scale;
+:func:`minimal_vae`: a factorised binomial decoder with the analytic Gaussian KL). Each returns steps per second
+over exactly ``steps`` optimisation steps.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-__all__ = ["cosine_lr", "minimal_blr", "pyro_blr"]
+__all__ = ["cosine_lr", "minimal_blr", "minimal_bnn", "minimal_vae", "pyro_blr"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -115,3 +118,75 @@ def _minibatches(x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int):
                 return
             yield done, perm[lo : lo + batch_size], xs[lo : lo + batch_size], ys[lo : lo + batch_size]
             done += 1
+
+
+def minimal_bnn(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, hidden: int, lr: float,
+                betas: tuple[float, float], num_particles: int = 2, init_scale: float = 0.05, seed: int = 0) -> float:
+    """Mean-field SVI of a one-hidden-layer tanh network, ``y ~ N(f(x), sigma)``, weights ~ N(0, 1),
+    sigma ~ HalfNormal(1) (learned, on the log scale), with locally reparameterised pre-activations and the
+    Monte-Carlo KL of all latents, from scratch."""
+    torch.manual_seed(seed)
+    n, p = x.shape
+    sizes = [p * hidden, hidden, hidden, 1]  # W1, b1, W2, b2, then log sigma
+    d = sum(sizes) + 1
+    loc = torch.zeros(d)
+    loc[: p * hidden] = torch.randn(p * hidden) / math.sqrt(p)
+    loc[p * hidden + hidden : p * hidden + 2 * hidden] = torch.randn(hidden) / math.sqrt(hidden)
+    loc.requires_grad_(True)
+    raw_scale = torch.full((d,), init_scale + math.log(-math.expm1(-init_scale)), requires_grad=True)
+    opt = torch.optim.Adam([loc, raw_scale], lr=lr, betas=betas)
+    half = (num_particles + 1) // 2
+    bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
+    start = time.perf_counter()
+    for _, _, xb, yb in _minibatches(x, y, batch_size, steps):
+        scale = F.softplus(raw_scale)
+        var = scale.square()
+        eps = torch.randn(half, d)
+        eps = torch.cat([eps, -eps])[:num_particles]
+        z = loc + scale * eps
+        w1, b1, w2, b2 = (loc[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        v1, c1, v2, c2 = (var[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        m = xb @ w1.view(p, hidden) + b1
+        s2 = xb.square() @ v1.view(p, hidden) + c1
+        h = torch.tanh(m + s2.sqrt() * torch.randn(num_particles, *m.shape))
+        m = h @ w2.view(hidden, 1) + b2
+        s2 = h.square() @ v2.view(hidden, 1) + c2
+        out = (m + s2.sqrt() * torch.randn_like(m)).squeeze(-1)  # (S, B)
+        log_sigma = z[:, -1:]
+        log_lik = -0.5 * ((yb - out) / log_sigma.exp()).square() - log_sigma - 0.5 * LOG_2PI
+        log_q = -0.5 * eps.square().sum(1) - scale.log().sum() - 0.5 * d * LOG_2PI
+        weights = z[:, :-1]
+        log_prior = (-0.5 * weights.square().sum(1) - 0.5 * (d - 1) * LOG_2PI
+                     + math.log(2) - 0.5 * log_sigma[:, 0].exp().square() - 0.5 * LOG_2PI + log_sigma[:, 0])
+        kl = (log_q - log_prior).mean()
+        loss = (kl - log_lik.sum(1).mean() * (n / xb.shape[0])) / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps / (time.perf_counter() - start)
+
+
+def minimal_vae(x: torch.Tensor, *, steps: int, batch_size: int, latent: int, hidden: int, total_count: float,
+                lr: float, betas: tuple[float, float], seed: int = 0) -> float:
+    """A VAE with one hidden ReLU layer in the encoder and the decoder, a factorised binomial likelihood of counts out
+    of ``total_count``, one draw of z per row and the analytic KL to N(0, I), from scratch."""
+    torch.manual_seed(seed)
+    n, p = x.shape
+    encoder = torch.nn.Sequential(torch.nn.Linear(p, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2 * latent))
+    decoder = torch.nn.Sequential(torch.nn.Linear(latent, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, p))
+    opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr, betas=betas)
+    # log C(total, x) per row: constant in the parameters, part of the bound's value
+    log_choose = (math.lgamma(total_count + 1) - torch.lgamma(x + 1) - torch.lgamma(total_count - x + 1)).sum(1)
+    start = time.perf_counter()
+    for _, _, xb, choose in _minibatches(x, log_choose, batch_size, steps):
+        mu, raw = encoder(xb / total_count).chunk(2, dim=-1)
+        sd = F.softplus(raw) + 1e-4
+        z = mu + sd * torch.randn_like(sd)
+        logits = decoder(z)
+        log_lik = (xb * logits - total_count * F.softplus(logits)).sum(1) + choose
+        kl = 0.5 * (sd.square() + mu.square() - 1).sum(1) - sd.log().sum(1)
+        loss = -(log_lik - kl).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps / (time.perf_counter() - start)

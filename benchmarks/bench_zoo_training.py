@@ -1,6 +1,8 @@
-"""Training throughput of the BNN and the VAE: viops (Lightning + full MLflow telemetry) vs a hand-written loop.
+"""Training throughput of the BNN and the VAE: viops (Lightning + full MLflow telemetry) vs a minimal loop and a bare
+loop over ``models/``.
 
-Both sides use the same model code from ``models/`` and the same objective (``models.objectives.elbo`` for the BNN
+The minimal loops (``benchmarks/baselines.py``) are written from scratch, the same maths as viops'. The bare loop
+uses the same model code from ``models/`` and the same objective (``models.objectives.elbo`` for the BNN
 with local reparameterisation, ``models.amortized.amortized_bound`` for the VAE), batch size, particles and Adam
 settings; the hand-written loop shuffles once per epoch, slices minibatches and logs nothing. viops' time is
 ``trainer.fit`` as reported in ``final/train_seconds``: validation, per-step telemetry to MLflow on SQLite, NaN guard,
@@ -26,6 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.baselines import minimal_bnn, minimal_vae  # noqa: E402
 from models.amortized import amortized_bound  # noqa: E402
 from models.objectives import elbo  # noqa: E402
 from pipelines.build import build_family, build_model  # noqa: E402
@@ -73,6 +76,18 @@ def hand_written(config, data, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def minimal(config, data, steps: int) -> float:
+    """The from-scratch loop of the same model and settings; steps per second."""
+    s, m = config.train, config.model
+    if m.kind == "vae":
+        x, _ = split_tensors(data.train, data.features, data.target, None)
+        return minimal_vae(x, steps=steps, batch_size=s.batch_size, latent=m.latent_dim, hidden=m.encoder_hidden[0],
+                           total_count=float(m.total_count), lr=s.lr, betas=tuple(s.betas), seed=s.seed)
+    x, y = split_tensors(data.train, data.features, data.target, standardization(data))
+    return minimal_bnn(x, y, steps=steps, batch_size=s.batch_size, hidden=m.hidden[0], lr=s.lr, betas=tuple(s.betas),
+                       num_particles=s.num_particles, init_scale=config.guide.init_scale, seed=s.seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -92,26 +107,30 @@ def main() -> None:
             client.create_experiment(f"bench-{name}", artifact_location=(work / name).as_uri())
             data = prepare(config.data)
             train(config, prepared=data, tracking_uri=uri, register=False)  # warm-up
-            viops, hand = [], []
+            viops, hand, least = [], [], []
             for _ in range(args.rounds):
                 result = train(config, prepared=data, tracking_uri=uri, register=False)
                 steps = int(result.metrics["steps"])
                 viops.append(steps / result.metrics["train_seconds"])
                 hand.append(hand_written(config, data, steps))
-            v, h = float(np.median(viops)), float(np.median(hand))
+                least.append(minimal(config, data, steps))
+            v, h, m = float(np.median(viops)), float(np.median(hand)), float(np.median(least))
             results.append({"model": name, "steps": steps, "viops_steps_per_s": round(v, 1),
-                            "hand_written_steps_per_s": round(h, 1), "ratio": round(v / h, 3),
+                            "hand_written_steps_per_s": round(h, 1), "minimal_steps_per_s": round(m, 1),
+                            "ratio": round(v / h, 3), "ratio_to_minimal": round(v / m, 3),
+                            "models_ratio_to_minimal": round(h / m, 3),
                             "batch_size": config.train.batch_size, "train_rows": len(data.train)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps({"results": results}))
     else:
-        print("| model | train rows | batch | steps | viops steps/s | hand-written steps/s | ratio |")
+        print("| model | train rows | batch | steps | minimal steps/s | models/ loop (ratio) | viops (ratio) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for r in results:
-            print(f"| {r['model']} | {r['train_rows']} | {r['batch_size']} | {r['steps']} | {r['viops_steps_per_s']} "
-                  f"| {r['hand_written_steps_per_s']} | {r['ratio']} |")
+            print(f"| {r['model']} | {r['train_rows']} | {r['batch_size']} | {r['steps']} | {r['minimal_steps_per_s']} "
+                  f"| {r['hand_written_steps_per_s']} ({r['models_ratio_to_minimal']}) "
+                  f"| {r['viops_steps_per_s']} ({r['ratio_to_minimal']}) |")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipelines.config.schema import TrainSettings
 
-__all__ = ["IndexBatches", "MinibatchGroup", "TensorTable", "gather_rows", "make_loader", "overrides_step_hook",
-           "planned_steps", "steps_per_epoch"]
+__all__ = ["IndexBatches", "MinibatchGroup", "TensorTable", "gather_rows", "make_loader", "planned_steps",
+           "steps_per_epoch"]
 
 
 def gather_rows(x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,10 +110,6 @@ def make_loader(table: TensorTable, batch_size: int, *, shuffle: bool, seed: int
     sampler = IndexBatches(len(table), batch_size, shuffle=shuffle, seed=seed, device=table.x.device, group=group,
                            rank=rank, world_size=world_size)
     return DataLoader(table, sampler=sampler, batch_size=None, num_workers=0)
-
-
-def overrides_step_hook(callback: pl.Callback) -> bool:
-    return type(callback).on_before_optimizer_step is not pl.Callback.on_before_optimizer_step
 
 
 def steps_per_epoch(num_rows: int, batch_size: int, world_size: int = 1) -> int:

@@ -19,12 +19,15 @@ from pipelines.training.loaders import (
     MinibatchGroup,
     TensorTable,
     make_loader,
-    overrides_step_hook,
     planned_steps,
     steps_per_epoch,
 )
 
 __all__ = ["MinibatchSVI", "SVIModule"]
+
+
+def _overrides_step_hook(callback: pl.Callback) -> bool:
+    return type(callback).on_before_optimizer_step is not pl.Callback.on_before_optimizer_step
 
 
 class MinibatchSVI(pl.LightningModule):
@@ -100,7 +103,7 @@ class MinibatchSVI(pl.LightningModule):
             )
         # One process in full precision: each SVI step runs the callbacks' per-step hook directly (_plain_step).
         plain = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
-        self._step_hooks = [cb for cb in trainer.callbacks if overrides_step_hook(cb)] if plain else None
+        self._step_hooks = [cb for cb in trainer.callbacks if _overrides_step_hook(cb)] if plain else None
         if trainer.world_size > 1:
             torch.manual_seed(self.settings.seed + 7919 * trainer.global_rank)  # independent draws of z per rank
 
