@@ -14,6 +14,7 @@ from models.latent import (
     GlobalLatentModel,
     LatentBlock,
     gaussian_log_likelihood,
+    gaussian_predictive,
     move_distribution,
     positive_log_prior,
 )
@@ -130,9 +131,7 @@ class BayesianLinearRegression(GlobalLatentModel):
 
     def predictive(self, z: torch.Tensor, x: torch.Tensor) -> Normal:
         """p(y | x, z) for every draw and row: a Normal with batch shape ``(S, B)``."""
-        mean, scale = self._mean_and_scale(z, x)
-        scale = scale.expand_as(mean) if torch.is_tensor(scale) else mean.new_tensor(scale).expand_as(mean)
-        return Normal(mean, scale, validate_args=False)
+        return gaussian_predictive(*self._mean_and_scale(z, x))
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y_i | x_i, z_s) per draw and row, shape ``(S, B)``."""

@@ -22,6 +22,7 @@ from models.latent import (
     GlobalLatentModel,
     LatentBlock,
     gaussian_log_likelihood,
+    gaussian_predictive,
     move_distribution,
     positive_log_prior,
 )
@@ -133,9 +134,7 @@ class BayesianNeuralNetwork(GlobalLatentModel):
         if self.task == "classification":
             logits = torch.cat([torch.zeros_like(out), out], -1) if self.num_classes == 2 else out
             return Categorical(logits=logits, validate_args=False)
-        mean, scale = out.squeeze(-1), self._noise(z)
-        scale = scale.expand_as(mean) if torch.is_tensor(scale) else mean.new_tensor(scale).expand_as(mean)
-        return Normal(mean, scale, validate_args=False)
+        return gaussian_predictive(out.squeeze(-1), self._noise(z))
 
     def _noise(self, z: torch.Tensor) -> float | torch.Tensor:
         """The regression noise scale: the fixed number, or one per draw ``(S, 1)``."""

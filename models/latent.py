@@ -16,11 +16,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.distributions import Distribution, biject_to, constraints
+from torch.distributions import Distribution, Normal, biject_to, constraints
 
 from models.priors import Flat, without_sample_checks
 
-__all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "move_distribution", "positive_log_prior"]
+__all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "gaussian_predictive", "move_distribution",
+           "positive_log_prior"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,13 @@ def gaussian_log_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: float | 
     """
     log_scale = math.log(scale) if isinstance(scale, float) else scale.log()
     return -0.5 * ((y - mean) / scale).square() - (log_scale + _HALF_LOG_2PI)
+
+
+def gaussian_predictive(mean: torch.Tensor, scale: float | torch.Tensor) -> Normal:
+    """``p(y | x, z)`` as a torch ``Normal`` with batch shape ``(S, B)``, for a noise ``scale`` that is a number or one
+    per draw (``(S, 1)``): the object :func:`gaussian_log_likelihood` is the density of."""
+    scale = scale.expand_as(mean) if torch.is_tensor(scale) else mean.new_tensor(scale).expand_as(mean)
+    return Normal(mean, scale, validate_args=False)
 
 
 _TO_POSITIVE = biject_to(constraints.positive)

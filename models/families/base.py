@@ -113,14 +113,12 @@ class VariationalFamily(nn.Module):
         z = self.rsample(num_particles, antithetic=antithetic)
         return z, self.log_prob(z)
 
-    def rsample_and_kl(self, num_particles: int, prior: Distribution | None, antithetic: bool = False
+    def rsample_and_kl(self, num_particles: int, prior: Distribution, antithetic: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What one ELBO step needs from q: :meth:`rsample` draws and the analytic KL(q || prior), or None when
-        there is no prior or no closed form. Families whose parameters cost something to assemble (mean-field)
-        override it to assemble them once for both."""
+        """What one ELBO step needs from q under a Gaussian prior: :meth:`rsample` draws and the analytic
+        KL(q || prior), or None when torch has no closed form. Families whose parameters cost something to assemble
+        (mean-field) override it to assemble them once for both."""
         z = self.rsample(num_particles, antithetic=antithetic)
-        if prior is None:
-            return z, None
         try:
             return z, self.kl_to(prior)
         except NotImplementedError:

@@ -63,11 +63,11 @@ class MeanFieldGaussian(VariationalFamily):
         """Map standard-normal noise ``(..., dim)`` to draws from q (the reparameterisation itself)."""
         return self._loc() + self.scale * noise
 
-    def rsample_and_kl(self, num_particles: int, prior: Distribution | None, antithetic: bool = False
+    def rsample_and_kl(self, num_particles: int, prior: Distribution, antithetic: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Draws and the analytic KL to a diagonal Gaussian prior from one evaluation of q's location and scale
         (the same draws as :meth:`rsample`: ``loc + scale * noise``)."""
-        if prior is None or not _is_diagonal_normal(prior):
+        if not _is_diagonal_normal(prior):
             return super().rsample_and_kl(num_particles, prior, antithetic)
         loc, scale = self._loc(), self.scale
         z = loc + scale * self._noise(num_particles, antithetic, None)
