@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # machine runs three at once; each test module stays on one worker (its module fixtures start once).
 TEST_WORKERS ?= 3
 
-.PHONY: setup test demo demo-cluster bench clean stack-up stack-down
+.PHONY: setup test demo demo-cluster bench bench-gpu bench-out-of-core clean stack-up stack-down
 
 setup: $(STAMP)
 
@@ -41,6 +41,15 @@ demo-cluster: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/bench_blr_training.py
+
+# BNN and VAE training on CUDA and on the CPU against minimal loops on each; the CPU alone where there is no GPU.
+bench-gpu: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
+	$(PY) benchmarks/bench_gpu.py
+
+# Peak RSS and throughput of `viops train` on 100k, 1M and 10M Parquet rows, streamed and in memory (GNU time).
+bench-out-of-core: $(STAMP)
+	$(PY) benchmarks/bench_out_of_core.py
 
 clean:
 	rm -rf demo_out demo_cluster_out .pytest_cache mlflow.db .stack

@@ -31,6 +31,13 @@ __all__ = ["cosine_lr", "minimal_blr", "minimal_bnn", "minimal_vae", "pyro_blr"]
 LOG_2PI = math.log(2 * math.pi)
 
 
+def _elapsed(start: float, device: torch.device) -> float:
+    """Seconds since ``start``, once the device has finished the queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def cosine_lr(lr: float, floor: float, step: int, steps: int) -> float:
     """viops' schedule: cosine decay from ``lr`` to ``floor * lr`` over ``steps``."""
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
@@ -51,7 +58,7 @@ def minimal_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int
     start = time.perf_counter()
     for done, _, xb, yb in _minibatches(x, y, batch_size, steps):
         scale = F.softplus(raw_scale)
-        eps = torch.randn(half, d)
+        eps = torch.randn(half, d, device=x.device)
         eps = torch.cat([eps, -eps])[:num_particles]
         z = loc + scale * eps  # (S, d)
         mean = torch.addmm(z[:, p : p + 1], z[:, :p], xb.T)  # (S, B): one matmul for every particle
@@ -65,7 +72,7 @@ def minimal_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, final_lr_ratio, done, steps)
         opt.step()
-    return steps / (time.perf_counter() - start)
+    return steps / _elapsed(start, x.device)
 
 
 def pyro_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, noise: float, prior_scale: float,
@@ -102,7 +109,7 @@ def pyro_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, n
         start = time.perf_counter()
         for _, rows, xb, yb in _minibatches(x, y, batch_size, steps):
             svi.step(xb, yb, rows)
-        return steps / (time.perf_counter() - start)
+        return steps / _elapsed(start, x.device)
     finally:  # it also switched torch.distributions' validation off for the whole process
         pyro.enable_validation(validating)
 
@@ -111,7 +118,7 @@ def _minibatches(x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int):
     """``steps`` minibatches ``(step, rows, x_rows, y_rows)``: rows shuffled once per epoch, then sliced."""
     n, done = x.shape[0], 0
     while True:
-        perm = torch.randperm(n)
+        perm = torch.randperm(n, device=x.device)
         xs, ys = x.index_select(0, perm), y.index_select(0, perm)
         for lo in range(0, n, batch_size):
             if done >= steps:
@@ -132,8 +139,8 @@ def minimal_bnn(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int
     loc = torch.zeros(d)
     loc[: p * hidden] = torch.randn(p * hidden) / math.sqrt(p)
     loc[p * hidden + hidden : p * hidden + 2 * hidden] = torch.randn(hidden) / math.sqrt(hidden)
-    loc.requires_grad_(True)
-    raw_scale = torch.full((d,), init_scale + math.log(-math.expm1(-init_scale)), requires_grad=True)
+    loc = loc.to(x.device).requires_grad_(True)
+    raw_scale = torch.full((d,), init_scale + math.log(-math.expm1(-init_scale)), device=x.device, requires_grad=True)
     opt = torch.optim.Adam([loc, raw_scale], lr=lr, betas=betas)
     half = (num_particles + 1) // 2
     bounds = torch.tensor([0, *sizes]).cumsum(0).tolist()
@@ -141,14 +148,14 @@ def minimal_bnn(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int
     for _, _, xb, yb in _minibatches(x, y, batch_size, steps):
         scale = F.softplus(raw_scale)
         var = scale.square()
-        eps = torch.randn(half, d)
+        eps = torch.randn(half, d, device=x.device)
         eps = torch.cat([eps, -eps])[:num_particles]
         z = loc + scale * eps
         w1, b1, w2, b2 = (loc[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
         v1, c1, v2, c2 = (var[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
         m = xb @ w1.view(p, hidden) + b1
         s2 = xb.square() @ v1.view(p, hidden) + c1
-        h = torch.tanh(m + s2.sqrt() * torch.randn(num_particles, *m.shape))
+        h = torch.tanh(m + s2.sqrt() * torch.randn(num_particles, *m.shape, device=x.device))
         m = h @ w2.view(hidden, 1) + b2
         s2 = h.square() @ v2.view(hidden, 1) + c2
         out = (m + s2.sqrt() * torch.randn_like(m)).squeeze(-1)  # (S, B)
@@ -163,7 +170,7 @@ def minimal_bnn(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return steps / (time.perf_counter() - start)
+    return steps / _elapsed(start, x.device)
 
 
 def minimal_vae(x: torch.Tensor, *, steps: int, batch_size: int, latent: int, hidden: int, total_count: float,
@@ -172,8 +179,10 @@ def minimal_vae(x: torch.Tensor, *, steps: int, batch_size: int, latent: int, hi
     of ``total_count``, one draw of z per row and the analytic KL to N(0, I), from scratch."""
     torch.manual_seed(seed)
     n, p = x.shape
-    encoder = torch.nn.Sequential(torch.nn.Linear(p, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2 * latent))
-    decoder = torch.nn.Sequential(torch.nn.Linear(latent, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, p))
+    encoder = torch.nn.Sequential(torch.nn.Linear(p, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2 * latent)
+                                  ).to(x.device)
+    decoder = torch.nn.Sequential(torch.nn.Linear(latent, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, p)
+                                  ).to(x.device)
     opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr, betas=betas)
     # log C(total, x) per row: constant in the parameters, part of the bound's value
     log_choose = (math.lgamma(total_count + 1) - torch.lgamma(x + 1) - torch.lgamma(total_count - x + 1)).sum(1)
@@ -189,4 +198,4 @@ def minimal_vae(x: torch.Tensor, *, steps: int, batch_size: int, latent: int, hi
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return steps / (time.perf_counter() - start)
+    return steps / _elapsed(start, x.device)

@@ -33,8 +33,11 @@ KHAT_DEGENERATE = 10.0
 
 
 def importance_log_ratios(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
-                          chunk_rows: int = 65_536, seed: int = 0) -> torch.Tensor:
-    """``log p(y | x, z_s) + log p(z_s) - log q(z_s)`` for ``num_samples`` draws from q, in float64."""
+                          chunk_rows: int = 65_536, seed: int = 0, dataset_size: int | None = None) -> torch.Tensor:
+    """``log p(y | x, z_s) + log p(z_s) - log q(z_s)`` for ``num_samples`` draws from q, in float64.
+
+    ``dataset_size``: when ``x`` is a sample of that many rows, the likelihood is scaled up to them (N / n).
+    """
     with torch.no_grad():
         generator = torch.Generator(device=family.precond_shift.device).manual_seed(seed)
         z = family.rsample(num_samples, generator=generator)
@@ -43,6 +46,8 @@ def importance_log_ratios(model, family, x: torch.Tensor, y: torch.Tensor, *, nu
         for start in range(0, x.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
             log_lik += model.log_likelihood(z, x[rows], y[rows]).double().sum(-1)
+        if dataset_size is not None:
+            log_lik *= dataset_size / x.shape[0]
         return log_lik + model.log_prior(z).double() - log_q
 
 
@@ -71,9 +76,11 @@ class ImportanceDiagnostics:
 
 
 def importance_diagnostics(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
-                           seed: int = 0) -> ImportanceDiagnostics:
-    """ELBO, IWAE bound, approximation gap and PSIS k-hat from one set of ``num_samples`` draws of q."""
-    log_ratios = importance_log_ratios(model, family, x, y, num_samples=num_samples, seed=seed)
+                           seed: int = 0, dataset_size: int | None = None) -> ImportanceDiagnostics:
+    """ELBO, IWAE bound, approximation gap and PSIS k-hat from one set of ``num_samples`` draws of q (``dataset_size``:
+    see :func:`importance_log_ratios`)."""
+    log_ratios = importance_log_ratios(model, family, x, y, num_samples=num_samples, seed=seed,
+                                       dataset_size=dataset_size)
     elbo = float(log_ratios.mean())
     iwae = float(torch.logsumexp(log_ratios, 0) - np.log(num_samples))
     return ImportanceDiagnostics(elbo, iwae, iwae - elbo, khat_from_log_ratios(log_ratios))

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["DataError", "read_table", "check_columns", "fingerprint", "LabelledRows", "usable_labelled_rows"]
+__all__ = ["DataError", "read_table", "check_columns", "select_columns", "fingerprint", "LabelledRows",
+           "usable_labelled_rows"]
 
 
 class DataError(ValueError):
@@ -96,6 +97,25 @@ def check_columns(frame: pd.DataFrame, columns: list[str], source: str, expected
                 f"data {source}: column {column!r} has {int((~finite).sum())} missing or non-finite value(s) "
                 f"(NaN/inf), first at {_row_hint(source, first)}"
             )
+
+
+def select_columns(columns: list[str], target: str, features: list[str] | None, source: str) -> list[str]:
+    """The feature columns of a table with ``columns``: ``features`` as configured, else every column but the target.
+
+    Raises:
+        DataError: the target or a configured feature is missing, the target is also a feature, or no feature is left.
+    """
+    if target not in columns:
+        raise DataError(f"data {source}: target column {target!r} not found; columns are: {', '.join(columns)}")
+    chosen = list(features) if features else [c for c in columns if c != target]
+    missing = [c for c in chosen if c not in columns]
+    if missing:
+        raise DataError(f"data {source}: feature column(s) {missing} not found; columns are: {', '.join(columns)}")
+    if target in chosen:
+        raise DataError(f"data {source}: column {target!r} is both the target and a feature")
+    if not chosen:
+        raise DataError(f"data {source} has no feature columns besides the target {target!r}")
+    return chosen
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

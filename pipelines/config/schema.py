@@ -31,8 +31,21 @@ class SplitConfig(StrictModel):
         return self
 
 
+class StreamingConfig(StrictModel):
+    """Training from a Parquet file or dataset folder larger than memory (``data.streaming``; docs/training.md)."""
+
+    enabled: bool = False
+    shuffle_buffer_rows: PositiveInt = 65_536  # training rows mixed across row groups before each minibatch
+    sample_rows: PositiveInt = 100_000  # training rows kept in memory: reference snapshot, diagnostics
+    holdout_rows: PositiveInt = 100_000  # validation and test rows kept in memory, each
+    # spill: the scan copies the training rows to a temporary file (8 bytes per value) that each epoch reads in
+    # blocks; false: each epoch decodes the Parquet row groups again (no extra disk, a slower reader)
+    spill: bool = True
+
+
 class DataConfig(StrictModel):
-    """Where the data comes from: a CSV/Parquet file (``path``) or a scikit-learn bundled dataset (``sklearn``)."""
+    """Where the data comes from: a CSV/Parquet file or a folder of Parquet files (``path``), or a scikit-learn
+    bundled dataset (``sklearn``); with ``streaming.enabled`` a Parquet source is streamed instead of loaded."""
 
     path: str | None = None
     sklearn: Literal["diabetes", "wine", "breast_cancer", "digits"] | None = None
@@ -40,6 +53,7 @@ class DataConfig(StrictModel):
     features: Annotated[list[str], Field(min_length=1)] | None = None
     split: SplitConfig = SplitConfig()
     standardize: bool = False
+    streaming: StreamingConfig = StreamingConfig()
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -49,6 +63,9 @@ class DataConfig(StrictModel):
             raise ValueError("'target' is required with 'path': name the label column")
         if self.features and len(set(self.features)) < len(self.features):
             raise ValueError(f"features lists a column more than once: {self.features}")
+        if self.streaming.enabled and (self.path is None or self.path.lower().endswith(".csv")):
+            raise ValueError("data.streaming reads Parquet in row groups: give 'path' as a .parquet file or a folder "
+                             "of them")
         return self
 
 
@@ -258,6 +275,9 @@ class TrainConfig(StrictModel):
         elif objective.kind == "iwae" or objective.free_bits or objective.kl_warmup_steps:
             raise ValueError(f"objective.kind iwae, free_bits and kl_warmup_steps act on per-row latents and need "
                              f"model.kind: vae, not {model.kind}")
+        if self.data.streaming.enabled and (guide.precondition == "laplace" or self.train.world_size > 1):
+            raise ValueError("data.streaming trains in one process from row groups: it takes no "
+                             "guide.precondition: laplace (a Hessian over every row) and no DDP (train.strategy)")
         if getattr(model, "local_reparameterization", False) and guide.family != "mean_field":
             raise ValueError(f"model.local_reparameterization needs guide.family: mean_field, not {guide.family}")
         return self

@@ -27,8 +27,8 @@ class AmortizedSVIModule(MinibatchSVI):
     """
 
     def __init__(self, model, objective: ObjectiveConfig, settings: TrainSettings, train_xy, val_xy=None, *,
-                 active_unit_threshold: float = 0.01):
-        super().__init__(settings, train_xy, val_xy)
+                 active_unit_threshold: float = 0.01, train_stream=None):
+        super().__init__(settings, train_xy, val_xy, train_stream)
         self.model, self.objective = model, objective
         self.active_unit_threshold = active_unit_threshold
         self.samples = objective.iwae_samples if objective.kind == "iwae" else settings.num_particles

@@ -66,7 +66,7 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
         num_classes=getattr(model, "num_classes", None),
         predictive_samples=config.registry.predictive_samples,
         seed=config.train.seed,
-        train_rows=len(data.train),
+        train_rows=data.train_rows,
     )
     if stats is not None:
         bundle.feature_mean = [float(v) for v in stats["feature_mean"]]

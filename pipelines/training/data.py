@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config.schema import DataConfig
-from pipelines.tables import DataError, check_columns, fingerprint, read_table, usable_labelled_rows
+from pipelines.tables import DataError, check_columns, fingerprint, read_table, select_columns, usable_labelled_rows
+from pipelines.training.streaming import TrainStream, scan
 
 __all__ = [
     "PreparedData",
@@ -49,6 +50,9 @@ class PreparedData:
         target: the label column name.
         fingerprint: content hash of the full validated table (columns, dtypes and values).
         train, validation, test: the deterministic split; ``train[features]`` is the reference snapshot.
+        stream: for a streamed source (``data.streaming``), where the training rows are read from; ``train``,
+            ``validation`` and ``test`` are then bounded seeded samples of the splits
+            (:mod:`pipelines.training.streaming`).
     """
 
     source: str
@@ -58,10 +62,18 @@ class PreparedData:
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
+    stream: TrainStream | None = None
 
     @property
     def num_rows(self) -> int:
+        if self.stream is not None:
+            return self.stream.num_rows
         return len(self.train) + len(self.validation) + len(self.test)
+
+    @property
+    def train_rows(self) -> int:
+        """N: the rows of the training split (of which ``train`` holds a sample when streamed)."""
+        return self.stream.train_rows if self.stream is not None else len(self.train)
 
     def manifest(self) -> dict:
         return {
@@ -69,11 +81,16 @@ class PreparedData:
             "features": list(self.features),
             "target": self.target,
             "fingerprint": self.fingerprint,
-            "rows": {name: len(getattr(self, name)) for name in SPLITS},
+            "rows": {name: len(getattr(self, name)) for name in SPLITS} if self.stream is None else {
+                "all": self.stream.num_rows, "train": self.stream.train_rows,
+                "in_memory": {name: len(getattr(self, name)) for name in SPLITS}},
         }
 
     def save(self, directory: str | Path) -> Path:
         """Write the splits, the reference snapshot (training features) and a manifest to ``directory``."""
+        if self.stream is not None:
+            raise DataError(f"data {self.source} is streamed (data.streaming): 'viops train' reads it in place; "
+                            f"there are no splits to write")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name in SPLITS:
@@ -104,16 +121,7 @@ def validate_frame(frame: pd.DataFrame, cfg: DataConfig, source: str) -> tuple[l
     columns = [str(c) for c in frame.columns]
     if len(frame) == 0:
         raise DataError(f"data {source} has no rows (columns: {', '.join(columns) or 'none'})")
-    if target not in columns:
-        raise DataError(f"data {source}: target column {target!r} not found; columns are: {', '.join(columns)}")
-    features = list(cfg.features) if cfg.features else [c for c in columns if c != target]
-    missing = [c for c in features if c not in columns]
-    if missing:
-        raise DataError(f"data {source}: feature column(s) {missing} not found; columns are: {', '.join(columns)}")
-    if target in features:
-        raise DataError(f"data {source}: column {target!r} is both the target and a feature")
-    if not features:
-        raise DataError(f"data {source} has no feature columns besides the target {target!r}")
+    features = select_columns(columns, target, cfg.features, source)
     check_columns(frame, [*features, target], source)
     return features, target
 
@@ -150,6 +158,13 @@ def prepare(cfg: DataConfig, extra: list[str | Path] | tuple = ()) -> PreparedDa
     ``extra``: files of new labelled rows (e.g. a production window) appended before the split, so that they reach
     training, validation and the held-out test set alike. Only their rows with finite features and target count.
     """
+    if cfg.streaming.enabled:
+        if extra:
+            raise DataError(f"data {cfg.path} is streamed (data.streaming): add new labelled rows as another Parquet "
+                            f"file of the dataset folder, not with --extra-data")
+        stream, digest, samples = scan(cfg)
+        columns = stream.columns
+        return PreparedData(stream.source, tuple(columns[:-1]), columns[-1], digest, **samples, stream=stream)
     frame, source = load_frame(cfg)
     features, target = validate_frame(frame, cfg, source)
     table = frame[[*features, target]].astype("float64")
@@ -191,6 +206,8 @@ def count_classes(data: PreparedData, declared: int | None = None) -> int:
     Raises:
         DataError: a label is not a non-negative integer, exceeds ``declared - 1``, or there is only one class.
     """
+    if data.stream is not None:
+        return data.stream.count_classes(declared)
     where = f"data {data.source}: target column {data.target!r}"
     top = -1
     for split in SPLITS:
@@ -218,6 +235,8 @@ def check_counts(data: PreparedData, total_count: int) -> None:
     Raises:
         DataError: naming the split, column and row of the first value that is not such a count.
     """
+    if data.stream is not None:
+        return data.stream.check_counts(total_count)
     for split in SPLITS:
         frame = getattr(data, split)
         values = frame[list(data.features)].to_numpy()
@@ -251,9 +270,14 @@ def check_informative(data: PreparedData) -> None:
         DataError: naming the constant column(s) and their value.
     """
     train = data.train
-    constant = [c for c in [*data.features, data.target] if len(train) and train[c].nunique(dropna=False) <= 1]
+    if data.stream is not None:
+        found = data.stream.constant_columns()
+    else:
+        found = [(c, train[c].iloc[0]) for c in [*data.features, data.target]
+                 if len(train) and train[c].nunique(dropna=False) <= 1]
+    constant = [c for c, _ in found]
     if constant:
-        values = ", ".join(f"{c!r} = {train[c].iloc[0]:.6g}" for c in constant)
+        values = ", ".join(f"{c!r} = {v:.6g}" for c, v in found)
         what = "the target is" if constant == [data.target] else "column(s) are"
-        raise DataError(f"data {data.source}: {what} constant over the {len(train)} training rows ({values}); "
+        raise DataError(f"data {data.source}: {what} constant over the {data.train_rows} training rows ({values}); "
                         f"a constant column carries no information: drop it from data.features or fix the data")

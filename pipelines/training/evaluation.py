@@ -33,6 +33,8 @@ def split_tensors(frame, features, target, stats, *, classify: bool = False) -> 
 
 def standardization(data: PreparedData, *, classify: bool = False) -> dict:
     """Feature means and SDs of the training split, and (regression) the target's; class labels stay as they are."""
+    if data.stream is not None:
+        return data.stream.standardization(classify)
     x = data.train[list(data.features)].to_numpy(dtype=np.float64)
     scale = x.std(0)
     stats = {
@@ -57,7 +59,7 @@ def held_out_metrics(model, family, data: PreparedData, stats, settings) -> dict
         if not len(frame):
             continue
         x, y = split_tensors(frame, data.features, data.target, stats, classify=model.task == "classification")
-        fit = held_out_fit(model, family, x, y, train_size=len(data.train), num_samples=settings.eval_particles,
+        fit = held_out_fit(model, family, x, y, train_size=data.train_rows, num_samples=settings.eval_particles,
                            generator=generator)
         out[f"{split}_elbo_per_datum"] = float(fit.elbo_per_datum)
         out[f"{split}_predictive_nll"] = float(fit.predictive_nll)

@@ -59,7 +59,7 @@ def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: P
         model, family = done.module.model, done.module.family
         metrics = held_out_metrics(model, family, data, done.stats, settings)
         importance = importance_diagnostics(model, family, *done.train_xy, num_samples=settings.khat_samples,
-                                            seed=settings.seed)
+                                            seed=settings.seed, dataset_size=data.train_rows)
         metrics.update({"psis_khat": importance.khat, "train_elbo": importance.elbo, "train_iwae": importance.iwae,
                         "approximation_gap": importance.approximation_gap})
         calibration, calibration_plot = calibration_metrics(model, family, data, done.stats, settings, workdir,
@@ -69,7 +69,7 @@ def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: P
             ratio = family.stddev.detach().cpu() / done.laplace.marginal_sd
             metrics.update({"sd_ratio_to_laplace_min": float(ratio.min()),
                             "sd_ratio_to_laplace_max": float(ratio.max()),
-                            "laplace_trusted": float(laplace_trusted(config, model, len(data.train)))})
+                            "laplace_trusted": float(laplace_trusted(config, model, data.train_rows))})
     steps = float(done.trainer.global_step)
     metrics.update({"train_seconds": done.seconds, "steps": steps, "epochs": float(done.trainer.current_epoch)})
     metrics["steps_per_second"] = steps / done.seconds if done.seconds > 0 else 0.0

@@ -79,11 +79,13 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
     model = build_model(config.model, len(data.features), num_classes)
     family = laplace = None
     validation = val_xy if len(data.validation) else None
+    stream = _streamed_batches(data, config, stats, classify)
     if amortized:
         from pipelines.training.amortized_module import AmortizedSVIModule
 
         module = AmortizedSVIModule(model, config.objective, settings, train_xy, validation,
-                                    active_unit_threshold=config.amortization.active_unit_threshold)
+                                    active_unit_threshold=config.amortization.active_unit_threshold,
+                                    train_stream=stream)
     else:
         from pipelines.training.svi_module import SVIModule
 
@@ -91,11 +93,11 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         glm = config.model.kind in LAPLACE_REFERENCE_KINDS
         if config.guide.precondition == "laplace":
             laplace = _precondition(client if rank == 0 else None, run_id, model, family, train_xy)
-        elif glm:
+        elif glm and stream is None:  # a streamed source has no Hessian over every row (config checks laplace)
             laplace = _reference_laplace(model, train_xy)
             if laplace is not None and config.guide.precondition == "auto":
                 family.precondition(laplace.mode, laplace.marginal_sd, laplace.scale_tril)
-        module = SVIModule(model, family, settings, train_xy, validation)
+        module = SVIModule(model, family, settings, train_xy, validation, train_stream=stream)
     callbacks = _Callbacks(config, module, sink, validation, checkpoints or workdir / CHECKPOINTS_DIR)
     trainer = pl.Trainer(
         accelerator=settings.accelerator,
@@ -135,6 +137,17 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
     trainer.save_checkpoint(workdir / CHECKPOINTS_DIR / "last.ckpt")
     return Fit(trainer, module, model, family, laplace, stats, train_xy, val_xy, callbacks.telemetry,
                callbacks.stopper, callbacks.gaps, seconds)
+
+
+def _streamed_batches(data: PreparedData, config: TrainConfig, stats, classify: bool):
+    """The training minibatches of a streamed source (``data.streaming``), or None for an in-memory one."""
+    if data.stream is None:
+        return None
+    from pipelines.training.stream_batches import StreamedBatches
+
+    settings = config.train
+    return StreamedBatches(data.stream, settings.batch_size, buffer_rows=config.data.streaming.shuffle_buffer_rows,
+                           seed=settings.seed, stats=stats, classify=classify, group=settings.steps_per_batch)
 
 
 class _Callbacks:

@@ -2,7 +2,8 @@
 
 A DataLoader over a :class:`TensorTable` with an :class:`IndexBatches` sampler hands the module ready tensors (no
 per-row collate); with ``train.steps_per_batch > 1`` each Lightning batch is a :class:`MinibatchGroup` of
-consecutive minibatches, gathered in one pass.
+consecutive minibatches, gathered in one pass. A streamed source (``data.streaming``) is read by
+:class:`~pipelines.training.stream_batches.StreamedBatches` instead.
 """
 
 from __future__ import annotations
@@ -120,3 +121,4 @@ def steps_per_epoch(num_rows: int, batch_size: int, world_size: int = 1) -> int:
 def planned_steps(num_rows: int, settings: TrainSettings, world_size: int = 1) -> int:
     """SVI steps (per process) in a run that reaches ``max_epochs`` (the horizon of the step-size schedule)."""
     return steps_per_epoch(num_rows, settings.batch_size, world_size) * settings.max_epochs
+

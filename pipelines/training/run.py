@@ -156,7 +156,7 @@ def _train_in_run(config: TrainConfig, data: PreparedData, client, uri: str, run
     if resume is not None and rank == 0 and config.train.world_size > 1:
         os.environ[RESUME_ENV] = str(resume.checkpoint)  # the DDP ranks Lightning launches resume from it too
     # Start the writer now: a writer process's start-up then overlaps the set-up below.
-    steps = planned_steps(len(data.train), config.train, config.train.world_size)
+    steps = planned_steps(data.train_rows, config.train, config.train.world_size)
     sink = make_sink(uri, run_id, planned_rows=steps // config.train.metrics_every_n_steps,
                      enabled=config.train.log_step_metrics and rank == 0, spool=checkpoints / SPOOL)
     workdir = Path(tempfile.mkdtemp(prefix="viops-train-"))  # artifacts before upload
@@ -243,7 +243,7 @@ def _log_dataset_input(client, run_id: str, data: PreparedData) -> None:
 
     columns = [*data.features, data.target]
     schema = Schema([ColSpec("double", name) for name in columns])
-    rows = len(data.train)
+    rows = data.train_rows
     source_type = "code" if data.source.startswith("sklearn:") else "local"
     dataset = Dataset(
         name=f"train-{data.fingerprint}",

@@ -22,6 +22,7 @@ from pipelines.training.loaders import (
     planned_steps,
     steps_per_epoch,
 )
+from pipelines.training.stream_batches import StreamedBatches, StreamedGroup
 
 __all__ = ["MinibatchSVI", "SVIModule"]
 
@@ -42,16 +43,18 @@ class MinibatchSVI(pl.LightningModule):
     Args:
         settings: the ``train`` section of the config.
         train_xy, val_xy: ``(x, y)`` tensors of the training and validation splits.
+        train_stream: a :class:`~pipelines.training.loaders.StreamedBatches` that replaces ``train_xy`` as the
+            source of minibatches (``data.streaming``); ``train_xy`` is then a sample of the training rows.
     """
 
     def __init__(self, settings: TrainSettings, train_xy: tuple[torch.Tensor, torch.Tensor],
-                 val_xy: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 val_xy: tuple[torch.Tensor, torch.Tensor] | None = None, train_stream: StreamedBatches | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.settings = settings
-        self.train_xy, self.val_xy = train_xy, val_xy
+        self.train_xy, self.val_xy, self.train_stream = train_xy, val_xy, train_stream
         #: N: the ELBO scales a minibatch's likelihood by N / |B| on every rank, shard or not.
-        self.dataset_size = int(train_xy[0].shape[0])
+        self.dataset_size = train_stream.stream.train_rows if train_stream else int(train_xy[0].shape[0])
         #: Processes sharing each epoch (``train.strategy: ddp``); each takes its own shard of the rows.
         self.world_size = settings.world_size
         #: Scalars of the current SVI step (device tensors, never synced here), read by the callbacks.
@@ -80,6 +83,8 @@ class MinibatchSVI(pl.LightningModule):
         return TensorTable(xy[0].to(self.device), xy[1].to(self.device))
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_stream is not None:
+            return self.train_stream.loader()
         return make_loader(
             self._table(self.train_xy), self.settings.batch_size, shuffle=True, seed=self.settings.seed,
             group=self.settings.steps_per_batch, rank=self.global_rank, world_size=self.world_size,
@@ -111,7 +116,7 @@ class MinibatchSVI(pl.LightningModule):
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         loss = None
-        for minibatch in batch if isinstance(batch, MinibatchGroup) else [batch]:
+        for minibatch in batch if isinstance(batch, (MinibatchGroup, StreamedGroup)) else [batch]:
             loss = self._shared_step(minibatch, "train")
             if self._step_hooks is not None:
                 self._plain_step(optimizer, loss)
@@ -192,8 +197,9 @@ class SVIModule(MinibatchSVI):
         settings: TrainSettings,
         train_xy: tuple[torch.Tensor, torch.Tensor],
         val_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
+        train_stream: StreamedBatches | None = None,
     ):
-        super().__init__(settings, train_xy, val_xy)
+        super().__init__(settings, train_xy, val_xy, train_stream)
         self.model, self.family = model, family
         #: Mirrored particle pairs where the family is symmetric about its mean (the Gaussians); flows draw plainly.
         self.antithetic = settings.antithetic and family.symmetric

@@ -1,0 +1,138 @@
+"""GPU training throughput (``make bench-gpu``): viops and a minimal loop, on CUDA and on the CPU, in one run.
+
+Two workloads, each trained by ``viops`` (``trainer.fit`` with full telemetry, ``train.accelerator`` set to the
+device) and by the from-scratch minimal loop of ``benchmarks/baselines.py`` on the same device, for the same number
+of steps:
+
+- **BNN**: ``configs/zoo/bnn_diabetes.yaml``'s network (local reparameterisation, learned noise) on a synthetic table
+  of ``--bnn-rows`` rows (1M) × 20 features, batch 4,096;
+- **VAE**: ``configs/zoo/vae_digits.yaml`` on scikit-learn's digits upsampled to ``--vae-rows`` rows (each a digit
+  redrawn as binomial counts around its own pixels), batch 1,024.
+
+It prints steps/s per device, the GPU/CPU ratio and viops' ratio to the minimal loop on each device, with the
+card's name. Without a CUDA device it measures the CPU only and says so.
+
+    python benchmarks/bench_gpu.py [--bnn-rows 1000000] [--vae-rows 200000] [--epochs 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.baselines import minimal_bnn, minimal_vae  # noqa: E402
+from pipelines.config.loading import load_config, parse_overrides  # noqa: E402
+from pipelines.lifecycle.train import train  # noqa: E402
+from pipelines.training.data import prepare  # noqa: E402
+from pipelines.training.evaluation import split_tensors, standardization  # noqa: E402
+
+FEATURES = 20
+
+
+def bnn_table(rows: int, path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, FEATURES))
+    w = rng.normal(size=(FEATURES, 8)) / np.sqrt(FEATURES)
+    y = np.tanh(x @ w) @ rng.normal(size=8) + 0.3 * rng.normal(size=rows)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(FEATURES)]).assign(y=y)
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def vae_table(rows: int, path: Path) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits().data
+    rng = np.random.default_rng(0)
+    base = digits[rng.integers(len(digits), size=rows)]
+    counts = rng.binomial(16, np.clip((base + 0.5) / 17.0, 0.0, 1.0))
+    frame = pd.DataFrame(counts.astype(float), columns=[f"pixel_{i}" for i in range(counts.shape[1])])
+    frame.assign(target=0.0).to_parquet(path, index=False)
+    return path
+
+
+def measure(name: str, config, device: str, uri: str) -> dict:
+    """viops and the minimal loop of ``config`` on ``device``: steps per second each."""
+    config = config.model_copy(update={"train": config.train.model_copy(update={
+        "accelerator": "gpu" if device == "cuda" else "cpu", "devices": 1})})
+    data = prepare(config.data)
+    result = train(config, prepared=data, tracking_uri=uri, register=False)
+    steps = int(result.metrics["steps"])
+    viops = steps / result.metrics["train_seconds"]
+    s, m = config.train, config.model
+    if m.kind == "vae":
+        x, _ = split_tensors(data.train, data.features, data.target, None)
+        least = minimal_vae(x.to(device), steps=steps, batch_size=s.batch_size, latent=m.latent_dim,
+                            hidden=m.encoder_hidden[0], total_count=float(m.total_count), lr=s.lr,
+                            betas=tuple(s.betas), seed=s.seed)
+    else:
+        x, y = split_tensors(data.train, data.features, data.target, standardization(data))
+        least = minimal_bnn(x.to(device), y.to(device), steps=steps, batch_size=s.batch_size, hidden=m.hidden[0],
+                            lr=s.lr, betas=tuple(s.betas), num_particles=s.num_particles,
+                            init_scale=config.guide.init_scale, seed=s.seed)
+    return {"model": name, "device": device, "steps": steps, "train_rows": len(data.train),
+            "batch_size": s.batch_size, "viops_steps_per_s": round(viops, 1), "minimal_steps_per_s": round(least, 1),
+            "ratio_to_minimal": round(viops / least, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bnn-rows", type=int, default=1_000_000)
+    parser.add_argument("--vae-rows", type=int, default=200_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if card is None:
+        print("no CUDA device here: measuring the CPU only (run on a GPU machine for the GPU/CPU ratios)",
+              file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="viops-bench-gpu-"))
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    common = ["train.early_stopping.enabled=false", "train.progress_bar=false", "registry.auto_register=false",
+              f"train.max_epochs={args.epochs}", "data.split.validation=0.02", "data.split.test=0.02"]
+    cases = {
+        "bnn": ("bnn_diabetes.yaml", [f"data.path={bnn_table(args.bnn_rows, work / 'bnn.parquet')}", "data.target=y",
+                                      "data.sklearn=null", "train.batch_size=4096"]),
+        "vae": ("vae_digits.yaml", [f"data.path={vae_table(args.vae_rows, work / 'vae.parquet')}",
+                                    "data.target=target", "data.sklearn=null", "train.batch_size=1024"]),
+    }
+    results = []
+    try:
+        for name, (file, overrides) in cases.items():
+            config = load_config(REPO / "configs" / "zoo" / file,
+                                 parse_overrides([*common, *overrides, f"tracking.experiment=bench-gpu-{name}"]))
+            for device in devices:
+                results.append(measure(name, config, device, uri))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    by = {(r["model"], r["device"]): r for r in results}
+    for r in results:
+        cpu = by[(r["model"], "cpu")]
+        r["speedup_over_cpu"] = round(r["viops_steps_per_s"] / cpu["viops_steps_per_s"], 2)
+    if args.json:
+        print(json.dumps({"card": card, "results": results}))
+        return
+    print(f"card: {card or 'none (CPU only)'}, torch {torch.__version__}")
+    print("| model | device | rows | batch | steps | minimal steps/s | viops steps/s | viops / minimal "
+          "| viops GPU / CPU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['model']} | {r['device']} | {r['train_rows']:,} | {r['batch_size']} | {r['steps']} | "
+              f"{r['minimal_steps_per_s']} | {r['viops_steps_per_s']} | {r['ratio_to_minimal']} | "
+              f"{r['speedup_over_cpu']} |")
+
+
+if __name__ == "__main__":
+    main()
