@@ -21,11 +21,11 @@ from monitoring.checks.drift import DriftCheck
 from monitoring.checks.inputs import WindowRows, check_inputs
 from monitoring.checks.results import ChampionInfo, DriftSummary, InputsResult, WindowReport
 from monitoring.checks.vi_health import VIHealthCheck
+from monitoring.window_scoring import score_window
 from monitoring.windows import Window
-from pipelines.serving.scoring import score_frame
 from pipelines.workspace import replacing
 
-__all__ = ["WindowReport", "WindowContext", "build_checks", "check_window", "score_window", "run_monitor"]
+__all__ = ["WindowReport", "WindowContext", "build_checks", "check_window", "judge", "run_monitor"]
 
 
 def build_checks(config: ChecksConfig) -> list[DriftCheck | CalibrationCheck | VIHealthCheck]:
@@ -33,25 +33,6 @@ def build_checks(config: ChecksConfig) -> list[DriftCheck | CalibrationCheck | V
     checks = [DriftCheck(config.drift, config.seed), CalibrationCheck(config.calibration, config.seed),
               VIHealthCheck(config.vi_health, config.seed)]
     return [check for check in checks if check.config.enabled]
-
-
-def score_window(frame: pd.DataFrame, finite: np.ndarray, champion: Champion,
-                 scored_by: str | None = None) -> tuple[pd.DataFrame, dict]:
-    """The champion's predictions for the finite rows: those already in the window when it carries a complete set
-    that this version scored (``scored_by``, ``model/version``; None when the window does not say, as a file brought
-    with its own predictions), else scored now. A window another version scored (the champion changed since) is
-    scored again. Returns ``(predictions indexed like the finite rows, scoring summary)``."""
-    columns = list(champion.reference_predictions.columns)
-    rows = frame.loc[finite]
-    ours = scored_by is None or scored_by == champion.loaded.ref
-    if ours and all(c in frame.columns for c in columns) and np.isfinite(rows[columns].to_numpy(dtype=float)).all():
-        return rows[columns], {"scored_now": 0, "version": "as stored in the window"}
-    features = rows[champion.features].astype("float64")
-    predictions, seconds = score_frame(champion.loaded, features)
-    predictions.index = rows.index
-    latency = [s * 1000.0 for s in seconds]
-    return predictions, {"scored_now": int(len(rows)), "version": champion.loaded.version,
-                         "batch_latency_p95_ms": float(np.percentile(latency, 95)) if latency else None}
 
 
 def _labelled(window: Window, champion: Champion) -> tuple[pd.DataFrame | None, int]:
@@ -128,13 +109,19 @@ def check_window(window: Window, champion: Champion, config: ChecksConfig,
     sampled = features
     if len(features) > config.row_cap:
         sampled = features.sample(n=config.row_cap, random_state=config.seed)
-    rows = WindowRows(inputs, features, sampled, predictions, labelled)
+    return judge(window, champion, config, context, WindowRows(inputs, features, sampled, predictions, labelled),
+                 scoring, predictions)
+
+
+def judge(window: Window, champion: Champion, config: ChecksConfig, context: WindowContext, rows: WindowRows,
+          scoring: dict, predictions: pd.DataFrame | None) -> WindowReport:
+    """Every enabled check on the prepared ``rows`` of ``window``, and the slow-drift CUSUM: the window's report."""
     results, evidence = {}, {}
     for check in build_checks(config):
         evidence.update(check.evidence(rows, champion))
         results[check.name] = check.calculate(rows, champion)
     drift = _cusum(results.get("drift"), context.cusum_before, config)
-    return WindowReport(window.key, champion.loaded.name, champion.loaded.version, inputs, drift,
+    return WindowReport(window.key, champion.loaded.name, champion.loaded.version, rows.inputs, drift,
                         results.get("calibration"), results.get("vi_health"), scoring,
                         ChampionInfo(champion.loaded.version, champion.promoted_at), predictions, evidence)
 
@@ -161,25 +148,27 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     from monitoring.checks.champion import load_champion
     from monitoring.decision import AUTOMATED, MonitorState, decide, incident_id, windows_since_promotion
     from monitoring.incidents import write_incident
+    from monitoring.large_windows import check_large_window, is_large
     from monitoring.metrics import build_registry, export_metrics
     from monitoring.slo import evaluate_slos
     from pipelines.registry.versions import CHAMPION, PREVIOUS_CHAMPION, alias_version
 
     checks = checks or ChecksConfig()
-    current = Window.read(window_path, window_id)
+    large = is_large(window_path, checks)
+    current = Window.read(window_path, window_id, rows=not large)
     window = current.key
     champion = load_champion(client, model, tracking_uri=tracking_uri, alias=alias, checks=checks)
     state_dir = Path(state_dir) if state_dir else current.default_state_dir()
     state = MonitorState.load(state_dir / f"{model}@{alias}.json")
     history = state.before(window)
-    report = check_window(current, champion, checks,
-                          WindowContext.from_history(history, champion.loaded.version, checks))
+    report = (check_large_window if large else check_window)(
+        current, champion, checks, WindowContext.from_history(history, champion.loaded.version, checks))
     body = report.to_json()
     body["window_path"] = str(current.path)
     body["drift_report"] = _write_drift_report(report, current) if drift_report else None
     # Store the predictions just made in the window's partition, so a re-run does not score again.
     scored_now = report.scoring.get("scored_now") and report.predictions is not None
-    body["scoring"]["written_back"] = bool(scored_now) and current.write_scored(
+    body["scoring"]["written_back"] = report.scoring.get("written_back") or bool(scored_now) and current.write_scored(
         report.predictions, scored_by=f"{report.model}/{report.version}")
 
     statuses = evaluate_slos(slos, report, [h.get("slo", {}) for h in history]) if slos is not None else []
@@ -227,7 +216,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
                   "slo": {s.name: s.good for s in statuses}, "firing": decision.firing, "action": decision.action,
                   "executed": automated and (execute or dispatched), "runbook": decision.alert,
                   "monitored_at": time.time()})
-    body["deploy"] = None if alias != CHAMPION else _challenger_pass(
+    body["deploy"] = None if alias != CHAMPION or large else _challenger_pass(
         client, current, champion, statuses, model=model, tracking_uri=tracking_uri, checks=checks, slos=slos,
         state_dir=state_dir, champion_action=decision.action, pushgateway=pushgateway, execute=execute,
         dispatched=dispatched or deploy_dispatched, actor=actor, trigger={"incident_id": body["incident_id"]})

@@ -68,9 +68,13 @@ class WindowStore:
         with replacing(target) as partial:
             frame.to_parquet(partial, index=False)
         if meta is not None:
-            (directory / "_meta.json").write_text(json.dumps({"window": window_key(when), **meta}, indent=2,
-                                                            default=str))
+            self.write_meta(when, meta)
         return target
+
+    def write_meta(self, when: datetime, meta: dict) -> None:
+        """Replace the ``_meta.json`` of a window (where it came from, which version scored it)."""
+        (self.directory(when) / "_meta.json").write_text(json.dumps({"window": window_key(when), **meta}, indent=2,
+                                                                    default=str))
 
     def windows(self) -> list[datetime]:
         """Window start times present, oldest first."""
@@ -109,14 +113,15 @@ class Window:
     start: datetime | None = None
 
     @classmethod
-    def read(cls, path: str | Path, key: str | None = None) -> Window:
-        """Read a window file (CSV/Parquet), inside a window store or not.
+    def read(cls, path: str | Path, key: str | None = None, *, rows: bool = True) -> Window:
+        """Read a window file (CSV/Parquet), inside a window store or not; ``rows=False`` leaves its rows on disk
+        (``frame`` is empty) for a window read in chunks (:mod:`monitoring.large_windows`).
 
         Raises:
             DataError: the file is missing or unreadable.
         """
         path = Path(path).resolve()
-        frame = read_table(path)
+        frame = read_table(path) if rows else pd.DataFrame()
         partition = next((part for part in reversed(path.parent.parts) if part.startswith(_PREFIX)), None)
         start = parse_window_key(partition) if partition is not None else None
         return cls(key or (window_key(start) if start is not None else path.stem), path, frame, start)

@@ -80,6 +80,10 @@ class ChecksConfig(StrictModel):
     # Calibration and VI-health statistics use at most this many rows of a window (sampled, seeded); every row is
     # still scored and counted for NaN/inf.
     row_cap: PositiveInt = 100_000
+    # A Parquet window with more rows than this is read, checked, scored and written back in chunks of chunk_rows
+    # rows, never whole; its statistics use a seeded sample of row_cap rows (docs/monitoring.md, "Large windows").
+    max_rows_in_memory: PositiveInt = 1_000_000
+    chunk_rows: PositiveInt = 200_000
     seed: int = 0
 
 

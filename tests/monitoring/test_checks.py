@@ -212,3 +212,43 @@ def test_execute_retrain_trains_on_the_data_plus_the_window_and_gates_it(regress
     assert str(client.get_model_version_by_alias("blr-diabetes", "challenger").version) == executed["version"]
     assert str(client.get_model_version_by_alias("blr-diabetes", "champion").version) != executed["version"]
     assert version.tags["viops.deploy.reason"] == run.data.tags["viops.trigger_reason"]
+
+
+def test_a_window_larger_than_memory_is_checked_scored_and_written_back_in_chunks(regression, tmp_path):
+    from datetime import datetime, timezone
+
+    from monitoring.monitor import run_monitor
+    from monitoring.windows import WindowStore
+
+    champion, windows = regression
+    uri = champion_tracking_uri(champion)
+    frame = pd.concat([*windows["stable"][:7], windows["nan_burst"][6]], ignore_index=True)  # 4,000 rows, NaNs last
+    shifted = pd.concat(windows["covariate_shift"][6:8] * 3, ignore_index=True)
+    store, when = WindowStore(tmp_path / "w"), datetime(2026, 3, 1, tzinfo=timezone.utc)
+    path = store.write(when, frame, meta={"source": "test"})
+    chunked = ChecksConfig(max_rows_in_memory=1_000, chunk_rows=700, row_cap=1_500)
+    body = run_monitor(MlflowClient(uri, uri), model="blr-diabetes", window_path=path, tracking_uri=uri,
+                       checks=chunked, state_dir=tmp_path / "state", drift_report=False)
+    whole = _typed_report(frame, champion).to_json()
+    for key in ("rows", "finite_rows", "nonfinite_values", "nonfinite_by_column", "labelled_rows"):
+        assert body["inputs"][key] == whole["inputs"][key], key
+    assert body["scoring"]["chunks"] == 6 and body["scoring"]["scored_now"] == whole["inputs"]["finite_rows"]
+    assert body["scoring"]["written_back"] and body["deploy"] is None
+    assert 1_200 < body["scoring"]["sampled_rows"] < 1_800 and body["drift"]["rows"]["current"] <= 1_500
+    assert body["drift"]["share"] == 0.0 == whole["drift"]["share"]
+    assert abs(body["calibration"]["delta"]["coverage_90"] - whole["calibration"]["delta"]["coverage_90"]) < 0.05
+    stored = store.read(when)
+    assert stored["mean"].notna().sum() == whole["inputs"]["finite_rows"] and len(stored) == len(frame)
+    assert store.meta(when) == {"window": "2026-03-01T00:00:00Z", "source": "test", "scored_by": "blr-diabetes/1"}
+    again = run_monitor(MlflowClient(uri, uri), model="blr-diabetes", window_path=path, tracking_uri=uri,
+                        checks=chunked, state_dir=tmp_path / "state", drift_report=False)
+    assert again["scoring"]["scored_now"] == 0 and not again["scoring"]["written_back"]
+    # a shifted large window shows the same drift as in memory: the sample is as telling as the whole
+    path = store.write(when, shifted)
+    large = run_monitor(MlflowClient(uri, uri), model="blr-diabetes", window_path=path, tracking_uri=uri,
+                        checks=chunked, state_dir=tmp_path / "state2", drift_report=False)
+    assert {c for c, r in large["drift"]["columns"].items() if r["drifted"]} == {"bmi", "s5"}
+    with pytest.raises(DataError, match=r"window lacks feature column\(s\) \['bmi'\]"):
+        run_monitor(MlflowClient(uri, uri), model="blr-diabetes", window_path=store.write(when, shifted.drop(
+            columns=["bmi"])), tracking_uri=uri, checks=chunked, state_dir=tmp_path / "state3")
+    assert "mean" not in store.read(when).columns  # nothing written on bad input
