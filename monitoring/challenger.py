@@ -47,11 +47,10 @@ def _paired_rows(current: Window, champion: Champion, challenger: Champion, chec
     if champion.kind == "amortized":
         frame = current.frame[champion.features]
         rows = frame[frame.notna().all(axis=1)].astype("float64")
-    elif champion.target not in current.frame.columns:
+    elif (found := champion.labelled(current.frame)) is None:
         return pd.DataFrame()
     else:
-        num_classes = champion.loaded.bundle.num_classes if champion.kind == "classification" else None
-        rows = current.labelled(champion.features, champion.target, num_classes=num_classes).rows
+        rows = found.rows
     if len(rows) > checks.row_cap:
         rows = rows.sample(n=checks.row_cap, random_state=checks.seed)
     return rows

@@ -22,7 +22,6 @@ from monitoring.checks.inputs import WindowRows, check_inputs
 from monitoring.checks.results import InputsResult, WindowReport
 from monitoring.window_scoring import score_rows, scoring_summary
 from monitoring.windows import Window
-from pipelines.tables import usable_labelled_rows
 from pipelines.training.stream_stats import sample_mask
 from pipelines.workspace import replacing
 
@@ -113,12 +112,12 @@ def check_large_window(window: Window, champion: Champion, config: ChecksConfig,
 
     source = pq.ParquetFile(window.path)
     keep = min(1.0, config.row_cap / max(source.metadata.num_rows, 1))
-    num_classes = champion.loaded.bundle.num_classes if champion.kind == "classification" else None
     totals, seconds, features, predictions, labelled = _Totals(), [], [], [], []
     scored, offset, chunks = True, 0, 0
     columns = list(champion.reference_predictions.columns)
     # A window that holds this version's predictions is read as it is; any other is copied with the predictions.
-    prescored = window.scored_by in (None, champion.loaded.ref) and set(columns) <= set(source.schema_arrow.names)
+    scored_by = window.scored_by  # the store's metadata, read once
+    prescored = scored_by in (None, champion.loaded.ref) and set(columns) <= set(source.schema_arrow.names)
     with contextlib.ExitStack() as stack:
         copy = _ScoredCopy(window, stack) if window.store is not None and not prescored else None
         for batch in _chunks(source, config.chunk_rows):
@@ -128,11 +127,11 @@ def check_large_window(window: Window, champion: Champion, config: ChecksConfig,
             offset += len(frame)
             inputs, finite = check_inputs(frame, champion)
             chosen = finite & sample_mask(frame.index.to_numpy(), config.seed, np.full(len(frame), keep))
-            predicted, batch_seconds = (score_rows(frame, finite, champion, window.scored_by) if finite.any()
+            predicted, batch_seconds = (score_rows(frame, finite, champion, scored_by) if finite.any()
                                         else (pd.DataFrame(columns=columns, dtype="float64"), []))
             scored = scored and batch_seconds is not None
             seconds.extend(batch_seconds or [])
-            found, count, invalid = _labelled(frame, champion, num_classes), 0, 0
+            found, count, invalid = champion.labelled(frame), 0, 0
             if found is not None:
                 rows = found.rows[found.rows.index.isin(frame.index[finite])]
                 count, invalid = len(rows), found.invalid_labels
@@ -158,10 +157,4 @@ def _chunks(source, rows: int):
     what it decoded (pyarrow's allocations grew by ~45 MB per 200,000-row batch), a reader per row group does not."""
     for group in range(source.num_row_groups):
         yield from source.iter_batches(batch_size=rows, row_groups=[group])
-
-
-def _labelled(frame: pd.DataFrame, champion: Champion, num_classes: int | None):
-    if champion.kind == "amortized" or champion.target not in frame.columns:
-        return None
-    return usable_labelled_rows(frame, champion.features, champion.target, num_classes=num_classes)
 

@@ -35,15 +35,6 @@ def build_checks(config: ChecksConfig) -> list[DriftCheck | CalibrationCheck | V
     return [check for check in checks if check.config.enabled]
 
 
-def _labelled(window: Window, champion: Champion) -> tuple[pd.DataFrame | None, int]:
-    """The window's labelled rows by the shared rule; None when labels cannot exist (no target column, or the VAE)."""
-    if champion.kind == "amortized" or champion.target not in window.frame.columns:
-        return None, 0
-    num_classes = champion.loaded.bundle.num_classes if champion.kind == "classification" else None
-    labelled = window.labelled(champion.features, champion.target, num_classes=num_classes)
-    return labelled.rows, labelled.invalid_labels
-
-
 @dataclass(frozen=True)
 class WindowContext:
     """What a window is judged against besides the champion: earlier windows, as the monitor's state remembers them.
@@ -99,7 +90,8 @@ def check_window(window: Window, champion: Champion, config: ChecksConfig,
     else:
         predictions, scoring = pd.DataFrame(), {}
     features = frame.loc[finite, champion.features].astype("float64")
-    labelled, invalid = _labelled(window, champion)
+    found = champion.labelled(window.frame)
+    labelled, invalid = (None, 0) if found is None else (found.rows, found.invalid_labels)
     if labelled is not None:  # a row with a schema problem reaches no check, labelled or not
         labelled = labelled[labelled.index.isin(frame.index[finite])]
     inputs = dataclasses.replace(_volume(inputs, context.usual_rows),

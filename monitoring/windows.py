@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.tables import LabelledRows, read_table, usable_labelled_rows
+from pipelines.tables import read_table
 from pipelines.workspace import replacing
 
 __all__ = ["Window", "WindowStore", "window_key", "parse_window_key", "STATE_DIR_NAME"]
@@ -152,10 +152,6 @@ class Window:
             if parent.name.startswith(_PREFIX):
                 return parent.parent / STATE_DIR_NAME
         return self.path.parent / STATE_DIR_NAME
-
-    def labelled(self, features: list[str], target: str, *, num_classes: int | None = None) -> LabelledRows:
-        """Rows with finite features and a usable label (the rule ``viops prepare --extra-data`` applies too)."""
-        return usable_labelled_rows(self.frame, features, target, num_classes=num_classes)
 
     def write_scored(self, predictions: pd.DataFrame, scored_by: str) -> bool:
         """Store ``predictions`` (indexed like the frame's rows; rows without one get NaN) in this window's partition,

@@ -16,7 +16,7 @@ from monitoring.checks.sensitivity import feature_weights
 from pipelines.run_artifacts import REFERENCE_FEATURES
 from pipelines.serving.loading import LoadedVersion, load_version
 from pipelines.serving.predictive_metrics import predictive_metrics
-from pipelines.tables import DataError
+from pipelines.tables import DataError, LabelledRows, usable_labelled_rows
 
 __all__ = ["Champion", "load_champion", "prediction_columns", "uncertainty_summary"]
 
@@ -45,6 +45,14 @@ class Champion:
     def kind(self) -> str:
         """``regression``, ``classification`` or ``amortized``: the version's typed task."""
         return self.loaded.bundle.task.kind
+
+    def labelled(self, frame: pd.DataFrame) -> LabelledRows | None:
+        """``frame``'s rows this version can be scored against, by the shared rule (for a classifier, a label is
+        a class index); None where labels cannot exist: no target column, or an amortized model."""
+        if self.kind == "amortized" or self.target not in frame.columns:
+            return None
+        num_classes = self.loaded.bundle.num_classes if self.kind == "classification" else None
+        return usable_labelled_rows(frame, self.features, self.target, num_classes=num_classes)
 
 
 def prediction_columns(kind: str, predictions: pd.DataFrame) -> list[str]:
