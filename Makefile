@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.viops-installed
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist). Most tests wait on servers and child processes as much as they compute, so a 2-core
-# machine runs three at once; each test module stays on one worker (its module fixtures start once).
+# machine runs three at once; each test module stays on one worker (its module fixtures start once), and the long
+# modules start first (tests/conftest.py, LONG_MODULES).
 TEST_WORKERS ?= 3
 
 .PHONY: setup test demo demo-cluster bench bench-gpu bench-out-of-core clean stack-up stack-down
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m viops.demo --out demo_out

@@ -69,3 +69,10 @@ def test_every_folder_of_code_is_a_package():
     """setuptools installs only folders with an ``__init__.py``: a folder without one would be missing from a wheel."""
     folders = {p.parent for layer in ("viops", "pipelines", "monitoring", "models") for p in _modules(layer)}
     assert sorted(str(f.relative_to(REPO)) for f in folders if not (f / "__init__.py").exists()) == []
+
+
+def test_the_long_modules_that_start_first_exist():
+    from tests.conftest import LONG_MODULES, REPO
+
+    assert len(set(LONG_MODULES)) == len(LONG_MODULES)
+    assert [m for m in LONG_MODULES if not (REPO / m).is_file()] == []
