@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Normal
 
 __all__ = [
     "AmortizedTerms",
@@ -49,7 +49,8 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
     """The training bound of an amortized model on minibatch ``x``, averaged over its rows.
 
     Args:
-        model: exposes ``encode(x) -> Normal``, ``prior(z)``, ``log_likelihood(z, x) -> (K, B)``.
+        model: exposes ``encode(x) -> Normal``, ``prior(z)``, ``log_likelihood(z, x) -> (K, B)`` and
+            ``kl_to_prior(q) -> (B, d)``.
         kind: ``"elbo"`` or ``"iwae"``.
         num_samples: draws of z per row (K); the IWAE bound tightens as K grows.
         kl_weight: weight of the KL term (ELBO) or of ``log p(z) - log q(z | x)`` (IWAE); 1 is the true bound.
@@ -63,7 +64,7 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
     q = model.encode(x)
     z = _rsample(q, num_samples, generator)  # (K, B, d)
     log_lik = model.log_likelihood(z, x)  # (K, B)
-    kl_rows = kl_divergence(q, model.prior(q.loc))  # (B, d)
+    kl_rows = model.kl_to_prior(q)  # (B, d)
     kl_per_dim = kl_rows.mean(0)
     expected_log_likelihood = log_lik.mean()
     kl = kl_per_dim.sum()
@@ -154,7 +155,7 @@ def _elbo_rows(model, x, loc, log_scale, noise) -> torch.Tensor:
     """Per-row ELBO of q = N(loc, exp(log_scale)) from standard-normal ``noise`` ``(K, B, d)``; shape ``(B,)``."""
     q = Normal(loc, log_scale.exp(), validate_args=False)
     z = loc + log_scale.exp() * noise
-    return model.log_likelihood(z, x).mean(0) - kl_divergence(q, model.prior(loc)).sum(-1)
+    return model.log_likelihood(z, x).mean(0) - model.kl_to_prior(q).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,6 @@ def collapse_statistics(model, x: torch.Tensor, threshold: float = 0.01) -> Coll
     """KL per latent dimension, active units (Burda et al. 2016) and the mean posterior SD on rows ``x``."""
     with torch.no_grad():
         q = model.encode(x)
-        kl = kl_divergence(q, model.prior(q.loc)).mean(0).cpu()
+        kl = model.kl_to_prior(q).mean(0).cpu()
         activity = q.loc.var(0, unbiased=True) if x.shape[0] > 1 else torch.zeros_like(q.loc[0])
         return CollapseStatistics(kl, int((activity > threshold).sum()), float(q.scale.mean()))

@@ -12,6 +12,8 @@ with no help from ``z``, the setting in which VAEs collapse (Bowman et al. 2016;
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.distributions import Bernoulli, Binomial, Independent, Normal
@@ -84,13 +86,29 @@ class VariationalAutoencoder(nn.Module):
         return self.decoder(torch.cat([z, context], -1))
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) per draw and row, shape ``(K, B)``."""
+        """log p(x | z) per draw and row, shape ``(K, B)``: the binomial (Bernoulli) log-density in its logits form,
+        ``x l - n softplus(l) + log C(n, x)``. It is the density of :meth:`likelihood_distribution`, without building
+        that object and its three ``lgamma`` terms for every draw on every step."""
+        logits = self.decoder_logits(z, x)
+        log_lik = (x * logits - self.total_count * nn.functional.softplus(logits)).sum(-1)
+        return log_lik + self.log_choose(x) if self.likelihood == "binomial" else log_lik
+
+    def log_choose(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_j log C(n, x_j)`` per row: the binomial's normaliser, constant in the parameters."""
+        n = self.total_count
+        return (math.lgamma(n + 1) - torch.lgamma(x + 1) - torch.lgamma(n - x + 1)).sum(-1)
+
+    def likelihood_distribution(self, z: torch.Tensor, x: torch.Tensor) -> Independent:
+        """p(x | z) as a torch distribution over the ``p`` features (the reference :meth:`log_likelihood` matches)."""
         logits = self.decoder_logits(z, x)
         if self.likelihood == "bernoulli":
-            dist = Bernoulli(logits=logits, validate_args=False)
-        else:
-            dist = Binomial(total_count=self.total_count, logits=logits, validate_args=False)
-        return Independent(dist, 1).log_prob(x)
+            return Independent(Bernoulli(logits=logits, validate_args=False), 1)
+        return Independent(Binomial(total_count=self.total_count, logits=logits, validate_args=False), 1)
+
+    def kl_to_prior(self, q: Normal) -> torch.Tensor:
+        """KL(q(z | x) || N(0, I)) per row and dimension, ``(B, d)``, in closed form:
+        ``(sd^2 + mu^2 - 1) / 2 - log sd`` (``torch.distributions.kl_divergence`` to :meth:`prior` is the same)."""
+        return 0.5 * (q.scale.square() + q.loc.square() - 1) - q.scale.log()
 
     def log_joint_minus_q(self, z: torch.Tensor, x: torch.Tensor, q: Normal) -> torch.Tensor:
         """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``."""

@@ -102,3 +102,18 @@ def test_active_units_count_dimensions_whose_encoder_mean_varies(digits):
     expected = int((q.loc.var(0) > 0.01).sum())
     assert stats.active_units == expected and expected < 3
     assert stats.kl_per_dim.shape == (3,)
+
+
+@pytest.mark.parametrize("likelihood", ["binomial", "bernoulli"])
+def test_the_likelihood_and_kl_in_closed_form_are_torch_distributions_densities(digits, likelihood):
+    from torch.distributions import kl_divergence
+
+    torch.manual_seed(0)
+    model = VariationalAutoencoder(64, 4, encoder_hidden=[32], decoder_hidden=[32], likelihood=likelihood)
+    x = digits[0][:50] if likelihood == "binomial" else (digits[0][:50] > 8).float()
+    with torch.no_grad():
+        q = model.encode(x)
+        z = q.rsample((3,)) * 4  # large draws too: logits far from 0, where softplus and log1p(exp) part ways
+        expected = model.likelihood_distribution(z, x).log_prob(x)
+        assert torch.allclose(model.log_likelihood(z, x), expected, rtol=1e-5, atol=1e-3)
+        assert torch.allclose(model.kl_to_prior(q), kl_divergence(q, model.prior(q.loc)), rtol=1e-5, atol=1e-6)
