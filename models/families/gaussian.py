@@ -59,6 +59,16 @@ class MeanFieldGaussian(VariationalFamily):
     def distribution(self) -> Distribution:
         return Independent(Normal(self._loc(), self.scale, validate_args=False), 1, validate_args=False)
 
+    @property
+    def mean(self) -> torch.Tensor:
+        """The location (what ``distribution().mean`` returns, without building the distribution)."""
+        return self._loc()
+
+    @property
+    def stddev(self) -> torch.Tensor:
+        """The scale (what ``distribution().stddev`` returns)."""
+        return self.scale
+
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Map standard-normal noise ``(..., dim)`` to draws from q (the reparameterisation itself)."""
         return self._loc() + self.scale * noise
