@@ -157,4 +157,3 @@ def _chunks(source, rows: int):
     what it decoded (pyarrow's allocations grew by ~45 MB per 200,000-row batch), a reader per row group does not."""
     for group in range(source.num_row_groups):
         yield from source.iter_batches(batch_size=rows, row_groups=[group])
-
