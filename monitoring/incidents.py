@@ -54,7 +54,7 @@ def write_incident(client, record: dict, directory: str | Path, drift_result=Non
             client.log_batch(run_id, metrics=[Metric(f"window/{name}", value, now, 0)
                                               for name, value in sorted(metrics.items())])
         client.log_dict(run_id, record, "incident.json")
-        if drift_result is not None and getattr(drift_result, "report", None) is not None:
+        if drift_result is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 client.log_artifact(run_id, str(drift_result.save_html(Path(tmp) / "report.html")), "drift")
         client.set_terminated(run_id, status="FINISHED")

@@ -235,7 +235,7 @@ def _challenger_pass(client, *args, **kwargs) -> dict | None:
 def _write_drift_report(report: WindowReport, window: Window) -> str | None:
     """Write the window's Evidently drift report beside it (atomically); its path, or None without a drift result."""
     result = report.drift_result
-    if result is None or getattr(result, "report", None) is None:
+    if result is None:
         return None
     target = window.drift_report_path()
     with replacing(target) as partial:

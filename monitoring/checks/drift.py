@@ -1,5 +1,6 @@
-"""Drift of a window against the model's reference snapshot, with Evidently's DataDriftPreset: :class:`DriftCheck`
-compares the features and the champion's predictions.
+"""Drift of a window against the model's reference snapshot, with Evidently's data-drift calculation (the one behind
+its DataDriftPreset): :class:`DriftCheck` compares the features and the champion's predictions. The preset's HTML
+report is drawn only for the windows that write one.
 
 Evidently picks a test per column from the column type and the reference size. With at most 1,000 reference rows,
 numerical columns get a K-S test and its **p-value** (drift when the p-value is *below* the threshold). With more
@@ -49,17 +50,35 @@ class DriftResult:
     columns: dict[str, ColumnDrift]
     rows: dict[str, int]
     seconds: float
-    report: object = field(default=None, repr=False)  # the Evidently snapshot (save_html / json)
+    #: what :meth:`snapshot` runs Evidently's Report on: the sampled frames and the preset's options
+    inputs: tuple = field(default=(), repr=False, compare=False)
+    _snapshot: object = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
         return {"share": self.share, "drifted_count": self.drifted_count, "dataset_drift": self.dataset_drift,
                 "drift_share": self.drift_share, "rows": self.rows,
                 "columns": {name: c.to_json() for name, c in self.columns.items()}}
 
+    def snapshot(self):
+        """Evidently's Report (DataDriftPreset, with its tests) on the same rows and options: the snapshot behind the
+        HTML report. Run on first use: Evidently draws every widget while it runs, which costs several times the
+        tests themselves, so windows whose report nobody writes never pay for it."""
+        if self._snapshot is None:
+            from evidently import DataDefinition, Dataset, Report
+            from evidently.presets import DataDriftPreset
+
+            reference, current, options = self.inputs
+            columns = list(current.columns)
+            definition = DataDefinition(numerical_columns=columns)
+            self._snapshot = Report([DataDriftPreset(columns=columns, **options)], include_tests=True).run(
+                Dataset.from_pandas(current, data_definition=definition),
+                Dataset.from_pandas(reference, data_definition=definition))
+        return self._snapshot
+
     def save_html(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.report.save_html(str(path))
+        self.snapshot().save_html(str(path))
         return path
 
 
@@ -76,39 +95,37 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, columns: list[st
     ``method``/``threshold`` override Evidently's per-column choice (e.g. ``"wasserstein"`` with 0.3). A distance
     does not grow with the sample size, so it suits windows resampled from a small pool, where a test's p-value
     flags the duplicates themselves.
+
+    The verdicts come from ``get_drift_for_columns``, the calculation behind the DataDriftPreset's
+    DriftedColumnsCount (its stattest choice, thresholds and share), called without the preset's widgets;
+    :meth:`DriftResult.snapshot` runs the preset itself for the HTML report.
     """
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    from evidently.legacy.calculations.data_drift import get_drift_for_columns
+    from evidently.legacy.metric_results import DatasetColumns, DatasetUtilityColumns
+    from evidently.legacy.options.data_drift import DataDriftOptions
 
     reference = _capped(reference[columns], row_cap, seed)
     current = _capped(current[columns], row_cap, seed + 1)
-    definition = DataDefinition(numerical_columns=list(columns))
     began = time.perf_counter()
     options = {k: v for k, v in (("method", method), ("threshold", threshold)) if v is not None}
-    preset = DataDriftPreset(columns=list(columns), drift_share=drift_share, **options)
-    snapshot = Report([preset], include_tests=True).run(
-        Dataset.from_pandas(current, data_definition=definition),
-        Dataset.from_pandas(reference, data_definition=definition),
-    )
+    found = get_drift_for_columns(
+        current_data=current, reference_data=reference, columns=list(columns), agg_data=True,
+        data_drift_options=DataDriftOptions(drift_share=drift_share, all_features_stattest=method,
+                                            all_features_threshold=threshold),
+        dataset_columns=DatasetColumns(
+            utility_columns=DatasetUtilityColumns(date=None, id=None, target=None, prediction=None),
+            target_type=None, task=None, num_feature_names=list(columns), cat_feature_names=[],
+            text_feature_names=[], datetime_feature_names=[], target_names=None))
     seconds = time.perf_counter() - began
-    result = snapshot.dict()
-    metrics = {m["id"]: m for m in result["metrics"]}
-    verdicts = {t["metric_config"]["metric_id"]: t["status"] for t in result["tests"] if t.get("id") == "drift"}
-    per_column: dict[str, ColumnDrift] = {}
-    share, count = 0.0, 0
-    for metric_id, metric in metrics.items():
-        config = metric["config"]
-        if config["type"].endswith("DriftedColumnsCount"):
-            share, count = float(metric["value"]["share"]), int(metric["value"]["count"])
-        elif config["type"].endswith("ValueDrift"):
-            method = str(config["method"])
-            per_column[config["column"]] = ColumnDrift(
-                column=config["column"], method=method, kind=statistic_kind(method), value=float(metric["value"]),
-                threshold=float(config["threshold"]), drifted=verdicts.get(metric_id) == "FAIL",
-            )
-    return DriftResult(share=share, drifted_count=count, dataset_drift=share >= drift_share, drift_share=drift_share,
-                       columns=per_column, rows={"reference": len(reference), "current": len(current)},
-                       seconds=seconds, report=snapshot)
+    per_column = {
+        name: ColumnDrift(column=name, method=drift.stattest_name, kind=statistic_kind(drift.stattest_name),
+                          value=float(drift.drift_score), threshold=float(drift.stattest_threshold),
+                          drifted=bool(drift.drift_detected))
+        for name, drift in found.drift_by_columns.items()}
+    return DriftResult(share=float(found.share_of_drifted_columns), drifted_count=int(found.number_of_drifted_columns),
+                       dataset_drift=bool(found.dataset_drift), drift_share=drift_share, columns=per_column,
+                       rows={"reference": len(reference), "current": len(current)}, seconds=seconds,
+                       inputs=(reference, current, dict(options, drift_share=drift_share)))
 
 
 class DriftCheck:

@@ -117,7 +117,7 @@ class DriftSummary(_Result):
     weighted_share: float | None = None
     weighted_distance: float | None = None
     cusum: float | None = None
-    #: The Evidently snapshot of the feature drift (its HTML report goes with the incident); not in the JSON.
+    #: The Evidently result of the feature drift (its HTML report goes with the incident); not in the JSON.
     evidently: object = field(default=None, repr=False, compare=False, metadata={"json": False})
 
     @classmethod

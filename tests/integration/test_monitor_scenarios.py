@@ -38,8 +38,11 @@ def _simulate(name: str, out, capsys) -> list:
     return sorted(p / "data.parquet" for p in out.iterdir() if p.name.startswith("window="))
 
 
-def _monitor(capsys, window, *extra) -> dict:
-    code = main(["monitor", "--model", MODEL, "--window", str(window), "--json", *extra])
+def _monitor(capsys, window, *extra, report: bool = False) -> dict:
+    """``viops monitor --json`` on one window; without ``report``, with ``--no-drift-report`` (the decisions do not
+    depend on it, and drawing Evidently's HTML costs more than the checks)."""
+    flags = [] if report else ["--no-drift-report"]
+    code = main(["monitor", "--model", MODEL, "--window", str(window), "--json", *flags, *extra])
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
@@ -49,8 +52,10 @@ def test_stable_window_output(server_model, capsys, monkeypatch, tmp_path):
     uri, _ = server_model
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     windows = _simulate("diabetes_stable", tmp_path / "w", capsys)
-    first = _monitor(capsys, windows[0])
+    first = _monitor(capsys, windows[0], report=True)
     assert first["decision"]["action"] == "none" and first["pending"] is None
+    assert first["drift_report"] == str(windows[0].parent / "drift_report.html")  # in the window's partition
+    assert "<html" in open(first["drift_report"]).read(2000).lower()
     assert {"window", "drift", "calibration", "vi_health", "slo", "decision", "evidence"} <= set(first)
     assert {"share", "weighted_share", "columns"} <= set(first["drift"])
     assert first["slo"][0].keys() >= {"name", "status", "value", "threshold"}

@@ -30,7 +30,8 @@ def test_classifier_stable_is_quiet_and_concept_shift_retrains(mlflow_server, ca
     model = ["--model", result.model_name]
 
     def monitor(window, state):
-        code = main(["monitor", *model, "--window", str(window), "--json", "--state-dir", str(state)])
+        code = main(["monitor", *model, "--window", str(window), "--json", "--state-dir", str(state),
+                     "--no-drift-report"])
         out, err = capsys.readouterr()
         assert code == 0, err[-3000:]
         return json.loads(out.strip().splitlines()[-1])
@@ -66,7 +67,7 @@ def test_classifier_stable_is_quiet_and_concept_shift_retrains(mlflow_server, ca
     promote(client, result.model_name, str(bad.model_version), reason="pytest: a bad deploy", actor="pytest",
             force=True)
     code = main(["monitor", *model, "--window", str(windows[2]), "--json", "--state-dir", str(tmp_path / "s5"),
-                 "--execute"])
+                 "--no-drift-report", "--execute"])
     rolled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and rolled["decision"]["action"] == "rollback", rolled["decision"]
     assert str(client.get_model_version_by_alias(result.model_name, "champion").version) == good

@@ -64,3 +64,34 @@ def test_a_chosen_distance_ignores_resampling_noise_that_a_test_flags():
     assert chosen.share == 0.0
     shifted = drift_check(ref, cur.assign(a=cur["a"] + 2.0), list("abcd"), method="wasserstein", threshold=0.3)
     assert shifted.columns["a"].drifted and shifted.drifted_count == 1
+
+
+def _report_verdicts(snapshot) -> tuple[float, dict[str, tuple[str, float, float, bool]]]:
+    """The share and per-column (method, value, threshold, drifted) as Evidently's Report gives them."""
+    found = snapshot.dict()
+    failed = {t["metric_config"]["metric_id"] for t in found["tests"]
+              if t.get("id") == "drift" and t["status"] == "FAIL"}
+    share, columns = None, {}
+    for metric in found["metrics"]:
+        config = metric["config"]
+        if config["type"].endswith("DriftedColumnsCount"):
+            share = float(metric["value"]["share"])
+        elif config["type"].endswith("ValueDrift"):
+            columns[config["column"]] = (config["method"], float(metric["value"]), float(config["threshold"]),
+                                         metric["id"] in failed)
+    return share, columns
+
+
+def test_the_verdicts_are_those_of_evidently_s_report_on_the_same_rows():
+    """The checks read Evidently's drift calculation without its widgets; its Report (drawn for the HTML) must give
+    the same methods, values, thresholds and verdicts: K-S, Wasserstein and a chosen method, drifted and not."""
+    cases = [(_frames(800, 500, shift=0.3), {}), (_frames(5000, 2000, shift=0.2), {}),
+             (_frames(300, 400, shift=0.5), {"method": "wasserstein", "threshold": 0.3})]
+    for (ref, cur), options in cases:
+        ours = drift_check(ref, cur, list("abcd"), **options)
+        share, columns = _report_verdicts(ours.snapshot())
+        assert share == ours.share
+        chosen = options.get("method")  # the Report names a chosen method as given, the calculation by its title
+        assert columns == {name: (chosen or c.method, c.value, c.threshold, c.drifted)
+                           for name, c in ours.columns.items()}
+        assert any(c.drifted for c in ours.columns.values()) and not all(c.drifted for c in ours.columns.values())
