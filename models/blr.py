@@ -16,8 +16,8 @@ from models.latent import (
     gaussian_log_likelihood,
     gaussian_predictive,
     move_distribution,
-    positive_log_prior,
 )
+from models.priors import PriorDensity
 
 __all__ = ["BayesianLinearRegression", "LatentBlock"]
 
@@ -56,6 +56,7 @@ class BayesianLinearRegression(GlobalLatentModel):
         self.intercept_prior = intercept_prior
         self.noise_scale = None if noise_scale is None else float(noise_scale)
         self.noise_prior = noise_prior
+        self._densities()
         self.fit_intercept = bool(fit_intercept)
         blocks = [LatentBlock("weights", 0, self.num_features)]
         if self.fit_intercept:
@@ -81,7 +82,13 @@ class BayesianLinearRegression(GlobalLatentModel):
         self.intercept_prior = move_distribution(self.intercept_prior, device)
         if self.noise_prior is not None:
             self.noise_prior = move_distribution(self.noise_prior, device)
+        self._densities()
         return self
+
+    def _densities(self) -> None:
+        self._weight_density = PriorDensity(self.weight_prior)
+        self._intercept_density = PriorDensity(self.intercept_prior)
+        self._noise_density = None if self.noise_prior is None else PriorDensity(self.noise_prior)
 
     def unpack(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split draws ``(S, D)`` into constrained parameters: weights ``(S, p)``, intercept ``(S,)``, noise ``(S,)``."""
@@ -95,11 +102,11 @@ class BayesianLinearRegression(GlobalLatentModel):
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) in unconstrained space (prior density plus log-Jacobian), shape ``(S,)``."""
         p = self.num_features
-        lp = self.weight_prior.log_prob(z[..., :p]).sum(-1)
+        lp = self._weight_density.weights(z[..., :p])
         if self.fit_intercept:
-            lp = lp + self.intercept_prior.log_prob(z[..., p])
+            lp = lp + self._intercept_density.weights(z[..., p : p + 1])
         if self.learns_noise:
-            lp = lp + positive_log_prior(self.noise_prior, z[..., -1])
+            lp = lp + self._noise_density.log_scale(z[..., -1])
         return lp
 
     def gaussian_prior(self) -> Distribution | None:

@@ -24,8 +24,8 @@ from models.latent import (
     gaussian_log_likelihood,
     gaussian_predictive,
     move_distribution,
-    positive_log_prior,
 )
+from models.priors import PriorDensity
 
 __all__ = ["BayesianNeuralNetwork", "ACTIVATIONS"]
 
@@ -65,6 +65,7 @@ class BayesianNeuralNetwork(GlobalLatentModel):
         self.num_classes = int(num_classes) if task == "classification" else None
         self.num_outputs = 1 if task == "regression" or num_classes == 2 else int(num_classes)
         self.weight_prior, self.noise_prior = weight_prior, noise_prior
+        self._densities()
         self.noise_scale = None if noise_scale is None else float(noise_scale)
         self.local_reparameterization = bool(local_reparameterization)
         widths = [self.num_features, *self.hidden, self.num_outputs]
@@ -92,7 +93,12 @@ class BayesianNeuralNetwork(GlobalLatentModel):
         self.weight_prior = move_distribution(self.weight_prior, device)
         if self.noise_prior is not None:
             self.noise_prior = move_distribution(self.noise_prior, device)
+        self._densities()
         return self
+
+    def _densities(self) -> None:
+        self._weight_density = PriorDensity(self.weight_prior)
+        self._noise_density = None if self.noise_prior is None else PriorDensity(self.noise_prior)
 
     def initial_loc(self) -> torch.Tensor:
         """LeCun-normal weights (SD ``1/sqrt(fan_in)``) and zero biases, from the global torch RNG."""
@@ -161,9 +167,9 @@ class BayesianNeuralNetwork(GlobalLatentModel):
     # -- the prior --------------------------------------------------------------------------------------------------
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        lp = self.weight_prior.log_prob(z[..., : self.num_weights]).sum(-1)
+        lp = self._weight_density.weights(z[..., : self.num_weights])
         if self.learns_noise:
-            lp = lp + positive_log_prior(self.noise_prior, z[..., -1])
+            lp = lp + self._noise_density.log_scale(z[..., -1])
         return lp
 
     def gaussian_prior(self) -> Distribution | None:

@@ -20,8 +20,7 @@ from torch.distributions import Distribution, Normal, biject_to, constraints
 
 from models.priors import Flat, without_sample_checks
 
-__all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "gaussian_predictive", "move_distribution",
-           "positive_log_prior"]
+__all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "gaussian_predictive", "move_distribution"]
 
 
 @dataclass(frozen=True)
@@ -100,16 +99,6 @@ def gaussian_predictive(mean: torch.Tensor, scale: float | torch.Tensor) -> Norm
     per draw (``(S, 1)``): the object :func:`gaussian_log_likelihood` is the density of."""
     scale = scale.expand_as(mean) if torch.is_tensor(scale) else mean.new_tensor(scale).expand_as(mean)
     return Normal(mean, scale, validate_args=False)
-
-
-_TO_POSITIVE = biject_to(constraints.positive)
-
-
-def positive_log_prior(prior: Distribution, u: torch.Tensor) -> torch.Tensor:
-    """log-density of ``u``, the unconstrained coordinate of a positive parameter ``sigma = biject_to(positive)(u)``:
-    ``log prior(sigma) + log |d sigma / d u|``."""
-    sigma = _TO_POSITIVE(u)
-    return prior.log_prob(sigma) + _TO_POSITIVE.log_abs_det_jacobian(u, sigma)
 
 
 def move_distribution(dist: Distribution, device: torch.device | str) -> Distribution:

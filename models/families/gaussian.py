@@ -42,6 +42,13 @@ def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torc
     return 0.5 * (var_ratio + ((loc - prior_loc) / prior_scale).square() - 1 - var_ratio.log()).sum()
 
 
+def _refresh_identity_map(family, incompatible_keys=None) -> None:
+    """Whether ``family``'s preconditioning map is the identity (a module-level function, so that a pickled family
+    pickles its hook by name)."""
+    with torch.no_grad():
+        family._identity_map = bool((family.precond_shift == 0).all() and (family.precond_scale == 1).all())
+
+
 class MeanFieldGaussian(VariationalFamily):
     """Fully factorised Gaussian ``q(z) = prod_i N(z_i | loc_i, scale_i)``, scale via softplus."""
 
@@ -51,10 +58,24 @@ class MeanFieldGaussian(VariationalFamily):
         super().__init__(dim)
         self.loc = nn.Parameter(initial_loc(dim, init_loc))
         self.scale_unconstrained = nn.Parameter(torch.full((dim,), inverse_softplus(positive_scale(init_scale))))
+        #: no preconditioning (shift 0, scale 1): location and scale are the parameters themselves, and a training
+        #: step skips the map's three operations (and their backward) each time it reads them. Kept in step with the
+        #: buffers by :meth:`precondition` and by every ``load_state_dict``.
+        self._identity_map = True
+        self.register_load_state_dict_post_hook(_refresh_identity_map)
+
+    def precondition(self, shift, scale, scale_tril=None) -> MeanFieldGaussian:
+        super().precondition(shift, scale, scale_tril)
+        _refresh_identity_map(self)
+        return self
+
+    def _loc(self) -> torch.Tensor:
+        return self.loc if getattr(self, "_identity_map", False) else super()._loc()
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.precond_scale * F.softplus(self.scale_unconstrained)
+        scale = F.softplus(self.scale_unconstrained)
+        return scale if getattr(self, "_identity_map", False) else self.precond_scale * scale
 
     def distribution(self) -> Distribution:
         return Independent(Normal(self._loc(), self.scale, validate_args=False), 1, validate_args=False)

@@ -5,7 +5,7 @@ import torch
 from torch.distributions import HalfNormal, Independent, MultivariateNormal, Normal, kl_divergence
 
 from models.families import FAMILIES, FullRankGaussian, LowRankGaussian, MeanFieldGaussian, make_family
-from models.priors import Flat, HalfStudentT, make_prior
+from models.priors import Flat, HalfStudentT, PriorDensity, make_prior
 
 
 def test_half_student_t_is_a_normalised_density():
@@ -26,6 +26,45 @@ def test_make_prior_names_what_is_allowed():
         make_prior("laplace", {})
     with pytest.raises(ValueError, match="scale parameter"):
         make_prior("normal", {}, positive=True)
+
+
+@pytest.mark.parametrize("kind, params", [("normal", {}), ("normal", {"loc": 0.7, "scale": 2.5}),
+                                           ("student_t", {"df": 4.0, "scale": 0.5}), ("cauchy", {}), ("flat", {})])
+def test_a_prior_density_on_the_weights_is_torch_s_summed_log_prob(kind, params):
+    prior = make_prior(kind, params)
+    z = torch.randn(3, 7, dtype=torch.float64) * 3  # torch keeps the prior's constants in float32: float32 agreement
+    assert torch.allclose(PriorDensity(prior).weights(z), prior.log_prob(z).sum(-1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, params", [("half_normal", {}), ("half_normal", {"scale": 0.3}),
+                                           ("half_cauchy", {"scale": 2.0}), ("half_student_t", {"df": 3.0})])
+def test_a_prior_density_on_a_log_scale_adds_the_jacobian_of_exp(kind, params):
+    """``log_scale(u)`` is the density of ``u = log sigma``: torch's log p(sigma) through the positive bijection."""
+    from torch.distributions import biject_to, constraints
+
+    prior, u = make_prior(kind, params, positive=True), torch.linspace(-4, 3, 15, dtype=torch.float64)
+    to_positive = biject_to(constraints.positive)
+    sigma = to_positive(u)
+    expected = prior.log_prob(sigma) + to_positive.log_abs_det_jacobian(u, sigma)
+    assert torch.allclose(PriorDensity(prior).log_scale(u), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_mean_field_family_loaded_from_a_preconditioned_one_keeps_its_map(tmp_path):
+    """Without preconditioning the family reads its parameters directly; a state dict (a checkpoint, a registered
+    model) that carries a preconditioning map must bring the map into use, and a pickled family keep it."""
+    source = MeanFieldGaussian(3).precondition(torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.1, 1.0]))
+    assert source.mean.tolist() == [1.0, -2.0, 0.5]
+    fresh = MeanFieldGaussian(3)
+    assert fresh.mean is fresh.loc  # the identity map: no arithmetic
+    fresh.load_state_dict(source.state_dict())
+    assert torch.equal(fresh.mean, source.mean) and torch.equal(fresh.stddev, source.stddev)
+    noise = torch.randn(4, 3)
+    assert torch.equal(fresh.transform_noise(noise), source.transform_noise(noise))
+    torch.save(source, tmp_path / "family.pt")
+    loaded = torch.load(tmp_path / "family.pt", weights_only=False)
+    assert torch.equal(loaded.transform_noise(noise), source.transform_noise(noise))
+    loaded.load_state_dict(MeanFieldGaussian(3).state_dict())  # back to the identity
+    assert loaded.mean is loaded.loc
 
 
 def test_mean_field_matches_torch_distributions():
