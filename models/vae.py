@@ -111,5 +111,9 @@ class VariationalAutoencoder(nn.Module):
         return 0.5 * (q.scale.square() + q.loc.square() - 1) - q.scale.log()
 
     def log_joint_minus_q(self, z: torch.Tensor, x: torch.Tensor, q: Normal) -> torch.Tensor:
-        """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``."""
-        return self.log_likelihood(z, x) + (self.prior(z).log_prob(z) - q.log_prob(z)).sum(-1)
+        """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``. The two Gaussian densities in
+        closed form, ``(((z - mu) / sd)^2 - z^2) / 2 + log sd`` per dimension (their ``log 2 pi`` terms cancel), with
+        ``log sd`` taken once per row rather than once per draw: the IWAE validation evaluates it 64 times a row."""
+        standardised = (z - q.loc) / q.scale
+        log_ratio = 0.5 * (standardised.square() - z.square()).sum(-1) + q.scale.log().sum(-1)
+        return self.log_likelihood(z, x) + log_ratio

@@ -117,3 +117,5 @@ def test_the_likelihood_and_kl_in_closed_form_are_torch_distributions_densities(
         expected = model.likelihood_distribution(z, x).log_prob(x)
         assert torch.allclose(model.log_likelihood(z, x), expected, rtol=1e-5, atol=1e-3)
         assert torch.allclose(model.kl_to_prior(q), kl_divergence(q, model.prior(q.loc)), rtol=1e-5, atol=1e-6)
+        log_weights = expected + (model.prior(z).log_prob(z) - q.log_prob(z)).sum(-1)
+        assert torch.allclose(model.log_joint_minus_q(z, x, q), log_weights, rtol=1e-5, atol=1e-3)
