@@ -98,7 +98,7 @@ def _finish_help(name: str, command: argparse.ArgumentParser) -> None:
 
 
 def quiet_libraries() -> None:
-    """Keep MLflow, Alembic and Lightning start-up chatter out of the command's own output."""
+    """Keep MLflow, Alembic and Lightning start-up chatter out of the command's own output (and the demos' logs)."""
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow writes "View run ... at: <tracking URI>" to stdout, password included.
@@ -111,6 +111,12 @@ def quiet_libraries() -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry; the failure is one line
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models", "mlflow.pyfunc"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Warnings and errors on stderr, URIs' secrets masked, Lightning's INFO lines dropped. Set before Lightning is
+    # imported: it adds a handler of its own only when the root logger has none.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_redact_record)
+        handler.addFilter(_no_lightning_chatter)
 
 
 def _no_lightning_chatter(record: logging.LogRecord) -> bool:
@@ -134,10 +140,6 @@ def _redact_record(record: logging.LogRecord) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_redact_record)
-        handler.addFilter(_no_lightning_chatter)
 
     from mlflow.exceptions import MlflowException
 
