@@ -111,6 +111,10 @@ def quiet_libraries() -> None:
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry; the failure is one line
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.models", "mlflow.pyfunc"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Lightning's rank-zero INFO lines ("GPU available", the litlogger tip, "`Trainer.fit` stopped") are chatter
+    # wherever they go, also when Airflow's logging has replaced the handlers below (training after a dag.test).
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Warnings and errors on stderr, URIs' secrets masked, Lightning's INFO lines dropped. Set before Lightning is
     # imported: it adds a handler of its own only when the root logger has none.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

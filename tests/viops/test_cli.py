@@ -154,3 +154,20 @@ def test_compare_lines_up_runs_and_marks_the_best(tmp_path, capsys):
     assert code == 2 and "no compared metric named 'elbo' (metrics: validation_elbo_per_datum" in err
     code, _, err = run_cli(["compare", "--experiment", "nope", "--tracking-uri", uri], capsys)
     assert code == 2 and "no MLflow experiment named 'nope' (experiments: " in err
+
+
+def test_lightning_s_info_lines_stay_out_after_another_framework_replaces_the_log_handlers(caplog):
+    """Airflow's ``dag.test`` replaces the root handlers (and their filters); the demo then trains in-process. The
+    litlogger tip and "GPU available" must not reach the log, whoever owns the handlers; Lightning's warnings do."""
+    import logging
+
+    import pytorch_lightning as pl
+
+    from viops.cli import quiet_libraries
+
+    quiet_libraries()
+    with caplog.at_level(logging.INFO):
+        pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=1)
+        logging.getLogger("pytorch_lightning.utilities.rank_zero").warning("kept")
+    lightning = [r.getMessage() for r in caplog.records if r.name.startswith("pytorch_lightning")]
+    assert lightning == ["kept"], lightning
