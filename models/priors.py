@@ -131,7 +131,7 @@ class PriorDensity:
     ``sigma = exp(u)``). For a Normal (and a HalfNormal on a scale) with one location and scale, both are the closed
     form with the parameters as numbers: torch's ``log_prob`` squares and logs the prior's scale tensor on every call
     and adds a dozen operations, and their backward pass, to a step of a small model. Any other prior uses torch's
-    own ``log_prob``. ``tests/models/test_priors.py`` checks both against torch.
+    own ``log_prob``. ``tests/models/test_priors_and_families.py`` checks both against torch.
     """
 
     def __init__(self, prior: Distribution):
