@@ -18,14 +18,10 @@ from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
 
-__all__ = [
-    "LastCheckpoint",
-    "GradientNorms",
-    "NonFiniteGuard",
-    "StepTelemetry",
-    "IterateAveraging",
-    "ConvergenceEarlyStopping",
-]
+from pipelines.training.telemetry import TelemetryError
+
+__all__ = ["LastCheckpoint", "GradientNorms", "NonFiniteGuard", "StepTelemetry", "IterateAveraging",
+           "ConvergenceEarlyStopping"]
 
 
 class _CachedStateKey:
@@ -163,6 +159,13 @@ class StepTelemetry(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.flush()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Hand over the steps still held: delivered, or spooled for ``--resume`` when the server is down."""
+        try:
+            self.flush()
+        except TelemetryError:
+            pass  # the run is failing already; its own error is the one to report
 
     def flush(self, final: bool = True) -> None:
         """Send the complete windows collected so far (every window when ``final``)."""

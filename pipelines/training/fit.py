@@ -67,7 +67,8 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         TrainingFailed: the NaN/inf guard stopped the fit.
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.loggers import MLFlowLogger
+
+    from pipelines.training.metrics_logger import fit_logger
 
     settings = config.train
     classify = num_classes is not None
@@ -107,7 +108,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         # Early stopping may only cut the second half of the averaging window: before that the step size is still
         # too large for the iterates to have settled, however flat the validation ELBO looks.
         min_steps=0 if amortized else int(module.planned_steps * (1.0 - settings.average_last / 2)),
-        logger=MLFlowLogger(experiment_name=config.experiment_name, tracking_uri=uri, run_id=run_id),
+        logger=fit_logger(sink, config.experiment_name, uri, run_id),
         callbacks=callbacks.all,
         enable_progress_bar=False,  # TrainingProgress reports instead: steps, ELBO, rate, ETA; plain lines in logs
         enable_model_summary=False,

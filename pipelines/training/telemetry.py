@@ -6,9 +6,11 @@ in SQLAlchemy), so steps are sent in batches of up to 1,000 values per ``log_bat
 stdin. The training process only serialises; the writes run on another core. :meth:`MlflowMetricSink.close` waits
 for delivery and raises if any write failed.
 
-When the tracking server stops answering, the batches not delivered are appended to a spool file in the run's
-checkpoint folder (:data:`SPOOL`) and the writer gives up, which stops training within its retry budget (the run is
-then FAILED, or left for the reaper when the server cannot be told). ``viops train --resume`` replays the spool
+When the tracking server stops answering, the writer says so on stderr and from then on appends every batch it
+receives, until the trainer closes its stdin, to a spool file in the run's checkpoint folder (:data:`SPOOL`). The
+trainer's next batch then raises, which stops training within the writer's retry budget (the run is then FAILED,
+or left for the reaper when the server cannot be told); the batches it still holds, including those flushed when
+training fails for another reason, go through the writer into the spool. ``viops train --resume`` replays the spool
 into the same run before it continues (:func:`replay_spool`), so no step's metrics are lost.
 """
 
@@ -34,6 +36,8 @@ PROCESS_SINK_MIN_ROWS = 250
 #: Undelivered batches (JSON lines ``{"names": [...], "rows": [...]}``) in the run's checkpoint folder.
 SPOOL = "telemetry.spool.jsonl"
 SPOOL_ENV = "VIOPS_TELEMETRY_SPOOL"
+#: The writer's stderr line that says delivery failed and later batches are being spooled.
+FAILED_MARK = "viops-telemetry-failed: "
 
 
 def _spool(path, lines: list[str]) -> None:
@@ -151,7 +155,7 @@ class MlflowMetricSink:
     """
 
     def __init__(self, tracking_uri: str, run_id: str, spool=None):
-        self.run_id = run_id
+        self.run_id, self.spool = run_id, spool
         # Where to write goes through the environment, not the command line (which `ps` shows to every user).
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, RUN_ID_ENV: run_id,
                **({SPOOL_ENV: str(spool)} if spool is not None else {})}
@@ -160,6 +164,7 @@ class MlflowMetricSink:
             stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True,
         )
         self._stderr: list[str] = []
+        self._failure: str | None = None  # the writer's FAILED_MARK line, once it has given up delivering
         self._closed = False
         self._drain = threading.Thread(target=self._read_stderr, daemon=True)
         self._drain.start()
@@ -167,12 +172,23 @@ class MlflowMetricSink:
     def _read_stderr(self) -> None:
         for line in self._proc.stderr:
             self._stderr.append(line)
+            if line.startswith(FAILED_MARK):
+                self._failure = line[len(FAILED_MARK):].strip()
 
     def __call__(self, names: list[str], rows: list) -> None:
-        if self._proc.poll() is not None:
-            raise TelemetryError(f"telemetry writer exited early: {''.join(self._stderr)[-2000:]}")
-        self._proc.stdin.write(json.dumps({"names": names, "rows": rows}) + "\n")
-        self._proc.stdin.flush()
+        """Queue a batch for the writer; raise :class:`TelemetryError` once the writer has stopped delivering (the
+        batch is spooled all the same, by the writer or, when it is gone, here)."""
+        line = json.dumps({"names": names, "rows": rows})
+        try:
+            if self._proc.poll() is not None:
+                raise BrokenPipeError
+            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError):  # the writer is gone (or its stdin closed): keep the batch here
+            _spool(self.spool, [line])
+            raise TelemetryError(f"telemetry writer exited early: {''.join(self._stderr)[-2000:]}") from None
+        if self._failure is not None:
+            raise TelemetryError(self._failure)
 
     def close(self, timeout: float = 600.0) -> None:
         """Wait until every batch is delivered; raise :class:`TelemetryError` if the writer failed. Idempotent."""
@@ -190,12 +206,14 @@ class MlflowMetricSink:
             raise TelemetryError(f"telemetry writer did not finish within {timeout:.0f} s") from None
         self._drain.join(timeout=5)
         if code != 0:
-            raise TelemetryError(f"telemetry writer failed (exit {code}): {''.join(self._stderr)[-2000:].strip()}")
+            said = self._failure or "".join(self._stderr)[-2000:].strip()
+            raise TelemetryError(f"telemetry writer failed (exit {code}): {said}")
 
 
 def _deliver(tracking_uri: str, run_id: str, spool: str | None = None) -> int:
     """Writer process: read JSON lines from stdin, send them with ``log_batch``; retry transient failures. When a
-    batch cannot be delivered, it and every batch queued behind it go to ``spool``, and the writer exits 1."""
+    batch cannot be delivered, the writer prints :data:`FAILED_MARK` and the error, appends that batch and every
+    later one to ``spool`` until stdin closes, and exits 1."""
     lines: queue.Queue = queue.Queue()
 
     def reader() -> None:  # drain the pipe from the start, so the trainer never blocks on a write
@@ -210,23 +228,27 @@ def _deliver(tracking_uri: str, run_id: str, spool: str | None = None) -> int:
         pass
     from mlflow import MlflowClient  # imported after the reader starts: this takes seconds
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = None
     # Writes allocate many short-lived ORM objects; scanning the large, long-lived heap of imported modules on every
     # collection made them ~30% slower. Freeze what exists now and collect young objects less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    failed, spooled = None, 0
     while (line := lines.get()) is not None:
-        batch = json.loads(line)
-        try:
-            _send(client, run_id, _metrics(batch["names"], batch["rows"]))
-        except TelemetryError as exc:
-            undelivered = [line]
-            while not lines.empty() and (queued := lines.get_nowait()) is not None:
-                undelivered.append(queued)
-            _spool(spool, undelivered)
-            where = f"; {len(undelivered)} batch(es) spooled to {spool}" if spool else ""
-            print(f"{exc}{where}", file=sys.stderr)
-            return 1
+        if failed is None:
+            batch = json.loads(line)
+            try:
+                client = client or MlflowClient(tracking_uri=tracking_uri)
+                _send(client, run_id, _metrics(batch["names"], batch["rows"]))
+                continue
+            except Exception as exc:  # retries spent, or no client: spool from now on; the trainer stops next batch
+                failed = f"{exc}; undelivered batches are spooled to {spool}" if spool else str(exc)
+                print(f"{FAILED_MARK}{failed}", file=sys.stderr, flush=True)
+        _spool(spool, [line])
+        spooled += 1
+    if failed is not None:
+        print(f"{failed} ({spooled} batch(es))" if spool else failed, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,12 +3,13 @@ line (which ``ps`` shows to every user of the machine)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.training.telemetry import MlflowMetricSink, TelemetryError
+from pipelines.training.telemetry import SPOOL, MlflowMetricSink, TelemetryError
 
 
 def test_the_writer_process_delivers_every_step_and_keeps_the_uri_off_its_command_line(tracking_uri):
@@ -25,11 +26,23 @@ def test_the_writer_process_delivers_every_step_and_keeps_the_uri_off_its_comman
     assert client.get_metric_history(run_id, "grad_norm")[-1].value == pytest.approx(0.25)
 
 
-def test_a_writer_that_cannot_write_fails_the_close_with_its_error(tmp_path):
-    sink = MlflowMetricSink(f"sqlite:///{tmp_path / 'missing' / 'nowhere.db'}", "no-such-run")
+def test_a_writer_that_cannot_write_spools_every_batch_and_fails_the_trainer_and_the_close(tmp_path):
+    """Once delivery fails, the trainer's next batch raises, and nothing is lost: the failed batch and every later
+    one (those queued after the failure, those the trainer flushes as it stops) are in the spool."""
+    spool = tmp_path / SPOOL
+    sink = MlflowMetricSink(f"sqlite:///{tmp_path / 'missing' / 'nowhere.db'}", "no-such-run", spool=spool)
     sink(["elbo"], [[0, 0, [1.0]]])
-    with pytest.raises(TelemetryError, match="telemetry writer failed"):
+    deadline = time.monotonic() + 120
+    while sink._failure is None and time.monotonic() < deadline:  # the writer spends its retries on batch 0
+        time.sleep(0.2)
+    with pytest.raises(TelemetryError, match="failed after 5 attempts"):
+        sink(["elbo"], [[1, 0, [2.0]]])
+    with pytest.raises(TelemetryError, match="telemetry writer failed .exit 1.: log_batch to run no-such-run"):
         sink.close(timeout=120)
+    assert [json.loads(line)["rows"][0][0] for line in spool.read_text().splitlines()] == [0, 1]
+    with pytest.raises(TelemetryError, match="exited early"):  # the writer is gone: the batch is spooled here
+        sink(["elbo"], [[2, 0, [3.0]]])
+    assert [json.loads(line)["rows"][0][0] for line in spool.read_text().splitlines()] == [0, 1, 2]
 
 
 def test_step_metrics_are_one_row_per_window_of_steps_sent_once_each():
@@ -60,3 +73,28 @@ def test_step_metrics_are_one_row_per_window_of_steps_sent_once_each():
     assert by_step[2]["grad_norm/total"] == pytest.approx(2.0) and by_step[2]["lr"] == pytest.approx(1 / 3)
     assert by_step[5]["nan_count"] == 1 and by_step[8]["nan_count"] == 0  # step 4: one NaN gradient norm
     assert telemetry.elbo_history == [(step, float(step)) for step in range(11)]
+
+
+def test_a_failing_run_hands_over_the_steps_it_still_holds():
+    """On an exception StepTelemetry sends every step it holds, also the unfinished window, and a sink that has
+    failed already (it spooled the batch) does not replace the run's own error."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipelines.training.callbacks import StepTelemetry
+
+    sent = []
+
+    def sink(names, rows):
+        sent.append([step for step, _, _ in rows])
+        if len(sent) > 1:
+            raise TelemetryError("server gone")
+
+    telemetry = StepTelemetry(sink, flush_every_n_steps=4, every_n_steps=1)
+    trainer, optimizer = SimpleNamespace(global_step=0), SimpleNamespace(param_groups=[{"lr": 0.1}])
+    for step in range(6):
+        trainer.global_step = step
+        telemetry.on_before_optimizer_step(trainer, SimpleNamespace(step_stats={"elbo": torch.tensor(1.0)}), optimizer)
+    telemetry.on_exception(trainer, None, RuntimeError("diverged"))
+    assert sent == [[0, 1, 2, 3], [4, 5]]
