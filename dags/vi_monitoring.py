@@ -8,9 +8,11 @@ its own run, in order (`max_active_runs=1`). Triggered with `{"window": "<path t
 that window; with `{"window": "2026-01-01T05:00:00Z"}` (a window key, as `viops alert-receiver` sends for an alert
 Prometheus fired, with the alert in `conf.alert`), that window of the store; triggered without one and without a
 data interval, the newest window of the store.
-`viops monitor --dispatched` runs in a child process: it scores the window with the champion, runs the checks,
-evaluates the SLOs, pushes metrics and decides; `--dispatched` records that this DAG carries the decision out.
-The branch then carries out the decision:
+The `monitor` task runs what `viops monitor --dispatched` runs, in the task's own process (no child process to
+start, so a worker that runs many windows imports Evidently, MLflow and torch once): it scores the window with the
+champion, runs the checks, evaluates the SLOs, pushes metrics and decides, recording that this DAG carries the
+decision out. Its XCom is the command's JSON result. The branch then carries out the decision (those tasks run
+`viops` commands in child processes):
 
 - `retrain` triggers `svi_retrain` with a `conf` carrying the reason, the incident id and the window. The run id is
   derived from the incident id, so a retried task finds the run it already created.
@@ -90,14 +92,16 @@ def vi_monitoring():
     def monitor(params=None, data_interval_start=None, data_interval_end=None) -> dict:
         window = _window_file(params["store"], params["window"]) if params["window"] else _window_of(
             params["store"], data_interval_start, data_interval_end)
+        from monitoring.monitor import monitor_files
+        from pipelines.registry.audit import default_actor
+
         # A run that acts carries out the decision (the branch below): the monitor records it as dispatched, so
-        # cooldowns count it; one that does not records it as pending.
-        report = [] if params.get("drift_report", True) else ["--no-drift-report"]
-        acts = ["--dispatched"] if params.get("act", True) else []
-        # The deploy branch carries out a challenger's promotion or rejection, whatever `act` says: a shadow verdict
-        # is a rollout step, which no alert would start.
-        return _viops(["monitor", "--model", params["model"], "--alias", params["alias"], "--window", window,
-                       *acts, "--deploy-dispatched", *report])
+        # cooldowns count it; one that does not records it as pending. The deploy branch carries out a challenger's
+        # promotion or rejection, whatever `act` says: a shadow verdict is a rollout step, which no alert would start.
+        return monitor_files(model=params["model"], alias=params["alias"], window_path=window,
+                             dispatched=bool(params.get("act", True)), deploy_dispatched=True,
+                             drift_report=bool(params.get("drift_report", True)), actor=default_actor(),
+                             pushgateway=os.environ.get("VIOPS_PUSHGATEWAY"))
 
     @task.branch
     def decide(result: dict, params=None) -> str:

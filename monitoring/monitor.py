@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from monitoring import DEFAULT_CHECKS, DEFAULT_RUNBOOKS, DEFAULT_SLOS
 from monitoring.checks.calibration import CalibrationCheck
 from monitoring.checks.champion import Champion
 from monitoring.checks.config import ChecksConfig
@@ -25,7 +26,7 @@ from monitoring.window_scoring import score_window
 from monitoring.windows import Window
 from pipelines.workspace import replacing
 
-__all__ = ["WindowReport", "WindowContext", "build_checks", "check_window", "judge", "run_monitor"]
+__all__ = ["WindowReport", "WindowContext", "build_checks", "check_window", "judge", "run_monitor", "monitor_files"]
 
 
 def build_checks(config: ChecksConfig) -> list[DriftCheck | CalibrationCheck | VIHealthCheck]:
@@ -241,6 +242,33 @@ def _write_drift_report(report: WindowReport, window: Window) -> str | None:
     with replacing(target) as partial:
         result.save_html(partial)
     return str(target)
+
+
+def monitor_files(*, model: str, window_path: str | Path, tracking_uri: str | None = None,
+                  checks: str | Path = DEFAULT_CHECKS, slo: str | Path = DEFAULT_SLOS,
+                  runbooks: str | Path = DEFAULT_RUNBOOKS, **options) -> dict:
+    """:func:`run_monitor` as ``viops monitor`` runs it: the checks, SLOs and runbooks read from files, the tracking
+    URI resolved as every command resolves it (``$MLFLOW_TRACKING_URI``), under viops' request budget. Returns the
+    result as ``viops monitor --json`` prints it: plain JSON, with ``tracking_uri``, and no password in any URI.
+
+    Raises:
+        ConfigError: a configuration file is invalid; and what :func:`run_monitor` raises.
+    """
+    import json
+
+    from mlflow import MlflowClient
+
+    from monitoring.checks.config import load_checks_config
+    from monitoring.runbooks import load_runbooks
+    from monitoring.slo import load_slos
+    from pipelines.tracking import bound_request_time, redact, resolve_tracking_uri
+
+    bound_request_time()
+    uri = resolve_tracking_uri(tracking_uri)
+    result = run_monitor(MlflowClient(tracking_uri=uri, registry_uri=uri), model=model, window_path=window_path,
+                         tracking_uri=uri, checks=load_checks_config(checks), slos=load_slos(slo),
+                         runbooks=load_runbooks(runbooks), **options)
+    return json.loads(redact(json.dumps({**result, "tracking_uri": uri}, default=str)))
 
 
 def _execute(client, decision, champion: Champion, current: Window, report: WindowReport, body: dict, *,

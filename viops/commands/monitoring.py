@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from viops.commands.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_REJECTED, REPO, client, common, emit
+from monitoring import DEFAULT_CHECKS, DEFAULT_RUNBOOKS, DEFAULT_SLOS
+from viops.commands.common import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_REJECTED, REPO, common, emit
 
 
 def _cmd_simulate(args) -> int:
@@ -26,19 +27,15 @@ def _cmd_simulate(args) -> int:
 
 
 def _cmd_monitor(args) -> int:
-    from monitoring.checks.config import load_checks_config
-    from monitoring.monitor import run_monitor
-    from monitoring.runbooks import load_runbooks
-    from monitoring.slo import load_slos
+    from monitoring.monitor import monitor_files
     from pipelines.registry.audit import default_actor
 
-    mlflow_client, uri = client(args)
-    result = run_monitor(
-        mlflow_client, model=args.model, window_path=args.window, tracking_uri=uri, alias=args.alias,
-        window_id=args.window_id, checks=load_checks_config(args.checks), slos=load_slos(args.slo),
-        runbooks=load_runbooks(args.runbooks), state_dir=args.state_dir, pushgateway=args.pushgateway,
-        textfile=args.textfile, execute=args.execute, dispatched=args.dispatched, actor=args.actor or default_actor(),
-        drift_report=not args.no_drift_report, deploy_dispatched=args.deploy_dispatched,
+    result = monitor_files(
+        model=args.model, window_path=args.window, tracking_uri=args.tracking_uri, alias=args.alias,
+        window_id=args.window_id, checks=args.checks, slo=args.slo, runbooks=args.runbooks, state_dir=args.state_dir,
+        pushgateway=args.pushgateway, textfile=args.textfile, execute=args.execute, dispatched=args.dispatched,
+        actor=args.actor or default_actor(), drift_report=not args.no_drift_report,
+        deploy_dispatched=args.deploy_dispatched,
     )
     decision = result["decision"]
     breached = [s["name"] for s in result["slo"] if s["status"] == "breach"]
@@ -53,7 +50,7 @@ def _cmd_monitor(args) -> int:
     elif live:
         shadow = live["decision"]
         human += f"\n  challenger v{shadow['version']} in {live['stage']} -> {shadow['action']}: {shadow['reason']}"
-    emit({**result, "tracking_uri": uri}, args.json, human)
+    emit(result, args.json, human)
     return _fail_on(args.fail_on, decision["action"])
 
 
@@ -139,9 +136,9 @@ def add_commands(sub) -> None:
     p.add_argument("--window", required=True, help="CSV/Parquet window: features, and labels/predictions if known")
     p.add_argument("--window-id", help="window id (default: its window=... partition, else the file name)")
     p.add_argument("--alias", default="champion", help="the alias to watch (default champion)")
-    p.add_argument("--checks", default=str(REPO / "configs" / "monitoring.yaml"), help="monitoring config")
-    p.add_argument("--slo", default=str(REPO / "configs" / "slo.yaml"), help="SLO file")
-    p.add_argument("--runbooks", default=str(REPO / "runbooks"), help="runbook directory")
+    p.add_argument("--checks", default=str(DEFAULT_CHECKS), help="monitoring config")
+    p.add_argument("--slo", default=str(DEFAULT_SLOS), help="SLO file")
+    p.add_argument("--runbooks", default=str(DEFAULT_RUNBOOKS), help="runbook directory")
     p.add_argument("--state-dir", help="SLO history, incidents and metrics file (default: .viops-monitor beside "
                                        "the window)")
     p.add_argument("--pushgateway", default=os.environ.get("VIOPS_PUSHGATEWAY"),
@@ -165,7 +162,7 @@ def add_commands(sub) -> None:
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_monitor)
     p = sub.add_parser("alerts", help="render the Prometheus alert rules from the SLO file")
-    p.add_argument("--slo", default=str(REPO / "configs" / "slo.yaml"), help="SLO file (default configs/slo.yaml)")
+    p.add_argument("--slo", default=str(DEFAULT_SLOS), help="SLO file (default configs/slo.yaml)")
     p.add_argument("--out", help="rules file to write (default: stdout), e.g. monitoring/prometheus/alerts.yml")
     p.set_defaults(func=_cmd_alerts)
     p = sub.add_parser("dashboards", help="write the Grafana dashboards (executive, on-call, debug) as JSON, or PNG "
@@ -187,5 +184,5 @@ def add_commands(sub) -> None:
                         "$VIOPS_AIRFLOW_USERNAME and $VIOPS_AIRFLOW_PASSWORD); none: record only")
     p.add_argument("--dag-id", default="vi_monitoring", help="DAG that re-monitors the alert's window and carries "
                                                              "out the decision (default vi_monitoring)")
-    p.add_argument("--runbooks", default=str(REPO / "runbooks"), help="runbook directory")
+    p.add_argument("--runbooks", default=str(DEFAULT_RUNBOOKS), help="runbook directory")
     p.set_defaults(func=_cmd_alert_receiver)
