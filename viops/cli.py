@@ -126,7 +126,8 @@ def quiet_libraries() -> None:
 def _no_lightning_chatter(record: logging.LogRecord) -> bool:
     """A logging filter: Lightning's INFO lines ("Tip: ... litlogger", "GPU available", "validation will run after
     every batch", "`Trainer.fit` stopped") are dropped; its warnings and errors are kept. (Lightning sets its
-    loggers' level when it is imported, so a level set here would not hold.)"""
+    top-level loggers' level when it is imported, so a level set on those here would not hold; the rank-zero
+    loggers' level, set in :func:`quiet_libraries`, holds wherever the handlers come from.)"""
     return record.levelno >= logging.WARNING or not record.name.startswith(("pytorch_lightning", "lightning"))
 
 

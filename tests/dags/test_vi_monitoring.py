@@ -70,15 +70,15 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "narrow.csv").write_text("age,sex,bmi\n0.01,0.05,0.06\n")
     (tmp_path / "bad" / "empty.csv").write_text("age,sex,bmi,bp,s1,s2,s3,s4,s5,s6,target\n")
-    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(MODEL, "champion").version
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias(MODEL, "champion").version
     run = dag.test(run_conf={"window": str(tmp_path / "bad" / "narrow.csv"), "drift_report": False})
     failed = _states(run)
     assert run.state == "failed" and failed["monitor"] == "failed", failed
     assert "success" not in {failed[t] for t in ("trigger_retrain", "rollback", "page", "ticket", "no_action")}
     run = dag.test(run_conf={"window": str(tmp_path / "bad" / "empty.csv"), "drift_report": False})
     assert run.state == "success" and _states(run)["ticket"] == "success", _states(run)
-    assert MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(MODEL, "champion").version \
-        == champion
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion
 
     # A scheduled run, or a backfill's, monitors the window of its data interval, not the newest of the store;
     # the window was monitored with its drift report written beside it.
@@ -119,7 +119,6 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
     assert triggered.conf["reason"].startswith("ViopsDataDrift on window")
 
     # The triggered retrain (run here as a scheduler would) trains on the data plus the window's labelled rows.
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     retrain = DagBag(dag_folder=str(REPO / "dags")).get_dag("svi_retrain")
     run = retrain.test(logical_date=triggered.logical_date, run_conf=triggered.conf)
     assert run.state == "success", _states(run)
