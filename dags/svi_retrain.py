@@ -12,7 +12,8 @@ live windows (docs/deployment.md).
 
 Each task is one step of :mod:`pipelines.lifecycle.retrain`, the same steps ``viops monitor --execute`` runs.
 Retries are safe: prepared data is keyed by the Airflow run id, registration is idempotent per MLflow run, and
-promoting the current champion again changes nothing.
+promoting the current champion again changes nothing. A task fails at once, without retries, when a retry would fail
+the same way (bad data or config, a diverged fit, a refused signature: exit codes 2, 3 and 6).
 """
 
 from __future__ import annotations
@@ -21,10 +22,14 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
+#: A failure that a retry repeats (bad data or config, a refused signature, a diverged fit, a registry request that
+#: cannot be carried out: pipelines.errors.NotRetryable) fails the task at once; any other failure is retried.
+NOT_RETRYABLE_FAILS = ExceptionRetryPolicy(rules=[RetryRule(
+    exception="pipelines.errors.NotRetryable", action=RetryAction.FAIL, reason="a retry would fail the same way")])
 DEFAULT_CONFIG = os.environ.get(
     "VIOPS_RETRAIN_CONFIG", str(Path(__file__).resolve().parent.parent / "configs" / "demo" / "blr_diabetes.yaml")
 )
@@ -71,7 +76,8 @@ def _request(params, run_id: str, trigger: dict | None = None, actor: str | None
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
+                  "retry_policy": NOT_RETRYABLE_FAILS},
     params={
         "reason": Param("scheduled retrain (weekly, or new training data)", type="string",
                         description="why this retrain runs"),

@@ -20,7 +20,9 @@ decision out. Its XCom is the command's JSON result. The branch then carries out
 - `page` and `ticket` record the page or ticket with its runbook link (`pages.jsonl`, `tickets.jsonl`), and change
   nothing.
 
-A re-run of `monitor` on the same window takes the same decision and keeps the same incident id.
+A re-run of `monitor` on the same window takes the same decision and keeps the same incident id. A window the
+champion cannot score (missing feature columns, a broken file) fails `monitor` at once, without retries: a retry
+would read the same file. An unreachable tracking server, or a window not landed yet, is retried.
 
 Beside it, the `deploy` branch carries out what the monitor decided about a challenger deployed live (shadow or
 canary; docs/deployment.md): `promote_challenger` (`viops promote` with the live windows' evidence),
@@ -39,8 +41,12 @@ import os
 from datetime import datetime, timedelta
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import CronDataIntervalTimetable, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
+#: A failure that a retry repeats (bad data or config, a refused signature, a diverged fit, a registry request that
+#: cannot be carried out: pipelines.errors.NotRetryable) fails the task at once; any other failure is retried.
+NOT_RETRYABLE_FAILS = ExceptionRetryPolicy(rules=[RetryRule(
+    exception="pipelines.errors.NotRetryable", action=RetryAction.FAIL, reason="a retry would fail the same way")])
 DEFAULT_MODEL = os.environ.get("VIOPS_MONITOR_MODEL", "blr-diabetes")
 DEFAULT_STORE = os.environ.get("VIOPS_WINDOW_STORE", "")
 #: Whether a run carries out its decision. The distributed profile sets "false": its runs measure, push and
@@ -69,7 +75,8 @@ def _schedule():
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True,
+                  "retry_policy": NOT_RETRYABLE_FAILS},
     params={
         "model": Param(DEFAULT_MODEL, type="string", description="registered model to watch"),
         "alias": Param("champion", type="string"),

@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 
-__all__ = ["CLIError", "run_viops", "VIOPS_COMMAND"]
+from pipelines.errors import NotRetryable
+
+__all__ = ["CLIError", "CLIRefused", "run_viops", "VIOPS_COMMAND", "NOT_RETRYABLE_EXIT_CODES"]
 
 #: The command line every child runs: this interpreter's ``viops`` (the same as the console script).
 VIOPS_COMMAND = (sys.executable, "-m", "viops")
@@ -28,12 +30,22 @@ class CLIError(RuntimeError):
         self.returncode, self.stderr = returncode, stderr
 
 
+#: Exit codes (README.md#exit-codes) that the same command repeats: 2 bad input, 3 training diverged, 6 a version's
+#: files fail their signature check. 4 (the tracking server or the disk failed) and 5 (busy) may pass on a retry.
+NOT_RETRYABLE_EXIT_CODES = (2, 3, 6)
+
+
+class CLIRefused(CLIError, NotRetryable):
+    """The child exited with one of :data:`NOT_RETRYABLE_EXIT_CODES`: running it again fails the same way."""
+
+
 def run_viops(args: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None,
               ok_codes: tuple[int, ...] = (0,)) -> dict:
     """Run ``viops <args> --json`` with this interpreter and return the JSON object on its last stdout line.
 
-    Exit codes outside ``ok_codes`` raise :class:`CLIError` (``viops evaluate`` exits 1 on a rejection, which a
-    caller that branches on the verdict accepts); the result carries the code as ``exit_code``.
+    Exit codes outside ``ok_codes`` raise :class:`CLIError` (:class:`CLIRefused` for a code that a retry repeats);
+    ``viops evaluate`` exits 1 on a rejection, which a caller that branches on the verdict accepts. The result
+    carries the code as ``exit_code``.
     """
     command = [*VIOPS_COMMAND, *args, "--json"]
     proc = subprocess.run(
@@ -42,7 +54,8 @@ def run_viops(args: list[str], *, env: dict[str, str] | None = None, timeout: fl
     if proc.stderr:
         sys.stderr.write(proc.stderr[-20_000:])
     if proc.returncode not in ok_codes:
-        raise CLIError(args, proc.returncode, proc.stderr)
+        refused = proc.returncode in NOT_RETRYABLE_EXIT_CODES
+        raise (CLIRefused if refused else CLIError)(args, proc.returncode, proc.stderr)
     lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
     if not lines:
         raise CLIError(args, proc.returncode, "no JSON result on stdout")

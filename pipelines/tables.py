@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipelines.errors import NotRetryable
+
 __all__ = ["DataError", "read_table", "check_columns", "select_columns", "fingerprint", "LabelledRows",
            "usable_labelled_rows"]
 
 
-class DataError(ValueError):
+class DataError(ValueError, NotRetryable):
     """The data cannot be used; the message names the source, the column and the problem."""
 
 

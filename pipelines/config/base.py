@@ -6,6 +6,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from pipelines.errors import NotRetryable
+
 __all__ = ["ConfigError", "StrictModel", "Name"]
 
 def _no_parent_reference(name: str) -> str:
@@ -19,7 +21,7 @@ def _no_parent_reference(name: str) -> str:
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"), AfterValidator(_no_parent_reference)]
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, NotRetryable):
     """The configuration is invalid; the message names the file and key."""
 
 

@@ -30,6 +30,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from pipelines.errors import NotRetryable
+
 __all__ = [
     "SIGNATURE_TAG", "EVIDENCE_SIGNATURE_TAG", "KEY_TAG", "SigningKeyError", "SignatureInvalid", "generate_keys",
     "signing_key", "verification_key", "key_fingerprint", "sign_directory", "signature_tags", "check_files",
@@ -45,11 +47,11 @@ VERIFY_KEY_ENV = "VIOPS_VERIFY_KEY"
 PRIVATE_FILE, PUBLIC_FILE = "signing-key.pem", "verify-key.pem"
 
 
-class SigningKeyError(ValueError):
+class SigningKeyError(ValueError, NotRetryable):
     """A configured key file is missing or is not the kind of key it should be; nothing was signed or loaded."""
 
 
-class SignatureInvalid(RuntimeError):
+class SignatureInvalid(RuntimeError, NotRetryable):
     """A version's model files do not carry a valid signature by the trusted key: the version is refused.
 
     Attributes:

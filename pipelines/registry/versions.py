@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from pipelines.errors import NotRetryable
 from pipelines.registry.signing import SIGNATURE_TAG, sign_run_model
 from pipelines.run_artifacts import MODEL_ID_TAG
 
@@ -43,7 +44,7 @@ VERSION_TAGS_FROM_RUN = ("viops.data_fingerprint", "viops.config_hash")
 
 
 
-class RegistryError(RuntimeError):
+class RegistryError(RuntimeError, NotRetryable):
     """A registry request cannot be carried out (unknown model or version, a run that cannot be registered, ...);
     the message says why. Nothing was changed."""
 

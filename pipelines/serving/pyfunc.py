@@ -49,6 +49,7 @@ PYFUNC_CODE = (
     "pipelines/__init__.py",
     "pipelines/build.py",
     "pipelines/config",
+    "pipelines/errors.py",
     "pipelines/serving/__init__.py",
     "pipelines/serving/bundle.py",
     "pipelines/serving/pyfunc.py",

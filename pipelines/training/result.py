@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipelines.errors import NotRetryable
+
 __all__ = ["TrainingFailed", "TrainingResult", "DDP_RUN_ID_ENV"]
 
 #: Set by rank 0 before a DDP fit, read by the processes Lightning launches for the other devices.
 DDP_RUN_ID_ENV = "VIOPS_DDP_RUN_ID"
 
 
-class TrainingFailed(RuntimeError):
+class TrainingFailed(RuntimeError, NotRetryable):
     """Training ran but did not produce a usable posterior; the MLflow run is marked FAILED."""
 
     def __init__(self, message: str, run_id: str | None = None):

@@ -60,3 +60,30 @@ def test_every_dag_parses_without_database_or_network_access(tmp_path):
     assert result["dags"] == ["svi_retrain", "vi_monitoring"]
     assert result["queries"] == [] and result["attempts"] == []
     assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_a_failure_a_retry_would_repeat_fails_the_task_at_once():
+    """Bad input, a refused signature or a diverged fit (in the task's process or a child ``viops``'s exit code)
+    fails every task of both DAGs without retries; a lost connection or a busy lease keeps the retries."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import RetryAction
+
+    from pipelines.child_process import CLIError, CLIRefused
+    from pipelines.config.base import ConfigError
+    from pipelines.tables import DataError
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    for dag_id in ("vi_monitoring", "svi_retrain"):
+        for task in bag.dags[dag_id].tasks:
+            assert task.retries == 2, task.task_id
+
+            def action(exc: BaseException) -> RetryAction:
+                return task.retry_policy.evaluate(exc, try_number=1, max_tries=3).action
+
+            for permanent in (DataError("window lacks feature column(s) ['bp']"), ConfigError("train.lr: < 0"),
+                              CLIRefused(["train"], 2, "error: bad config"), CLIRefused(["train"], 3, "diverged"),
+                              CLIRefused(["promote"], 6, "signature")):
+                assert action(permanent) == RetryAction.FAIL, (dag_id, task.task_id, permanent)
+            for transient in (CLIError(["train"], 4, "tracking server unreachable"), CLIError(["promote"], 5, "busy"),
+                              ConnectionError("refused"), ValueError("no window of the data interval")):
+                assert action(transient) == RetryAction.DEFAULT, (dag_id, task.task_id, transient)

@@ -8,8 +8,9 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.child_process import CLIError, run_viops
+from pipelines.child_process import CLIRefused, run_viops
 from pipelines.config.loading import load_config, parse_overrides
+from pipelines.errors import NotRetryable
 from pipelines.lifecycle.retrain import RetrainRequest, evaluate_candidate, promote_candidate, retrain
 from pipelines.lifecycle.train import train
 from tests.conftest import make_regression_csv
@@ -80,8 +81,8 @@ def test_the_runner_returns_the_json_result_or_raises_with_the_exit_code_and_err
     prepared = run_viops(["prepare", "--config", str(example_dir / "blr_csv.yaml"), "--out", str(example_dir / "p")])
     assert prepared["exit_code"] == 0 and prepared["rows"] == {"train": 2800, "validation": 600, "test": 600}
     assert (example_dir / "p" / "manifest.json").exists()
-    with pytest.raises(CLIError) as failed:
+    with pytest.raises(CLIRefused) as failed:  # bad input: a retry would fail the same way
         run_viops(["prepare", "--config", str(example_dir / "missing.yaml"), "--out", str(example_dir / "q")])
-    assert failed.value.returncode == 2
+    assert failed.value.returncode == 2 and isinstance(failed.value, NotRetryable)
     assert str(failed.value) == (f"viops prepare exited with code 2: viops prepare: error: config file not found: "
                                  f"{example_dir / 'missing.yaml'}")

@@ -1,5 +1,8 @@
 """The registered pyfunc: predictions on the original target scale, and input errors that name the column."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -10,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.config.loading import load_config
 from pipelines.lifecycle.train import train
+from tests.conftest import REPO
 
 
 def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_uri):
@@ -41,9 +45,30 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
     assert {p for p in shipped if p.startswith("pipelines/")} == {
         "pipelines/__init__.py", "pipelines/build.py", "pipelines/config/__init__.py", "pipelines/config/base.py",
         "pipelines/config/loading.py", "pipelines/config/model.py", "pipelines/config/release.py",
-        "pipelines/config/schema.py", "pipelines/serving/__init__.py", "pipelines/serving/bundle.py",
-        "pipelines/serving/pyfunc.py"}
+        "pipelines/config/schema.py", "pipelines/errors.py", "pipelines/serving/__init__.py",
+        "pipelines/serving/bundle.py", "pipelines/serving/pyfunc.py"}
     assert "models/families/gaussian.py" in shipped and "models/blr.py" in shipped
+    # ... and that is enough: it loads and predicts in an interpreter that cannot import this checkout.
+    alone = subprocess.run([sys.executable, "-c", LOAD_ALONE, str(local), str(REPO)], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads(alone.stdout.strip().splitlines()[-1]) == {
+        "code": str(local / "code" / "pipelines" / "__init__.py"), "mean": pred["mean"].round(6).tolist()}
+
+
+#: Load a downloaded model with the checkout removed from the import path (the editable install's entry included).
+LOAD_ALONE = """
+import json, sys
+repo = sys.argv[2]
+sys.path = [p for p in sys.path if p not in ("", ".", repo)]
+# pip install -e: its finder (a class on sys.meta_path) would find the checkout's modules by name
+sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+pred = model.predict(pd.DataFrame({"a": [50.0, 60.0], "b": [50.0, 40.0]}))
+import pipelines
+print(json.dumps({"code": pipelines.__file__, "mean": pred["mean"].round(6).tolist()}))
+"""
 
 
 @pytest.mark.parametrize("family, min_sd_ratio", [("full_rank", 0.8), ("flow", 0.25)])
