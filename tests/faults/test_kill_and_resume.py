@@ -36,6 +36,9 @@ def test_a_killed_training_is_reaped_and_resumed_in_the_same_run(tmp_path):
     config = str(tmp_path / "blr_csv.yaml")
     trainer = start(["train", "--config", config, *LONG], env=env, cwd=tmp_path)
     checkpoint = _wait_for("work/checkpoints/*/last.ckpt", tmp_path)
+    # Frozen mid-fit (its first checkpoint comes a second into 6,600 steps): the checks below cannot race the end of
+    # a fit that a quiet machine runs in a few seconds. Its telemetry writer, a process of its own, keeps delivering.
+    os.kill(trainer.pid, signal.SIGSTOP)
     run_id = checkpoint.parent.name
     client = MlflowClient(uri, uri)
     deadline = time.monotonic() + 60
