@@ -30,24 +30,24 @@ POSTERIORDB = Path(os.environ.get("VIOPS_POSTERIORDB", REPO / "benchmarks" / "po
 #: on the 2-core machine). They start first, so that the suite does not end with one worker running a long module
 #: while the others sit idle (pytest-xdist's own order, by number of tests, put the single long tests last).
 LONG_MODULES = (
-    "tests/integration/test_monitor_scenarios_classifier.py",  # ~420 s
-    "tests/dags/test_vi_monitoring.py",  # ~410 s
-    "tests/viops/test_readme.py",  # ~360 s
-    "tests/pipelines/diagnostics/test_conformance.py",  # ~350 s
-    "tests/integration/test_decision_scenarios.py",  # ~300 s
-    "tests/integration/test_live_deployment.py",  # ~285 s
-    "tests/integration/test_distributed_profile.py",  # ~265 s
-    "tests/integration/test_monitor_scenarios.py",  # ~225 s
-    "tests/dags/test_svi_retrain.py",  # ~220 s
-    "tests/integration/test_lifecycle_server.py",  # ~205 s
-    "tests/monitoring/test_checks.py",  # ~195 s
-    "tests/faults/test_tracking_outage.py",  # ~180 s
-    "tests/faults/test_signed_models.py",  # ~175 s
-    "tests/faults/test_single_flight.py",  # ~175 s
-    "tests/faults/test_secrets.py",  # ~170 s
-    "tests/pipelines/training/test_ddp.py",  # ~150 s
-    "tests/faults/test_kill_and_resume.py",  # ~145 s
-    "tests/pipelines/lifecycle/test_retrain.py",  # ~130 s
+    "tests/viops/test_readme.py",  # ~175 s
+    "tests/integration/test_distributed_profile.py",  # ~155 s
+    "tests/integration/test_live_deployment.py",  # ~145 s
+    "tests/dags/test_vi_monitoring.py",  # ~120 s
+    "tests/dags/test_svi_retrain.py",  # ~120 s
+    "tests/integration/test_monitor_scenarios_classifier.py",  # ~115 s
+    "tests/faults/test_tracking_outage.py",  # ~100 s
+    "tests/integration/test_lifecycle_server.py",  # ~95 s
+    "tests/faults/test_signed_models.py",  # ~95 s
+    "tests/faults/test_single_flight.py",  # ~80 s
+    "tests/pipelines/training/test_ddp.py",  # ~70 s
+    "tests/pipelines/lifecycle/test_retrain.py",  # ~70 s
+    "tests/pipelines/diagnostics/test_conformance.py",  # ~65 s
+    "tests/monitoring/test_checks.py",  # ~65 s
+    "tests/integration/test_monitor_scenarios.py",  # ~60 s
+    "tests/faults/test_kill_and_resume.py",  # ~55 s
+    "tests/faults/test_secrets.py",  # ~45 s
+    "tests/integration/test_decision_scenarios.py",  # ~40 s
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -31,15 +32,38 @@ def _standard_normal_log_density(noise: torch.Tensor) -> torch.Tensor:
     return -0.5 * noise.square().sum(-1) - 0.5 * noise.shape[-1] * math.log(2 * math.pi)
 
 
-def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torch.Tensor, prior_scale: torch.Tensor
-                         ) -> torch.Tensor:
+def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torch.Tensor | float,
+                         prior_scale: torch.Tensor | float) -> torch.Tensor:
     """KL(N(loc, diag scale^2) || N(prior_loc, diag prior_scale^2)) in closed form, summed over coordinates.
 
     torch's ``kl_divergence`` of the two ``Independent(Normal)`` gives the same value (``tests/models`` checks it);
-    this is its arithmetic without building distribution objects on every training step.
+    this is its arithmetic without building distribution objects on every training step. The prior's location and
+    scale may be numbers (the same for every coordinate), which saves the step a few tensor operations.
     """
     var_ratio = (scale / prior_scale).square()
-    return 0.5 * (var_ratio + ((loc - prior_loc) / prior_scale).square() - 1 - var_ratio.log()).sum()
+    centred = loc if isinstance(prior_loc, float) and prior_loc == 0.0 else loc - prior_loc
+    return 0.5 * (var_ratio + (centred / prior_scale).square() - 1 - var_ratio.log()).sum()
+
+
+#: A diagonal Normal prior's (location, scale) for :func:`diagonal_gaussian_kl`, read once per prior object.
+_PRIOR_TERMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _prior_terms(prior: Independent) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """Each of the prior's location and scale as a number where every coordinate has the same value and no gradient
+    flows into it (a prior built once, as the models build theirs), else the tensor itself."""
+    terms = _PRIOR_TERMS.get(prior)
+    if terms is None:
+        terms = tuple(_constant(t) for t in (prior.base_dist.loc, prior.base_dist.scale))
+        _PRIOR_TERMS[prior] = terms
+    return terms
+
+
+def _constant(values: torch.Tensor) -> torch.Tensor | float:
+    if values.requires_grad or values.numel() == 0:
+        return values
+    first = values.reshape(-1)[0]
+    return float(first) if bool((values == first).all()) else values
 
 
 def _refresh_identity_map(family, incompatible_keys=None) -> None:
@@ -102,7 +126,7 @@ class MeanFieldGaussian(VariationalFamily):
             return super().rsample_and_kl(num_particles, prior, antithetic)
         loc, scale = self._loc(), self.scale
         z = loc + scale * self._noise(num_particles, antithetic, None)
-        return z, diagonal_gaussian_kl(loc, scale, prior.base_dist.loc, prior.base_dist.scale)
+        return z, diagonal_gaussian_kl(loc, scale, *_prior_terms(prior))
 
     def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False
                               ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,17 +47,38 @@ def test_the_closed_form_log_likelihood_is_torchs_normal_density(learned):
         torch.testing.assert_close(model.log_likelihood(z, x, y), model.predictive(z, x).log_prob(y))
 
 
-def test_mean_field_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl():
+@pytest.mark.parametrize("prior_loc, prior_scale", [
+    (torch.full((5,), 0.2), torch.full((5,), 1.7)),  # the same for every coordinate: read as numbers
+    (torch.zeros(5), torch.ones(5)),  # N(0, 1): the centring is skipped
+    (torch.linspace(-1, 1, 5), torch.tensor([1.0, 1.0, 10.0, 0.5, 1.0])),  # per coordinate: tensors
+])
+def test_mean_field_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(prior_loc, prior_scale):
     family = MeanFieldGaussian(5, init_scale=0.3, init_loc=torch.randn(5))
     family.precondition(torch.randn(5), torch.rand(5) + 0.5)
     with torch.no_grad():
         family.loc.normal_()
-    prior = Independent(Normal(torch.full((5,), 0.2), torch.full((5,), 1.7)), 1)
-    torch.manual_seed(3)
-    z, kl = family.rsample_and_kl(4, prior, antithetic=True)
-    torch.manual_seed(3)
-    torch.testing.assert_close(z, family.rsample(4, antithetic=True))
-    torch.testing.assert_close(kl, torch.distributions.kl_divergence(family.distribution(), prior))
+    prior = Independent(Normal(prior_loc, prior_scale), 1)
+    for _ in range(2):  # the second time with the prior's terms read before
+        torch.manual_seed(3)
+        z, kl = family.rsample_and_kl(4, prior, antithetic=True)
+        torch.manual_seed(3)
+        torch.testing.assert_close(z, family.rsample(4, antithetic=True))
+        expected = torch.distributions.kl_divergence(family.distribution(), prior)
+        torch.testing.assert_close(kl, expected)
+        grads = torch.autograd.grad(kl, list(family.parameters()), allow_unused=True)
+        wanted = torch.autograd.grad(expected, list(family.parameters()), allow_unused=True)
+        for got, want in zip(grads, wanted):
+            torch.testing.assert_close(got, want)
+
+
+def test_a_prior_with_a_gradient_keeps_it_through_the_closed_form_kl():
+    family = MeanFieldGaussian(3, init_scale=0.5)
+    prior_scale = torch.full((3,), 2.0, requires_grad=True)  # e.g. a learned hyperprior's scale
+    prior = Independent(Normal(torch.zeros(3), prior_scale), 1)
+    _, kl = family.rsample_and_kl(2, prior)
+    (grad,) = torch.autograd.grad(kl, [prior_scale])
+    (want,) = torch.autograd.grad(torch.distributions.kl_divergence(family.distribution(), prior), [prior_scale])
+    torch.testing.assert_close(grad, want)
 
 
 @pytest.mark.parametrize("kind", ["mean_field", "full_rank", "low_rank"])
@@ -127,7 +148,8 @@ def test_predictive_summary_and_nll():
     summary = posterior_predictive(model, family, x, num_samples=20_000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(summary.mean, torch.tensor([1.0, 3.0]), atol=0.02, rtol=0)
     torch.testing.assert_close(summary.sd, torch.tensor([0.5, 0.5]), atol=0.01, rtol=0)
-    torch.testing.assert_close(summary.quantiles[0.95] - summary.mean, torch.full((2,), 0.5 * 1.6449), atol=0.03, rtol=0)
+    torch.testing.assert_close(summary.quantiles[0.95] - summary.mean, torch.full((2,), 0.5 * 1.6449), atol=0.03,
+                               rtol=0)
     nll = predictive_nll(model, family, x, torch.tensor([1.0, 3.0]), num_samples=10)
     assert float(nll) == pytest.approx(-float(Normal(0.0, 0.5).log_prob(torch.tensor(0.0))), abs=1e-3)
 
