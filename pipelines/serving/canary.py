@@ -10,6 +10,7 @@ or ``NAME/3`` always mean that one version alone.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +84,18 @@ def save_router(client, split: CanarySplit, *, tracking_uri: str, dst: str | Pat
     from pipelines.serving.routing import ROUTER_CODE, ROUTER_ENTRY_POINT
 
     work = Path(tempfile.mkdtemp(prefix="viops-canary-"))
-    artifacts = {}
-    for role, version in (("champion", split.champion.version), ("candidate", split.candidate.version)):
-        _, local, _ = fetch_checked(client, split.model, version, tracking_uri=tracking_uri, dst=str(work / role))
-        (posterior,) = Path(local).rglob("posterior.pt")
-        artifacts[role] = str(posterior)
-    routing = work / "routing.json"
-    routing.write_text(json.dumps(split.spec, indent=2))
-    artifacts["routing"] = str(routing)
-    mlflow.pyfunc.save_model(str(dst), python_model=str(ROUTER_ENTRY_POINT), artifacts=artifacts,
-                             code_paths=stage_pyfunc_code(work / "code", ROUTER_CODE))
+    try:
+        artifacts = {}
+        for role, version in (("champion", split.champion.version), ("candidate", split.candidate.version)):
+            _, local, _ = fetch_checked(client, split.model, version, tracking_uri=tracking_uri,
+                                        dst=str(work / role))
+            (posterior,) = Path(local).rglob("posterior.pt")
+            artifacts[role] = str(posterior)
+        routing = work / "routing.json"
+        routing.write_text(json.dumps(split.spec, indent=2))
+        artifacts["routing"] = str(routing)
+        mlflow.pyfunc.save_model(str(dst), python_model=str(ROUTER_ENTRY_POINT), artifacts=artifacts,
+                                 code_paths=stage_pyfunc_code(work / "code", ROUTER_CODE))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # save_model copied what the router needs into dst
     return Path(dst)

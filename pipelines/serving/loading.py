@@ -4,7 +4,10 @@ predictor inside, resolved through the client's own registry.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 
 from pipelines.registry.versions import CHAMPION, parse_model_ref, resolve_version
@@ -81,10 +84,26 @@ def load_version(client, model_name: str, selector: str | None = None, *, tracki
     """
     import mlflow
 
-    version, local, verified = fetch_checked(client, model_name, selector, tracking_uri=tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(str(local))
+    import models  # noqa: F401  (this process's own copy; the download's code folder is on sys.path while it lives)
+
+    folder = tempfile.mkdtemp(prefix="viops-model-")
+    try:
+        version, local, verified = fetch_checked(client, model_name, selector, tracking_uri=tracking_uri, dst=folder)
+        pyfunc = mlflow.pyfunc.load_model(str(local))
+    except BaseException:
+        _discard(folder)
+        raise
+    # The files are needed only while the model is loaded: a monitor or a gate run in a long-lived worker would
+    # otherwise leave a copy of the model in the temporary folder for every window and every evaluation.
+    weakref.finalize(pyfunc, _discard, folder)
     return LoadedVersion(model_name, str(version.version), version.run_id, tuple(version.aliases), pyfunc,
                          pyfunc.unwrap_python_model(), verified, dict(version.tags or {}))
+
+
+def _discard(folder: str) -> None:
+    """Remove a loaded version's download, and the code folder MLflow put on ``sys.path`` from it."""
+    sys.path[:] = [entry for entry in sys.path if not entry.startswith(folder)]
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_ref(client, ref: str, *, tracking_uri: str) -> LoadedVersion:

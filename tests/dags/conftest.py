@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -12,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 _HOME = Path(tempfile.mkdtemp(prefix="viops-airflow-"))
+atexit.register(shutil.rmtree, _HOME, True)  # the metadata DB and logs go with the test process
 # Airflow reads its configuration at import time, so the environment is set before any test imports it.
 os.environ.update(
     {

@@ -95,33 +95,45 @@ def _cmd_verify(args) -> int:
 
 
 def _cmd_serve(args) -> int:
+    import gc
+    import shutil
+    import tempfile
+
     from pipelines.registry.versions import parse_model_ref
     from pipelines.serving.loading import fetch_checked
 
     mlflow_client, uri = client(args)
     name, selector = parse_model_ref(args.model)
-    split = _canary_split(mlflow_client, name, selector, uri)
-    if split is not None:  # what production serves is the split: the router over both versions' checked files
-        import tempfile
+    # The served files stay for the server this command becomes; a version refused before it starts leaves none.
+    scratch = None if args.model_dir else tempfile.mkdtemp(prefix="viops-serve-")
+    try:
+        split = _canary_split(mlflow_client, name, selector, uri)
+        if split is not None:  # what production serves is the split: the router over both versions' checked files
+            from pipelines.serving.canary import save_router
 
-        from pipelines.serving.canary import save_router
-
-        local = save_router(mlflow_client, split, tracking_uri=uri,
-                            dst=args.model_dir or tempfile.mkdtemp(prefix="viops-canary-serve-") + "/router")
-        payload = {"model": name, "version": split.champion.version, "canary": split.spec, "verified":
-                   split.champion.verified and split.candidate.verified, "model_dir": str(local),
-                   "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
-        emit(payload, args.json, f"serving the canary split of {name}: version {split.candidate.version} answers "
-                                 f"{split.fraction:.0%} of the rows, version {split.champion.version} the rest (a "
-                                 f"'version' column says which) from {local} on {payload['url']}")
-    else:
-        # The very files the server will load are the ones checked.
-        version, local, verified = fetch_checked(mlflow_client, name, selector, tracking_uri=uri, dst=args.model_dir)
-        checked = "signature verified" if verified else "unverified: no key configured"
-        payload = {"model": name, "version": str(version.version), "verified": verified, "model_dir": str(local),
-                   "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
-        emit(payload, args.json, f"serving version {version.version} of {name} ({checked}) from {local} on "
-                                 f"{payload['url']}")
+            local = save_router(mlflow_client, split, tracking_uri=uri, dst=args.model_dir or f"{scratch}/router")
+            payload = {"model": name, "version": split.champion.version, "canary": split.spec, "verified":
+                       split.champion.verified and split.candidate.verified, "model_dir": str(local),
+                       "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
+            emit(payload, args.json, f"serving the canary split of {name}: version {split.candidate.version} "
+                                     f"answers {split.fraction:.0%} of the rows, version {split.champion.version} the "
+                                     f"rest (a 'version' column says which) from {local} on {payload['url']}")
+        else:
+            # The very files the server will load are the ones checked.
+            version, local, verified = fetch_checked(mlflow_client, name, selector, tracking_uri=uri,
+                                                     dst=args.model_dir or scratch)
+            checked = "signature verified" if verified else "unverified: no key configured"
+            payload = {"model": name, "version": str(version.version), "verified": verified, "model_dir": str(local),
+                       "url": f"http://{args.host}:{args.port}", "tracking_uri": uri}
+            emit(payload, args.json, f"serving version {version.version} of {name} ({checked}) from {local} on "
+                                     f"{payload['url']}")
+    except BaseException:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    # The versions loaded to read the split are released now: exec runs no exit handlers to remove their downloads.
+    del split
+    gc.collect()
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(local), "--env-manager", "local",
                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     sys.stdout.flush()

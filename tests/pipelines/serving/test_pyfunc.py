@@ -1,5 +1,6 @@
 """The registered pyfunc: predictions on the original target scale, and input errors that name the column."""
 
+import gc
 import json
 import subprocess
 import sys
@@ -9,10 +10,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipelines.config.loading import load_config
 from pipelines.lifecycle.train import train
+from pipelines.serving.loading import load_version
 from tests.conftest import REPO
 
 
@@ -48,6 +51,17 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
         "pipelines/config/schema.py", "pipelines/errors.py", "pipelines/serving/__init__.py",
         "pipelines/serving/bundle.py", "pipelines/serving/pyfunc.py"}
     assert "models/families/gaussian.py" in shipped and "models/blr.py" in shipped
+    # Loaded for the gate or a monitor, the version's files live as long as the loaded model, not longer.
+    before = set(sys.path)
+    loaded = load_version(MlflowClient(tracking_uri, tracking_uri), "scaled", str(result.model_version),
+                          tracking_uri=tracking_uri)
+    (code,) = set(sys.path) - before
+    folder = Path(code).parents[1]
+    assert folder.name.startswith("viops-model-") and list(folder.rglob("posterior.pt"))
+    pd.testing.assert_frame_equal(loaded.pyfunc.predict(pd.DataFrame({"a": [50.0, 60.0], "b": [50.0, 40.0]})), pred)
+    del loaded
+    gc.collect()
+    assert not folder.exists() and set(sys.path) == before
     # ... and that is enough: it loads and predicts in an interpreter that cannot import this checkout.
     alone = subprocess.run([sys.executable, "-c", LOAD_ALONE, str(local), str(REPO)], capture_output=True, text=True,
                            cwd=tmp_path, timeout=300)
