@@ -13,7 +13,8 @@ live windows (docs/deployment.md).
 Each task is one step of :mod:`pipelines.lifecycle.retrain`, the same steps ``viops monitor --execute`` runs.
 Retries are safe: prepared data is keyed by the Airflow run id, registration is idempotent per MLflow run, and
 promoting the current champion again changes nothing. A task fails at once, without retries, when a retry would fail
-the same way (bad data or config, a diverged fit, a refused signature: exit codes 2, 3 and 6).
+the same way (bad data or config, a diverged fit, a refused signature, a promotion the gate rejects: exit
+codes 1, 2, 3 and 6).
 """
 
 from __future__ import annotations

@@ -30,9 +30,10 @@ class CLIError(RuntimeError):
         self.returncode, self.stderr = returncode, stderr
 
 
-#: Exit codes (README.md#exit-codes) that the same command repeats: 2 bad input, 3 training diverged, 6 a version's
-#: files fail their signature check. 4 (the tracking server or the disk failed) and 5 (busy) may pass on a retry.
-NOT_RETRYABLE_EXIT_CODES = (2, 3, 6)
+#: Exit codes (README.md#exit-codes) that the same command repeats: 1 a negative verdict (the gate rejected the
+#: promotion), 2 bad input, 3 training diverged, 6 a version's files fail their signature check. 4 (the tracking
+#: server or the disk failed) and 5 (busy) may pass on a retry.
+NOT_RETRYABLE_EXIT_CODES = (1, 2, 3, 6)
 
 
 class CLIRefused(CLIError, NotRetryable):

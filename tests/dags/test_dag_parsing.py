@@ -63,8 +63,9 @@ def test_every_dag_parses_without_database_or_network_access(tmp_path):
 
 
 def test_a_failure_a_retry_would_repeat_fails_the_task_at_once():
-    """Bad input, a refused signature or a diverged fit (in the task's process or a child ``viops``'s exit code)
-    fails every task of both DAGs without retries; a lost connection or a busy lease keeps the retries."""
+    """Bad input, a refused signature, a diverged fit or a rejected promotion (in the task's process or a child
+    ``viops``'s exit code) fails every task of both DAGs without retries; a lost connection or a busy lease keeps
+    the retries."""
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import RetryAction
 
@@ -82,7 +83,7 @@ def test_a_failure_a_retry_would_repeat_fails_the_task_at_once():
 
             for permanent in (DataError("window lacks feature column(s) ['bp']"), ConfigError("train.lr: < 0"),
                               CLIRefused(["train"], 2, "error: bad config"), CLIRefused(["train"], 3, "diverged"),
-                              CLIRefused(["promote"], 6, "signature")):
+                              CLIRefused(["promote"], 6, "signature"), CLIRefused(["promote"], 1, "rejected")):
                 assert action(permanent) == RetryAction.FAIL, (dag_id, task.task_id, permanent)
             for transient in (CLIError(["train"], 4, "tracking server unreachable"), CLIError(["promote"], 5, "busy"),
                               ConnectionError("refused"), ValueError("no window of the data interval")):
