@@ -27,8 +27,9 @@ from airflow.sdk import Asset, ExceptionRetryPolicy, Param, RetryAction, RetryRu
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
 
-#: A failure that a retry repeats (bad data or config, a refused signature, a diverged fit, a registry request that
-#: cannot be carried out: pipelines.errors.NotRetryable) fails the task at once; any other failure is retried.
+#: A failure that a retry repeats (pipelines.errors.NotRetryable: bad data or config, a refused signature, a diverged
+#: fit, a rejected promotion, a registry request that cannot be carried out) fails the task at once; any other
+#: failure is retried.
 NOT_RETRYABLE_FAILS = ExceptionRetryPolicy(rules=[RetryRule(
     exception="pipelines.errors.NotRetryable", action=RetryAction.FAIL, reason="a retry would fail the same way")])
 DEFAULT_CONFIG = os.environ.get(

@@ -43,8 +43,9 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import CronDataIntervalTimetable, ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
-#: A failure that a retry repeats (bad data or config, a refused signature, a diverged fit, a registry request that
-#: cannot be carried out: pipelines.errors.NotRetryable) fails the task at once; any other failure is retried.
+#: A failure that a retry repeats (pipelines.errors.NotRetryable: bad data or config, a refused signature, a diverged
+#: fit, a rejected promotion, a registry request that cannot be carried out) fails the task at once; any other
+#: failure is retried.
 NOT_RETRYABLE_FAILS = ExceptionRetryPolicy(rules=[RetryRule(
     exception="pipelines.errors.NotRetryable", action=RetryAction.FAIL, reason="a retry would fail the same way")])
 DEFAULT_MODEL = os.environ.get("VIOPS_MONITOR_MODEL", "blr-diabetes")
