@@ -16,6 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # every process spreading its tensor operations over all cores at once.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import gc  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -49,6 +51,15 @@ LONG_MODULES = (
     "tests/faults/test_secrets.py",  # ~45 s
     "tests/integration/test_decision_scenarios.py",  # ~40 s
 )
+
+
+# A test process holds every library the project uses: full collections as rarely as in a viops command
+# (viops/process.py says why), and no rescans of that heap while the process shuts down.
+gc.set_threshold(gc.get_threshold()[0], gc.get_threshold()[1], 100)
+
+
+def pytest_unconfigure(config) -> None:
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items) -> None:

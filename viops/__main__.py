@@ -1,7 +1,5 @@
 """``python -m viops``: the same command as the ``viops`` console script."""
 
-import sys
+from viops.cli import entry_point
 
-from viops.cli import main
-
-sys.exit(main())
+entry_point()

@@ -25,7 +25,7 @@ from viops.commands.common import (
     EXIT_UNTRUSTED,
 )
 
-__all__ = ["main", "build_parser", "quiet_libraries"]
+__all__ = ["main", "entry_point", "build_parser", "quiet_libraries"]
 
 
 def _version() -> str:
@@ -142,7 +142,15 @@ def _redact_record(record: logging.LogRecord) -> bool:
     return True
 
 
+def entry_point() -> None:
+    """The ``viops`` console script and ``python -m viops``: :func:`main` as the life of its own process."""
+    from viops.process import run_as_process
+
+    run_as_process(main)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``viops`` command (``argv``, or the process's arguments) and return its exit code."""
     args = build_parser().parse_args(argv)
     quiet_libraries()
 

@@ -68,8 +68,8 @@ class VariationalFamily(nn.Module):
         raise NotImplementedError
 
     def _loc(self) -> torch.Tensor:
-        """Location of q in z space."""
-        return self.precond_shift + self.precond_scale * self.loc
+        """Location of q in z space: ``shift + scale * loc`` (one fused operation)."""
+        return torch.addcmul(self.precond_shift, self.precond_scale, self.loc)
 
     def distribution(self) -> Distribution:
         """The current q(z), with ``event_shape == (dim,)``."""

@@ -116,7 +116,7 @@ class MeanFieldGaussian(VariationalFamily):
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Map standard-normal noise ``(..., dim)`` to draws from q (the reparameterisation itself)."""
-        return self._loc() + self.scale * noise
+        return torch.addcmul(self._loc(), self.scale, noise)
 
     def rsample_and_kl(self, num_particles: int, prior: Distribution, antithetic: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,7 +125,7 @@ class MeanFieldGaussian(VariationalFamily):
         if not _is_diagonal_normal(prior):
             return super().rsample_and_kl(num_particles, prior, antithetic)
         loc, scale = self._loc(), self.scale
-        z = loc + scale * self._noise(num_particles, antithetic, None)
+        z = torch.addcmul(loc, scale, self._noise(num_particles, antithetic, None))  # loc + scale * noise, fused
         return z, diagonal_gaussian_kl(loc, scale, *_prior_terms(prior))
 
     def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False
@@ -135,7 +135,7 @@ class MeanFieldGaussian(VariationalFamily):
         its gradient is that of ``log_prob(z)``)."""
         noise = self._noise(num_particles, antithetic, None)
         scale = self.scale
-        return self._loc() + scale * noise, _standard_normal_log_density(noise) - scale.log().sum()
+        return torch.addcmul(self._loc(), scale, noise), _standard_normal_log_density(noise) - scale.log().sum()
 
     def _unit_scale(self) -> None:
         self.scale_unconstrained.fill_(inverse_softplus(1.0))

@@ -48,15 +48,16 @@ class AmortizedSVIModule(MinibatchSVI):
             beta = self.kl_weight()
             terms = amortized_bound(self.model, x, kind=self.objective.kind, num_samples=self.samples,
                                     kl_weight=beta, free_bits=self.objective.free_bits)
-            self.step_stats = {
+            stats = {
                 "elbo": terms.elbo.detach() * n,
                 "expected_log_likelihood": terms.expected_log_likelihood.detach() * n,
                 "kl": terms.kl.detach() * n,
             }
             if self.objective.kind != "elbo" or self.objective.free_bits or self.objective.kl_warmup_steps:
-                self.step_stats["objective"] = terms.objective.detach() * n
+                stats["objective"] = terms.objective.detach() * n
             if self.objective.kl_warmup_steps:
-                self.step_stats["kl_weight"] = torch.tensor(beta, device=x.device)
+                stats["kl_weight"] = torch.tensor(beta, device=x.device)
+            self._set_step_stats(stats)
             return -terms.objective
         terms = amortized_bound(self.model, x, num_samples=1)
         nll = -iwae_bound(self.model, x, self.settings.eval_particles).mean()

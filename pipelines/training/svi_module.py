@@ -61,6 +61,11 @@ class MinibatchSVI(pl.LightningModule):
         self.step_stats: dict[str, torch.Tensor] = {}
         self._step_hooks: list[pl.Callback] | None = None
 
+    def _set_step_stats(self, stats: dict[str, torch.Tensor]) -> None:
+        """Replace :attr:`step_stats` (every step): a plain attribute write, without ``nn.Module.__setattr__``'s
+        search of the parameter, buffer and submodule tables."""
+        object.__setattr__(self, "step_stats", stats)
+
     def trained_parameters(self):
         """``(name, parameter)`` pairs that the optimiser updates (gradient norms are logged per pair)."""
         raise NotImplementedError
@@ -219,12 +224,12 @@ class SVIModule(MinibatchSVI):
         if stage == "train":
             terms = elbo(self.model, self.family, x, y, dataset_size=self.dataset_size,
                          num_particles=s.num_particles, antithetic=self.antithetic)
-            self.step_stats = {
+            self._set_step_stats({
                 "elbo": terms.elbo.detach(),
                 "expected_log_likelihood": terms.expected_log_likelihood.detach(),
                 "kl": terms.kl.detach(),
-            }
-            return -terms.elbo / self.dataset_size
+            })
+            return terms.elbo * (-1.0 / self.dataset_size)  # one operation (and one backward node) for -elbo / N
         # Validation: per-datum ELBO on held-out rows (KL shared out over the training rows) and predictive NLL.
         fit = held_out_fit(self.model, self.family, x, y, train_size=self.dataset_size,
                            num_samples=s.eval_particles, antithetic=self.antithetic)

@@ -253,4 +253,6 @@ def _deliver(tracking_uri: str, run_id: str, spool: str | None = None) -> int:
 
 
 if __name__ == "__main__":  # the writer process that MlflowMetricSink starts
-    sys.exit(_deliver(os.environ["MLFLOW_TRACKING_URI"], os.environ[RUN_ID_ENV], os.environ.get(SPOOL_ENV)))
+    code = _deliver(os.environ["MLFLOW_TRACKING_URI"], os.environ[RUN_ID_ENV], os.environ.get(SPOOL_ENV))
+    gc.freeze()  # every batch is written: spare the trainer's close() the shutdown's rescans of the heap (~0.2 s)
+    sys.exit(code)

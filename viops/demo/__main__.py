@@ -1,7 +1,6 @@
 """``python -m viops.demo`` (what ``make demo`` runs): the whole lifecycle on embedded defaults."""
 
-import sys
-
 from viops.demo.lifecycle import main
+from viops.process import run_as_process
 
-sys.exit(main())
+run_as_process(main)
