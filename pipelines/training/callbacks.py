@@ -75,18 +75,24 @@ class GradientNorms(pl.Callback):
     """
 
     def __init__(self):
-        self._named: list[tuple[str, torch.Tensor]] | None = None
+        self._keys: list[str] | None = None
+        self._parameters: list[torch.Tensor] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._named = [(f"grad_norm/{name}", p) for name, p in pl_module.trained_parameters()]
+        named = list(pl_module.trained_parameters())
+        self._keys = [f"grad_norm/{name}" for name, _ in named]
+        self._parameters = [p for _, p in named]
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self._named is None:
+        if self._keys is None:
             self.on_train_start(trainer, pl_module)
-        named = [(key, p.grad) for key, p in self._named if p.grad is not None]
-        if named:
-            norms = torch._foreach_norm([g for _, g in named])
-            pl_module.step_stats.update(zip([key for key, _ in named], norms))
+        grads = [p.grad for p in self._parameters]
+        keys = self._keys
+        if any(g is None for g in grads):  # a parameter the loss did not reach this step
+            keys = [key for key, g in zip(keys, grads) if g is not None]
+            grads = [g for g in grads if g is not None]
+        if grads:
+            pl_module.step_stats.update(zip(keys, torch._foreach_norm(grads)))
 
 
 class NonFiniteGuard(pl.Callback):
@@ -124,7 +130,8 @@ class StepTelemetry(pl.Callback):
     """Collect every SVI step's scalars and hand them to ``sink`` as one row per window of ``every_n_steps`` steps,
     in batches of about ``flush_every_n_steps`` steps.
 
-    Per step it stacks the step's scalars into one device tensor (no sync); a flush reads them back in one transfer,
+    Per step it keeps references to the step's scalars (device tensors, no sync); a flush stacks them in one operation
+    and reads them back in one transfer,
     adds ``grad_norm/total`` and ``nan_count`` (non-finite values among the step's scalars), and reduces each window
     of steps to one row at its last step: the mean of every series over the window, ``nan_count`` summed (a single
     non-finite step shows), ``lr`` at the last step. With ``every_n_steps=1`` every step is a row. A window is sent
@@ -143,7 +150,7 @@ class StepTelemetry(pl.Callback):
         self.flush_every_n_steps = flush_every_n_steps
         self.every_n_steps = every_n_steps
         self.names: list[str] | None = None
-        self._values: list[torch.Tensor] = []
+        self._values: list[list[torch.Tensor]] = []  # per step, its scalars in ``names`` order
         self._meta: list[tuple[int, float, int]] = []
         #: Every step's ``elbo`` (host floats), for the ELBO-curve plot.
         self.elbo_history: list[tuple[int, float]] = []
@@ -152,7 +159,7 @@ class StepTelemetry(pl.Callback):
         stats = pl_module.step_stats
         if self.names is None:
             self.names = sorted(stats)
-        self._values.append(torch.stack([stats[name] for name in self.names]))
+        self._values.append([stats[name] for name in self.names])
         self._meta.append((trainer.global_step, optimizer.param_groups[0]["lr"], int(time.time() * 1000)))
         if len(self._values) >= self.flush_every_n_steps:
             self.flush(final=False)
@@ -180,7 +187,8 @@ class StepTelemetry(pl.Callback):
             if keep == len(self._meta):
                 return
         cut = len(self._meta) - keep
-        table = torch.stack(self._values[:cut]).float().cpu()
+        width = len(self.names)
+        table = torch.stack([value for step in self._values[:cut] for value in step]).view(cut, width).float().cpu()
         grad_cols = [i for i, name in enumerate(self.names) if name.startswith("grad_norm/")]
         total = table[:, grad_cols].pow(2).sum(1).sqrt() if grad_cols else torch.zeros(len(table))
         nan_count = (~torch.isfinite(table)).sum(1).float()
