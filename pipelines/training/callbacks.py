@@ -29,10 +29,9 @@ class _CachedStateKey:
 
     @property
     def state_key(self) -> str:
-        key = self.__dict__.get("_cached_state_key")
-        if key is None:
-            key = self.__dict__["_cached_state_key"] = super().state_key
-        return key
+        if "_cached_state_key" not in self.__dict__:
+            self.__dict__["_cached_state_key"] = super().state_key
+        return self.__dict__["_cached_state_key"]
 
 
 class LastCheckpoint(pl.Callback):
@@ -44,17 +43,14 @@ class LastCheckpoint(pl.Callback):
     """
 
     def __init__(self, dirpath, every_seconds: float):
-        self.dirpath, self.every_seconds = Path(dirpath), every_seconds
-        self._last = time.monotonic()
+        self.dirpath, self.every_seconds, self._last = Path(dirpath), every_seconds, time.monotonic()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         due = time.monotonic() - self._last >= self.every_seconds
-        if trainer.world_size > 1:
-            due = trainer.strategy.broadcast(due)
-        if due:
+        if due if trainer.world_size == 1 else trainer.strategy.broadcast(due):
             self.save(trainer)
 
     def save(self, trainer) -> Path:
@@ -79,18 +75,15 @@ class GradientNorms(pl.Callback):
         self._parameters: list[torch.Tensor] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
-        named = list(pl_module.trained_parameters())
-        self._keys = [f"grad_norm/{name}" for name, _ in named]
-        self._parameters = [p for _, p in named]
+        self._keys, self._parameters = map(list, zip(*[(f"grad_norm/{name}", p)
+                                                       for name, p in pl_module.trained_parameters()]))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._keys is None:
             self.on_train_start(trainer, pl_module)
-        grads = [p.grad for p in self._parameters]
-        keys = self._keys
+        keys, grads = self._keys, [p.grad for p in self._parameters]
         if any(g is None for g in grads):  # a parameter the loss did not reach this step
-            keys = [key for key, g in zip(keys, grads) if g is not None]
-            grads = [g for g in grads if g is not None]
+            keys, grads = [k for k, g in zip(keys, grads) if g is not None], [g for g in grads if g is not None]
         if grads:
             pl_module.step_stats.update(zip(keys, torch._foreach_norm(grads)))
 
@@ -130,13 +123,12 @@ class StepTelemetry(pl.Callback):
     """Collect every SVI step's scalars and hand them to ``sink`` as one row per window of ``every_n_steps`` steps,
     in batches of about ``flush_every_n_steps`` steps.
 
-    Per step it keeps references to the step's scalars (device tensors, no sync); a flush stacks them in one operation
-    and reads them back in one transfer,
-    adds ``grad_norm/total`` and ``nan_count`` (non-finite values among the step's scalars), and reduces each window
-    of steps to one row at its last step: the mean of every series over the window, ``nan_count`` summed (a single
-    non-finite step shows), ``lr`` at the last step. With ``every_n_steps=1`` every step is a row. A window is sent
-    once it is complete (or when training ends), so no step is logged twice. The series are fixed at the first
-    step, so this callback goes after :class:`GradientNorms` in the list.
+    Per step it keeps references to the step's scalars (device tensors, no sync); a flush stacks them in one operation,
+    reads them back in one transfer, adds ``grad_norm/total`` and ``nan_count`` (non-finite values among the step's
+    scalars), and reduces each window of steps to one row at its last step: the mean of every series over the window,
+    ``nan_count`` summed (a single non-finite step shows), ``lr`` at the last step. With ``every_n_steps=1`` every
+    step is a row. A window is sent once it is complete (or when training ends), so no step is logged twice. The
+    series are fixed at the first step, so this callback goes after :class:`GradientNorms` in the list.
 
     Args:
         sink: called as ``sink(names, rows)`` with ``rows = [(step, timestamp_ms, [values...]), ...]``.
