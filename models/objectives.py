@@ -119,10 +119,16 @@ def held_out_fit(model, family: VariationalFamily, x: torch.Tensor, y: torch.Ten
                  num_samples: int = 64, antithetic: bool = False,
                  generator: torch.Generator | None = None) -> HeldOutFit:
     """Validation ELBO per datum and predictive NLL from one shared set of ``num_samples`` draws of z
-    (from ``generator`` when given)."""
+    (from ``generator`` when given). Without a Gaussian prior the KL is Monte-Carlo, with each draw's log q read from
+    the noise that made it (:meth:`~models.families.VariationalFamily.rsample_with_log_prob`: no distribution
+    object, no triangular solve)."""
     with torch.no_grad():
-        z = family.rsample(num_samples, antithetic=antithetic, generator=generator)
+        if model.gaussian_prior() is None:
+            z, log_q = family.rsample_with_log_prob(num_samples, antithetic=antithetic, generator=generator)
+            kl = (log_q - model.log_prior(z)).mean()
+        else:
+            z = family.rsample(num_samples, antithetic=antithetic, generator=generator)
+            kl, _ = _kl(model, family, z)
         log_lik = model.log_likelihood(z, x, y)
-        kl, _ = _kl(model, family, z)
         elbo_per_datum = log_lik.mean() - kl / train_size
         return HeldOutFit(elbo_per_datum, _predictive_nll(log_lik))

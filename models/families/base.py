@@ -106,11 +106,11 @@ class VariationalFamily(nn.Module):
             noise = torch.cat([noise, -noise])[:num_particles]
         return noise
 
-    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False,
+                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`rsample` draws and log q at each of them, ``(num_particles,)``: for the Monte-Carlo KL.
         Families whose density is cheap from the noise (the Gaussians) override it."""
-        z = self.rsample(num_particles, antithetic=antithetic)
+        z = self.rsample(num_particles, antithetic=antithetic, generator=generator)
         return z, self.log_prob(z)
 
     def rsample_and_kl(self, num_particles: int, prior: Distribution, antithetic: bool = False

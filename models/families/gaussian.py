@@ -128,12 +128,12 @@ class MeanFieldGaussian(VariationalFamily):
         z = torch.addcmul(loc, scale, self._noise(num_particles, antithetic, None))  # loc + scale * noise, fused
         return z, diagonal_gaussian_kl(loc, scale, *_prior_terms(prior))
 
-    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False,
+                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws ``loc + scale * eps`` and ``log q = sum log N(eps | 0, 1) - sum log scale``: the density of the
         draws, read from the noise that made them (no solve; the identity holds for every parameter value, so
         its gradient is that of ``log_prob(z)``)."""
-        noise = self._noise(num_particles, antithetic, None)
+        noise = self._noise(num_particles, antithetic, generator)
         scale = self.scale
         return torch.addcmul(self._loc(), scale, noise), _standard_normal_log_density(noise) - scale.log().sum()
 
@@ -191,11 +191,11 @@ class FullRankGaussian(VariationalFamily):
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return self._loc() + noise @ self.scale_tril.T
 
-    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False,
+                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws ``loc + L eps`` and ``log q = sum log N(eps | 0, 1) - sum log diag L`` from one evaluation of the
         Cholesky factor ``L`` (``MultivariateNormal.log_prob`` would rebuild it and solve with it)."""
-        noise = self._noise(num_particles, antithetic, None)
+        noise = self._noise(num_particles, antithetic, generator)
         tril = self.scale_tril
         log_det = tril.diagonal(dim1=-2, dim2=-1).log().sum()
         return self._loc() + noise @ tril.T, _standard_normal_log_density(noise) - log_det
