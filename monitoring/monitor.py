@@ -150,8 +150,9 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
     large = is_large(window_path, checks)
     current = Window.read(window_path, window_id, rows=not large)
     window = current.key
-    champion = load_champion(client, model, tracking_uri=tracking_uri, alias=alias, checks=checks)
     state_dir = Path(state_dir) if state_dir else current.default_state_dir()
+    champion = load_champion(client, model, tracking_uri=tracking_uri, alias=alias, checks=checks,
+                             state_dir=state_dir)
     state = MonitorState.load(state_dir / f"{model}@{alias}.json")
     history = state.before(window)
     report = (check_large_window if large else check_window)(

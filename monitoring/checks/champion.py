@@ -3,11 +3,19 @@
 :func:`load_champion` loads the version's pyfunc, the reference snapshot of its training features, its predictions
 on that snapshot, and baselines measured on its own held-out split **with the same code** the checks then run on
 windows, so a window and its baseline always share units and estimators.
+
+The champion's permutation sensitivity (:mod:`monitoring.checks.sensitivity`, one predictive pass per feature) is a
+function of the version alone, given the settings it is measured with, so a monitor with a state folder keeps it
+there (``<model>-v<version>.sensitivity.json``) and the next window's run reads it back instead of measuring it
+again; a different version, run, row count or seed measures it afresh.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -79,8 +87,9 @@ def uncertainty_summary(kind: str, predictions: pd.DataFrame) -> dict[str, float
 
 
 def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "champion",
-                  checks: ChecksConfig | None = None) -> Champion:
-    """Load the version behind ``alias`` with its reference snapshot, reference predictions and baselines.
+                  checks: ChecksConfig | None = None, state_dir: Path | None = None) -> Champion:
+    """Load the version behind ``alias`` with its reference snapshot, reference predictions and baselines; the
+    feature weights are kept in, and read back from, ``state_dir`` when one is given.
 
     Raises:
         RegistryError: no such model or alias.
@@ -103,10 +112,34 @@ def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "c
         champion.promoted_at = datetime.fromisoformat(promoted).timestamp()
     champion.baseline_uncertainty = uncertainty_summary(champion.kind, reference_predictions)
     if checks.drift.enabled:
-        champion.feature_weights = feature_weights(loaded.pyfunc.predict, reference, champion.kind,
-                                                   rows=checks.drift.sensitivity_rows, seed=checks.seed)
+        champion.feature_weights = _feature_weights(champion, checks, state_dir)
     holdout = artifacts.holdout()
     if holdout is not None and len(holdout):
         champion.baseline = predictive_metrics(loaded.predictor, holdout, seed=checks.seed,
                                                num_samples=checks.calibration.predictive_samples)
     return champion
+
+
+def _feature_weights(champion: Champion, checks: ChecksConfig, state_dir: Path | None) -> dict[str, float]:
+    """The champion's feature weights: from ``state_dir`` when measured there before with the same settings."""
+    loaded = champion.loaded
+    key = {"model": loaded.name, "version": str(loaded.version), "run_id": loaded.run_id,
+           "rows": checks.drift.sensitivity_rows, "seed": checks.seed, "features": champion.features}
+    path = Path(state_dir) / f"{loaded.name}-v{loaded.version}.sensitivity.json" if state_dir else None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        saved = {}  # unreadable: measure again and replace it
+    if saved.get("key") == key and isinstance(saved.get("weights"), dict):
+        return {name: float(saved["weights"][name]) for name in champion.features}
+    weights = feature_weights(loaded.pyfunc.predict, champion.reference, champion.kind,
+                              rows=checks.drift.sensitivity_rows, seed=checks.seed)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.write_text(json.dumps({"key": key, "weights": weights}), encoding="utf-8")
+            os.replace(partial, path)
+        except OSError:
+            pass  # a read-only state folder: the weights are measured again next time, nothing else changes
+    return weights

@@ -34,7 +34,10 @@ def default_actor() -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """The time now, ISO 8601 in UTC, to the millisecond. The monitor compares a promotion's time with the times
+    windows were monitored at (``time.time()``): cut to the second, a promotion could read as earlier than the window
+    monitored just before it, and the rollback runbook's "within N windows of the promotion" would not apply."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)

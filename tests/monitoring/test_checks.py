@@ -58,6 +58,32 @@ def test_baselines_come_from_the_champions_held_out_split(regression):
     assert champion.baseline_uncertainty["mean_predictive_sd"] > 0
 
 
+def test_the_feature_weights_are_kept_in_the_state_folder_and_measured_afresh_for_other_settings(
+        regression, tmp_path, monkeypatch):
+    import monitoring.checks.champion as module
+
+    champion, _ = regression
+    client = MlflowClient(champion.tracking_uri, champion.tracking_uri)
+
+    def load(**options):
+        return load_champion(client, "blr-diabetes", tracking_uri=champion.tracking_uri, state_dir=tmp_path, **options)
+
+    first = load()
+    assert first.feature_weights == champion.feature_weights  # the same measurement as without a state folder
+    assert [p.name for p in tmp_path.iterdir()] == [f"blr-diabetes-v{first.loaded.version}.sensitivity.json"]
+
+    def measure(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(module, "feature_weights", measure)
+    assert load().feature_weights == first.feature_weights  # read back, not measured
+    with pytest.raises(AssertionError, match="measured again"):
+        load(checks=ChecksConfig(seed=1))  # other settings: measured afresh
+    (tmp_path / f"blr-diabetes-v{first.loaded.version}.sensitivity.json").write_text("{not json")
+    with pytest.raises(AssertionError, match="measured again"):
+        load()  # an unreadable file is measured again, not trusted
+
+
 def test_stable_window_is_quiet(regression):
     champion, windows = regression
     report = _report(windows["stable"][6], champion)
