@@ -128,10 +128,11 @@ def _feature_weights(champion: Champion, checks: ChecksConfig, state_dir: Path |
     path = Path(state_dir) / f"{loaded.name}-v{loaded.version}.sensitivity.json" if state_dir else None
     try:
         saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
-    except (OSError, ValueError):
-        saved = {}  # unreadable: measure again and replace it
-    if saved.get("key") == key and isinstance(saved.get("weights"), dict):
-        return {name: float(saved["weights"][name]) for name in champion.features}
+        kept = saved["weights"] if saved["key"] == key else None
+        if set(kept) == set(champion.features):
+            return {name: float(kept[name]) for name in champion.features}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none kept, kept with other settings, or unreadable: measured again and replaced
     weights = feature_weights(loaded.pyfunc.predict, champion.reference, champion.kind,
                               rows=checks.drift.sensitivity_rows, seed=checks.seed)
     if path is not None:

@@ -50,7 +50,7 @@ class LastCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         due = time.monotonic() - self._last >= self.every_seconds
-        if due if trainer.world_size == 1 else trainer.strategy.broadcast(due):
+        if trainer.strategy.broadcast(due) if trainer.world_size > 1 else due:  # rank 0's clock decides
             self.save(trainer)
 
     def save(self, trainer) -> Path:
@@ -75,8 +75,8 @@ class GradientNorms(pl.Callback):
         self._parameters: list[torch.Tensor] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._keys, self._parameters = map(list, zip(*[(f"grad_norm/{name}", p)
-                                                       for name, p in pl_module.trained_parameters()]))
+        named = list(pl_module.trained_parameters())
+        self._keys, self._parameters = [f"grad_norm/{name}" for name, _ in named], [p for _, p in named]
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._keys is None:

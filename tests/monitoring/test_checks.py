@@ -79,9 +79,10 @@ def test_the_feature_weights_are_kept_in_the_state_folder_and_measured_afresh_fo
     assert load().feature_weights == first.feature_weights  # read back, not measured
     with pytest.raises(AssertionError, match="measured again"):
         load(checks=ChecksConfig(seed=1))  # other settings: measured afresh
-    (tmp_path / f"blr-diabetes-v{first.loaded.version}.sensitivity.json").write_text("{not json")
-    with pytest.raises(AssertionError, match="measured again"):
-        load()  # an unreadable file is measured again, not trusted
+    for unreadable in ("{not json", "[]", '{"key": null}'):
+        (tmp_path / f"blr-diabetes-v{first.loaded.version}.sensitivity.json").write_text(unreadable)
+        with pytest.raises(AssertionError, match="measured again"):
+            load()  # measured again, not trusted
 
 
 def test_stable_window_is_quiet(regression):
