@@ -13,7 +13,6 @@ again; a different version, run, row count or seed measures it afresh.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from pipelines.run_artifacts import REFERENCE_FEATURES
 from pipelines.serving.loading import LoadedVersion, load_version
 from pipelines.serving.predictive_metrics import predictive_metrics
 from pipelines.tables import DataError, LabelledRows, usable_labelled_rows
+from pipelines.workspace import replacing
 
 __all__ = ["Champion", "load_champion", "prediction_columns", "uncertainty_summary"]
 
@@ -137,10 +137,8 @@ def _feature_weights(champion: Champion, checks: ChecksConfig, state_dir: Path |
                               rows=checks.drift.sensitivity_rows, seed=checks.seed)
     if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".partial")
-            partial.write_text(json.dumps({"key": key, "weights": weights}), encoding="utf-8")
-            os.replace(partial, path)
+            with replacing(path) as partial:  # two monitors of one model may write it at once
+                partial.write_text(json.dumps({"key": key, "weights": weights}), encoding="utf-8")
         except OSError:
             pass  # a read-only state folder: the weights are measured again next time, nothing else changes
     return weights
