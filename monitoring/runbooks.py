@@ -22,6 +22,7 @@ The body has the sections Meaning, Impact, Diagnosis and Mitigation, with the ex
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Literal
@@ -56,13 +57,18 @@ class Runbook(StrictModel):
 
 
 def load_runbook(path: str | Path) -> Runbook:
-    """Parse and check one runbook.
+    """Parse and check one runbook. A file read before with the same text is not parsed again (a monitor in a
+    long-lived worker reads every runbook for every window); an edited one is.
 
     Raises:
         ConfigError: no front matter, an invalid key, a file name that is not ``<alert>.md``, or a missing section.
     """
     path = Path(path)
-    text = path.read_text()
+    return _parse(path, path.read_text())
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(path: Path, text: str) -> Runbook:
     match = _FRONT.match(text)
     if not match:
         raise ConfigError(f"runbook {path}: no YAML front matter between '---' lines at the top")

@@ -97,8 +97,10 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, columns: list[st
     flags the duplicates themselves.
 
     The verdicts come from ``get_drift_for_columns``, the calculation behind the DataDriftPreset's
-    DriftedColumnsCount (its stattest choice, thresholds and share), called without the preset's widgets;
-    :meth:`DriftResult.snapshot` runs the preset itself for the HTML report.
+    DriftedColumnsCount (its stattest choice, thresholds and share), called without the preset's widgets and
+    with ``agg_data=False``: the verdicts do not depend on it, and the aggregated form bins every column over the
+    row index for a plot nobody draws here (a third of the call). :meth:`DriftResult.snapshot` runs the preset
+    itself for the HTML report.
     """
     from evidently.legacy.calculations.data_drift import get_drift_for_columns
     from evidently.legacy.metric_results import DatasetColumns, DatasetUtilityColumns
@@ -109,7 +111,7 @@ def drift_check(reference: pd.DataFrame, current: pd.DataFrame, columns: list[st
     began = time.perf_counter()
     options = {k: v for k, v in (("method", method), ("threshold", threshold)) if v is not None}
     found = get_drift_for_columns(
-        current_data=current, reference_data=reference, columns=list(columns), agg_data=True,
+        current_data=current, reference_data=reference, columns=list(columns), agg_data=False,
         data_drift_options=DataDriftOptions(drift_share=drift_share, all_features_stattest=method,
                                             all_features_threshold=threshold),
         dataset_columns=DatasetColumns(

@@ -56,23 +56,26 @@ class ConformanceResult:
         return out
 
 
-def _config(posterior: ReferencePosterior, family: str, data_path: Path, seed: int) -> TrainConfig:
+def _config(posterior: ReferencePosterior, family: str, data_path: Path, seed: int,
+            max_epochs: int | None = None) -> TrainConfig:
     return TrainConfig.model_validate({
         "name": f"{posterior.name}-{family}".replace("_", "-"),
         "data": {"path": str(data_path), "target": posterior.target, "features": list(posterior.features),
                  "split": {"validation": 0.0, "test": 0.0}},
         "model": posterior.model.model_dump(),
         "guide": {"family": family, "precondition": "laplace"},
-        "train": {**CONFORMANCE_TRAIN, "batch_size": len(posterior.frame), "seed": seed},
+        "train": {**CONFORMANCE_TRAIN, "batch_size": len(posterior.frame), "seed": seed,
+                  "max_epochs": max_epochs or CONFORMANCE_TRAIN["max_epochs"]},
         "registry": {"auto_register": False},
         "tracking": {"experiment": EXPERIMENT},
     })
 
 
 def fit_reference(posterior: ReferencePosterior, family: str, *, tracking_uri: str | None = None,
-                  seed: int = 0) -> ConformanceResult:
+                  seed: int = 0, max_epochs: int | None = None) -> ConformanceResult:
     """Train ``family`` on ``posterior`` through the training path (:func:`pipelines.training.run.run_training`;
-    nothing is registered) and compare with the reference."""
+    nothing is registered) and compare with the reference. ``max_epochs`` (full-batch steps) replaces
+    :data:`CONFORMANCE_TRAIN`'s."""
     from mlflow import MlflowClient
 
     from pipelines.training.run import run_training
@@ -80,7 +83,7 @@ def fit_reference(posterior: ReferencePosterior, family: str, *, tracking_uri: s
     with tempfile.TemporaryDirectory(prefix="viops-conformance-") as tmp:
         data_path = Path(tmp) / "data.csv"
         posterior.frame.to_csv(data_path, index=False)
-        config = _config(posterior, family, data_path, seed)
+        config = _config(posterior, family, data_path, seed, max_epochs)
         result = run_training(config, tracking_uri=tracking_uri, tags={"viops.conformance.posterior": posterior.name})
         client = MlflowClient(tracking_uri=result.tracking_uri)
         summary = json.loads(Path(client.download_artifacts(result.run_id, "posterior_summary.json", tmp)).read_text())

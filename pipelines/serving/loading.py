@@ -4,15 +4,21 @@ predictor inside, resolved through the client's own registry.
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
+import platform
 import shutil
 import sys
 import tempfile
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines.registry.versions import CHAMPION, parse_model_ref, resolve_version
 
-__all__ = ["LoadedVersion", "fetch_checked", "load_version", "load_ref"]
+__all__ = ["LoadedVersion", "fetch_checked", "load_version", "load_ref", "warn_environment_mismatches"]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,7 +95,8 @@ def load_version(client, model_name: str, selector: str | None = None, *, tracki
     folder = tempfile.mkdtemp(prefix="viops-model-")
     try:
         version, local, verified = fetch_checked(client, model_name, selector, tracking_uri=tracking_uri, dst=folder)
-        pyfunc = mlflow.pyfunc.load_model(str(local))
+        warn_environment_mismatches(Path(local))
+        pyfunc = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
     except BaseException:
         _discard(folder)
         raise
@@ -98,6 +105,42 @@ def load_version(client, model_name: str, selector: str | None = None, *, tracki
     weakref.finalize(pyfunc, _discard, folder)
     return LoadedVersion(model_name, str(version.version), version.run_id, tuple(version.aliases), pyfunc,
                          pyfunc.unwrap_python_model(), verified, dict(version.tags or {}))
+
+
+def warn_environment_mismatches(local: Path) -> list[str]:
+    """Warn, as ``mlflow.pyfunc.load_model`` does, when this Python or an installed package differs from what the
+    version's files pin (their ``MLmodel`` and ``requirements.txt``); returns the mismatches. MLflow's own check
+    first maps every installed distribution to its modules by reading each one's file list, 0.5-1 s per process
+    that loads a model; the pins viops writes are distribution names, which need no map."""
+    import yaml
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    problems = []
+    try:
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        saved_in = str(flavor.get("python_version") or "")
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        saved_in = ""
+    if saved_in.split(".")[:2] != platform.python_version().split(".")[:2]:
+        problems.append(f"python (current: {platform.python_version()}, required: {saved_in or 'not recorded'})")
+    requirements = local / "requirements.txt"
+    for line in requirements.read_text().splitlines() if requirements.is_file() else []:
+        try:
+            requirement = Requirement(line.strip())
+        except InvalidRequirement:  # a blank line, a comment, -r/-c, a path or URL: not checked, as in MLflow
+            continue
+        if requirement.marker and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed is None or not requirement.specifier.contains(installed, prereleases=True):
+            problems.append(f"{requirement.name} (current: {installed or 'uninstalled'}, required: {line.strip()})")
+    if problems:
+        _logger.warning("The model's environment differs from this one and may not load or predict the same:\n - "
+                        "%s", "\n - ".join(problems))
+    return problems
 
 
 def _discard(folder: str) -> None:

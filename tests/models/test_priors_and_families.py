@@ -160,8 +160,9 @@ def test_flow_fits_a_skewed_target_better_than_a_gaussian():
 
     target = Skewed()
     torch.manual_seed(1)
-    flow = _fit(make_family("flow", 2, hidden_features=[16, 16]), target, steps=1500, particles=32)
-    gauss = _fit(FullRankGaussian(2), target, steps=1500, particles=32)
+    # 800 steps: KL 0.027 (flow) against 0.315 (Gaussian), E[z2] 0.44; 1,500 steps moved them to 0.017 and 0.455.
+    flow = _fit(make_family("flow", 2, hidden_features=[16, 16]), target, steps=800, particles=32)
+    gauss = _fit(FullRankGaussian(2), target, steps=800, particles=32)
     with torch.no_grad():
         def kl(family):
             z = family.rsample(20_000)

@@ -89,3 +89,17 @@ def test_bad_runbooks_are_clear_errors(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_runbook(tmp_path / name)
+
+
+def test_an_edited_runbook_is_read_again_and_an_unchanged_one_is_not_parsed_again(tmp_path):
+    body = "# t\n## Meaning\n## Impact\n## Diagnosis\n## Mitigation\n"
+    path = tmp_path / "ViopsX.md"
+    path.write_text(f"---\nalert: ViopsX\nseverity: page\naction: page\n---\n{body}")
+    first = load_runbook(path)
+    assert load_runbook(path) is first  # the same text: the parsed runbook is reused
+    path.write_text(f"---\nalert: ViopsX\nseverity: ticket\naction: retrain\ncooldown: 3\n---\n{body}")
+    edited = load_runbook(path)
+    assert (edited.severity, edited.action, edited.cooldown) == ("ticket", "retrain", 3)
+    path.write_text(f"---\nalert: ViopsX\nseverity: page\naction: reboot\n---\n{body}")
+    with pytest.raises(ConfigError, match="action"):  # a broken edit is an error, not the last good parse
+        load_runbook(path)

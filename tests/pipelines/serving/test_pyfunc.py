@@ -2,6 +2,7 @@
 
 import gc
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.config.loading import load_config
 from pipelines.lifecycle.train import train
-from pipelines.serving.loading import load_version
+from pipelines.serving.loading import load_version, warn_environment_mismatches
 from tests.conftest import REPO
 
 
@@ -51,6 +52,7 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
         "pipelines/config/schema.py", "pipelines/errors.py", "pipelines/serving/__init__.py",
         "pipelines/serving/bundle.py", "pipelines/serving/pyfunc.py"}
     assert "models/families/gaussian.py" in shipped and "models/blr.py" in shipped
+    assert warn_environment_mismatches(local) == []  # saved here: this environment is the version's
     # Loaded for the gate or a monitor, the version's files live as long as the loaded model, not longer.
     before = set(sys.path)
     loaded = load_version(MlflowClient(tracking_uri, tracking_uri), "scaled", str(result.model_version),
@@ -68,6 +70,22 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert json.loads(alone.stdout.strip().splitlines()[-1]) == {
         "code": str(local / "code" / "pipelines" / "__init__.py"), "mean": pred["mean"].round(6).tolist()}
+
+
+def test_a_version_pinned_to_another_environment_is_warned_about_package_by_package(tmp_path, caplog):
+    (tmp_path / "MLmodel").write_text("flavors:\n  python_function:\n    python_version: 3.9.18\n")
+    (tmp_path / "requirements.txt").write_text(
+        f"# pinned at training time\ntorch==0.0.1\nnumpy=={np.__version__}\nno-such-distribution==1.0\n"
+        "windows-only==1.0; sys_platform == 'win32'\n-c constraints.txt\n")
+    with caplog.at_level("WARNING", logger="pipelines.serving.loading"):
+        problems = warn_environment_mismatches(tmp_path)
+    assert [p.split(" ")[0] for p in problems] == ["python", "torch", "no-such-distribution"]
+    assert "python (current: 3.11" in problems[0] and "required: 3.9.18)" in problems[0]
+    assert "required: torch==0.0.1" in problems[1] and "current: uninstalled" in problems[2]
+    assert "torch (current: 2.13.0" in caplog.text and "numpy" not in caplog.text
+    (tmp_path / "MLmodel").write_text("flavors:\n  python_function: {}\n")  # no Python version recorded
+    (unrecorded, *_) = warn_environment_mismatches(tmp_path)
+    assert unrecorded == f"python (current: {platform.python_version()}, required: not recorded)"
 
 
 #: Load a downloaded model with the checkout removed from the import path (the editable install's entry included).
