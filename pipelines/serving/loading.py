@@ -117,7 +117,8 @@ def warn_environment_mismatches(local: Path) -> list[str]:
 
     problems = []
     try:
-        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the MLmodel holds the whole signature
+        flavor = yaml.load((local / "MLmodel").read_text(), Loader=loader)["flavors"]["python_function"]
         saved_in = str(flavor.get("python_version") or "")
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         saved_in = ""

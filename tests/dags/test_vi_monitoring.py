@@ -136,11 +136,11 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
     stable = simulate(load_scenario(SCENARIOS / "diabetes_stable.yaml")[0].model_copy(update={"windows": 4}),
                       load_scenario(SCENARIOS / "diabetes_stable.yaml")[1], tmp_path / "deploy")
     for when in stable.windows()[:3]:  # the history that makes the next promotion a fresh deploy
-        assert monitor_main(["monitor", "--model", MODEL, "--window", str(stable.path(when))]) == 0
+        assert monitor_main(["monitor", "--model", MODEL, "--window", str(stable.path(when)), "--no-drift-report"]) == 0
     bad = train(load_config(REPO / "configs" / "demo" / "blr_diabetes.yaml",
                             parse_overrides(["model.noise={fixed: 0.1}", "train.seed=3"])), tracking_uri=uri)
     promote(client, MODEL, str(bad.model_version), reason="pytest: a bad deploy", actor="pytest", force=True)
-    run = dag.test(run_conf={"window": str(stable.path(stable.windows()[3]))})
+    run = dag.test(run_conf={"window": str(stable.path(stable.windows()[3])), "drift_report": False})
     states = _states(run)
     assert run.state == "success" and states["rollback"] == "success", states
     assert {states[t] for t in ("no_action", "trigger_retrain", "page")} == {"skipped"}
@@ -156,7 +156,7 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
     assert monitor_main(["deploy", "start", "--model", MODEL, "--version", shadow.model_version]) == 0
     fresh = simulate(load_scenario(SCENARIOS / "diabetes_stable.yaml")[0].model_copy(update={"windows": 1, "seed": 9}),
                      load_scenario(SCENARIOS / "diabetes_stable.yaml")[1], tmp_path / "shadow")
-    run = dag.test(run_conf={"window": str(fresh.path(fresh.windows()[0]))})
+    run = dag.test(run_conf={"window": str(fresh.path(fresh.windows()[0])), "drift_report": False})
     states = _states(run)
     assert run.state == "success" and states["promote_challenger"] == "success", states
     assert {states[t] for t in ("reject_challenger", "ramp_challenger", "deploy_unchanged", "rollback")} == {"skipped"}

@@ -57,7 +57,7 @@ def test_two_monitors_that_decide_a_retrain_at_once_retrain_once(example):
     window = _shifted_window(root / "shifted.csv")
     before = _versions(uri, "blr-example")
     started = time.monotonic()
-    procs = [start(["monitor", "--model", "blr-example", "--window", str(window), "--execute",
+    procs = [start(["monitor", "--model", "blr-example", "--window", str(window), "--execute", "--no-drift-report",
                     "--state-dir", str(root / f"state-{i}")], env=env, cwd=root) for i in range(2)]
     ran = [finish(p, started, timeout=600) for p in procs]
     # Both found no incident experiment and created it at once, once: the loser reads the winner's (a regression).

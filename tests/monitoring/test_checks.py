@@ -140,7 +140,8 @@ def test_unlabelled_and_prescored_windows(regression):
 
 def test_classifier_concept_shift_raises_ece_and_brier(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = load_config(REPO / "configs" / "zoo" / "logistic_breast_cancer.yaml", parse_overrides(["train.max_epochs=60"]))
+    config = load_config(REPO / "configs" / "zoo" / "logistic_breast_cancer.yaml",
+                         parse_overrides(["train.max_epochs=60"]))
     train(config, tracking_uri=uri)
     # A short fit: its k-hat keeps it out of `champion` (the gate), so the checks watch it as `challenger`.
     champion = load_champion(MlflowClient(uri, uri), config.model_name, tracking_uri=uri, alias="challenger")
@@ -184,7 +185,7 @@ def test_monitor_writes_predictions_back_into_the_window_store(regression, tmp_p
     window = store.windows()[6]
     tracking = champion_tracking_uri(champion)
     args = ["monitor", "--model", "blr-diabetes", "--window", str(store.path(window)), "--json", "--tracking-uri",
-            tracking]
+            tracking, "--no-drift-report"]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["scoring"]["scored_now"] == first["inputs"]["finite_rows"] and first["scoring"]["written_back"]
@@ -217,7 +218,7 @@ def test_execute_retrain_trains_on_the_data_plus_the_window_and_gates_it(regress
     monkeypatch.setenv("VIOPS_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     scenario, training = load_scenario(SCENARIOS / "diabetes_concept_shift.yaml")
     store = simulate(scenario.model_copy(update={"windows": 7}), training, tmp_path / "w")
-    state = ["--state-dir", str(tmp_path / "state"), "--tracking-uri", uri]
+    state = ["--state-dir", str(tmp_path / "state"), "--tracking-uri", uri, "--no-drift-report"]
     for window in store.windows()[:6]:
         assert main(["monitor", "--model", "blr-diabetes", "--window", str(store.path(window)), *state]) == 0
     capsys.readouterr()
