@@ -147,7 +147,7 @@ class VariationalFamily(nn.Module):
         if isinstance(q, (MultivariateNormal, LowRankMultivariateNormal)) and _is_diagonal_normal(prior):
             base = prior.base_dist
             scale_tril = torch.diag_embed(base.scale.expand(self.dim))
-            prior = MultivariateNormal(base.loc.expand(self.dim), scale_tril=scale_tril)
+            prior = MultivariateNormal(base.loc.expand(self.dim), scale_tril=scale_tril, validate_args=False)
         return kl_divergence(q, prior)
 
     @property

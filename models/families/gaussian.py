@@ -24,7 +24,7 @@ from models.families.base import (
     positive_scale,
 )
 
-__all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian", "diagonal_gaussian_kl"]
+__all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian", "diagonal_gaussian_kl", "full_rank_gaussian_kl"]
 
 
 def _standard_normal_log_density(noise: torch.Tensor) -> torch.Tensor:
@@ -43,6 +43,24 @@ def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torc
     var_ratio = (scale / prior_scale).square()
     centred = loc if isinstance(prior_loc, float) and prior_loc == 0.0 else loc - prior_loc
     return 0.5 * (var_ratio + (centred / prior_scale).square() - 1 - var_ratio.log()).sum()
+
+
+def full_rank_gaussian_kl(loc: torch.Tensor, scale_tril: torch.Tensor, prior_loc: torch.Tensor | float,
+                          prior_scale: torch.Tensor | float) -> torch.Tensor:
+    """KL(N(loc, L L^T) || N(prior_loc, diag prior_scale^2)) in closed form, ``L = scale_tril`` lower-triangular.
+
+    torch's ``kl_divergence`` has no pair for a ``MultivariateNormal`` and an ``Independent(Normal)``: it would need
+    the prior rebuilt as a ``MultivariateNormal`` and two triangular solves with its (diagonal) factor on every
+    step. Against a diagonal prior the solves are divisions: ``0.5 (||diag(1/s) L||_F^2 + ||(loc - m) / s||^2 - D)
+    + sum log s - sum log diag L``. ``tests/models`` checks it against ``kl_divergence`` of the two
+    ``MultivariateNormal`` objects, value and gradient.
+    """
+    column_scale = prior_scale if isinstance(prior_scale, float) else prior_scale.unsqueeze(-1)
+    centred = loc if isinstance(prior_loc, float) and prior_loc == 0.0 else loc - prior_loc
+    log_prior_scale = (math.log(prior_scale) * loc.shape[-1] if isinstance(prior_scale, float)
+                       else prior_scale.log().sum())
+    return (0.5 * ((scale_tril / column_scale).square().sum() + (centred / prior_scale).square().sum() - loc.shape[-1])
+            + log_prior_scale - scale_tril.diagonal(dim1=-2, dim2=-1).log().sum())
 
 
 #: A diagonal Normal prior's (location, scale) for :func:`diagonal_gaussian_kl`, read once per prior object.
@@ -190,6 +208,21 @@ class FullRankGaussian(VariationalFamily):
 
     def transform_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return self._loc() + noise @ self.scale_tril.T
+
+    def rsample_and_kl(self, num_particles: int, prior: Distribution, antithetic: bool = False
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Draws and the analytic KL to a diagonal Gaussian prior from one evaluation of q's location and Cholesky
+        factor (the same draws as :meth:`rsample`: ``loc + L noise``)."""
+        if not _is_diagonal_normal(prior):
+            return super().rsample_and_kl(num_particles, prior, antithetic)
+        loc, tril = self._loc(), self.scale_tril
+        z = loc + self._noise(num_particles, antithetic, None) @ tril.T
+        return z, full_rank_gaussian_kl(loc, tril, *_prior_terms(prior))
+
+    def kl_to(self, prior: Distribution) -> torch.Tensor:
+        if _is_diagonal_normal(prior):
+            return full_rank_gaussian_kl(self._loc(), self.scale_tril, *_prior_terms(prior))
+        return super().kl_to(prior)
 
     def rsample_with_log_prob(self, num_particles: int, antithetic: bool = False,
                               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,12 +71,17 @@ def test_mean_field_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(prior_loc
             torch.testing.assert_close(got, want)
 
 
-def test_a_prior_with_a_gradient_keeps_it_through_the_closed_form_kl():
-    family = MeanFieldGaussian(3, init_scale=0.5)
+@pytest.mark.parametrize("kind", ["mean_field", "full_rank"])
+def test_a_prior_with_a_gradient_keeps_it_through_the_closed_form_kl(kind):
+    from models.families import make_family
+
+    family = make_family(kind, 3, init_scale=0.5)
     prior_scale = torch.full((3,), 2.0, requires_grad=True)  # e.g. a learned hyperprior's scale
     prior = Independent(Normal(torch.zeros(3), prior_scale), 1)
     _, kl = family.rsample_and_kl(2, prior)
     (grad,) = torch.autograd.grad(kl, [prior_scale])
+    if kind == "full_rank":  # torch's KL pairs a MultivariateNormal with a MultivariateNormal only
+        prior = torch.distributions.MultivariateNormal(torch.zeros(3), scale_tril=torch.diag(prior_scale))
     (want,) = torch.autograd.grad(torch.distributions.kl_divergence(family.distribution(), prior), [prior_scale])
     torch.testing.assert_close(grad, want)
 
@@ -230,3 +235,35 @@ def test_held_out_fit_matches_the_separate_estimators():
     expected_elbo = terms.expected_log_likelihood / 500 - terms.kl / 1000
     assert float(fit.elbo_per_datum) == pytest.approx(float(expected_elbo), abs=2e-3)
     assert float(fit.predictive_nll) == pytest.approx(float(predictive_nll(model, family, x, y, 4000)), abs=2e-3)
+
+
+@pytest.mark.parametrize("prior_loc, prior_scale", [
+    (torch.full((4,), 0.2), torch.full((4,), 1.7)),
+    (torch.zeros(4), torch.ones(4)),
+    (torch.linspace(-1, 1, 4), torch.tensor([1.0, 10.0, 0.5, 1.0])),
+])
+def test_full_rank_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(prior_loc, prior_scale):
+    """The closed-form KL of a full-rank Gaussian to a diagonal prior is torch's KL between the two
+    MultivariateNormals, value and gradient; the draws are rsample's."""
+    from models.families.gaussian import FullRankGaussian
+
+    family = FullRankGaussian(4, init_scale=0.3, init_loc=torch.randn(4))
+    dense = torch.tril(torch.randn(4, 4)) + 2 * torch.eye(4)
+    family.precondition(torch.randn(4), torch.rand(4) + 0.5, scale_tril=dense)
+    with torch.no_grad():
+        family.loc.normal_()
+        family.scale_offdiag.normal_()
+    prior = Independent(Normal(prior_loc, prior_scale), 1)
+    as_mvn = torch.distributions.MultivariateNormal(prior_loc, scale_tril=torch.diag(prior_scale))
+    for _ in range(2):
+        torch.manual_seed(3)
+        z, kl = family.rsample_and_kl(4, prior, antithetic=True)
+        torch.manual_seed(3)
+        torch.testing.assert_close(z, family.rsample(4, antithetic=True))
+        expected = torch.distributions.kl_divergence(family.distribution(), as_mvn)
+        torch.testing.assert_close(kl, expected)
+        torch.testing.assert_close(family.kl_to(prior), expected)
+        grads = torch.autograd.grad(kl, list(family.parameters()))
+        wanted = torch.autograd.grad(expected, list(family.parameters()))
+        for got, want in zip(grads, wanted):
+            torch.testing.assert_close(got, want)
