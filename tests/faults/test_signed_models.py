@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from pipelines.registry.signing import EVIDENCE_SIGNATURE_TAG, KEY_TAG, SIGNATURE_TAG, key_fingerprint
 from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, pushgateway
-from tests.faults.conftest import DOCUMENTED_EXIT_CODES, viops
+from tests.faults.conftest import DOCUMENTED_EXIT_CODES, train_here, viops
 
 MODEL = "blr-example"
 pytestmark = pytest.mark.slow
@@ -30,9 +30,8 @@ def signed(tmp_path_factory):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": uri, "VIOPS_SIGNING_KEY": keys.result["signing_key"]}
     for _ in range(2):
-        ran = viops("train", "--config", str(root / "blr_csv.yaml"), env=env, cwd=root)
-        assert ran.code == 0, ran.stderr[-3000:]
-        assert "(signed)" in ran.result["registration"], ran.result
+        trained = train_here(root, uri, env=env)
+        assert "(signed)" in trained.registration, trained.registration
     return root, uri, {"MLFLOW_TRACKING_URI": uri, "VIOPS_VERIFY_KEY": keys.result["verify_key"]}
 
 

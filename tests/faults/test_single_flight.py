@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.registry.lease import TOKEN_ENV, LeaseHeld, acquire, hold, lease_name
-from tests.faults.conftest import finish, start, viops
+from tests.faults.conftest import finish, start, train_here
 
 
 def _versions(uri: str, model: str) -> list[str]:
@@ -26,8 +26,8 @@ def _champion(uri: str, model: str) -> str:
 def test_two_promotions_at_once_change_the_champion_once(example):
     root, uri = example
     env = {"MLFLOW_TRACKING_URI": uri}
-    trained = viops("train", "--config", str(root / "blr_csv.yaml"), "--set", "train.seed=1", env=env, cwd=root)
-    assert trained.code == 0 and trained.result["model_version"] == "2", trained.stderr[-2000:]
+    trained = train_here(root, uri, "train.seed=1")
+    assert trained.model_version == "2", trained.registration
     audit = root / "audit.jsonl"
     started = time.monotonic()
     procs = [start(["promote", "--model", "blr-example", "--version", "2", "--audit-log", str(audit),
