@@ -63,7 +63,7 @@ def full_rank_gaussian_kl(loc: torch.Tensor, scale_tril: torch.Tensor, prior_loc
             + log_prior_scale - scale_tril.diagonal(dim1=-2, dim2=-1).log().sum())
 
 
-#: A diagonal Normal prior's (location, scale) for :func:`diagonal_gaussian_kl`, read once per prior object.
+#: A diagonal Normal prior's (location, scale) for the closed-form KLs above, read once per prior object.
 _PRIOR_TERMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

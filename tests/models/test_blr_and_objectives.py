@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Cauchy, HalfNormal, Independent, Normal, StudentT
+from torch.distributions import Cauchy, HalfNormal, Independent, MultivariateNormal, Normal, StudentT
 
 from models.blr import BayesianLinearRegression
 from models.families import MeanFieldGaussian
@@ -47,24 +47,34 @@ def test_the_closed_form_log_likelihood_is_torchs_normal_density(learned):
         torch.testing.assert_close(model.log_likelihood(z, x, y), model.predictive(z, x).log_prob(y))
 
 
+@pytest.mark.parametrize("kind", ["mean_field", "full_rank"])
 @pytest.mark.parametrize("prior_loc, prior_scale", [
     (torch.full((5,), 0.2), torch.full((5,), 1.7)),  # the same for every coordinate: read as numbers
     (torch.zeros(5), torch.ones(5)),  # N(0, 1): the centring is skipped
     (torch.linspace(-1, 1, 5), torch.tensor([1.0, 1.0, 10.0, 0.5, 1.0])),  # per coordinate: tensors
 ])
-def test_mean_field_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(prior_loc, prior_scale):
-    family = MeanFieldGaussian(5, init_scale=0.3, init_loc=torch.randn(5))
-    family.precondition(torch.randn(5), torch.rand(5) + 0.5)
+def test_gaussian_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(kind, prior_loc, prior_scale):
+    """The closed-form KL to a diagonal Gaussian prior is torch's ``kl_divergence`` (for the full-rank family, of
+    the two MultivariateNormals), value and gradient; the draws are rsample's."""
+    from models.families import make_family
+
+    family = make_family(kind, 5, init_scale=0.3)
+    dense = torch.tril(torch.randn(5, 5)) + 2 * torch.eye(5) if kind == "full_rank" else None
+    family.precondition(torch.randn(5), torch.rand(5) + 0.5, dense)
     with torch.no_grad():
-        family.loc.normal_()
+        for parameter in family.parameters():
+            parameter.normal_(0.0, 0.5)
     prior = Independent(Normal(prior_loc, prior_scale), 1)
+    # torch's KL pairs a MultivariateNormal with a MultivariateNormal only
+    as_torch = prior if kind == "mean_field" else MultivariateNormal(prior_loc, scale_tril=torch.diag(prior_scale))
     for _ in range(2):  # the second time with the prior's terms read before
         torch.manual_seed(3)
         z, kl = family.rsample_and_kl(4, prior, antithetic=True)
         torch.manual_seed(3)
         torch.testing.assert_close(z, family.rsample(4, antithetic=True))
-        expected = torch.distributions.kl_divergence(family.distribution(), prior)
+        expected = torch.distributions.kl_divergence(family.distribution(), as_torch)
         torch.testing.assert_close(kl, expected)
+        torch.testing.assert_close(family.kl_to(prior), expected)
         grads = torch.autograd.grad(kl, list(family.parameters()), allow_unused=True)
         wanted = torch.autograd.grad(expected, list(family.parameters()), allow_unused=True)
         for got, want in zip(grads, wanted):
@@ -81,7 +91,7 @@ def test_a_prior_with_a_gradient_keeps_it_through_the_closed_form_kl(kind):
     _, kl = family.rsample_and_kl(2, prior)
     (grad,) = torch.autograd.grad(kl, [prior_scale])
     if kind == "full_rank":  # torch's KL pairs a MultivariateNormal with a MultivariateNormal only
-        prior = torch.distributions.MultivariateNormal(torch.zeros(3), scale_tril=torch.diag(prior_scale))
+        prior = MultivariateNormal(torch.zeros(3), scale_tril=torch.diag(prior_scale))
     (want,) = torch.autograd.grad(torch.distributions.kl_divergence(family.distribution(), prior), [prior_scale])
     torch.testing.assert_close(grad, want)
 
@@ -236,34 +246,3 @@ def test_held_out_fit_matches_the_separate_estimators():
     assert float(fit.elbo_per_datum) == pytest.approx(float(expected_elbo), abs=2e-3)
     assert float(fit.predictive_nll) == pytest.approx(float(predictive_nll(model, family, x, y, 4000)), abs=2e-3)
 
-
-@pytest.mark.parametrize("prior_loc, prior_scale", [
-    (torch.full((4,), 0.2), torch.full((4,), 1.7)),
-    (torch.zeros(4), torch.ones(4)),
-    (torch.linspace(-1, 1, 4), torch.tensor([1.0, 10.0, 0.5, 1.0])),
-])
-def test_full_rank_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(prior_loc, prior_scale):
-    """The closed-form KL of a full-rank Gaussian to a diagonal prior is torch's KL between the two
-    MultivariateNormals, value and gradient; the draws are rsample's."""
-    from models.families.gaussian import FullRankGaussian
-
-    family = FullRankGaussian(4, init_scale=0.3, init_loc=torch.randn(4))
-    dense = torch.tril(torch.randn(4, 4)) + 2 * torch.eye(4)
-    family.precondition(torch.randn(4), torch.rand(4) + 0.5, scale_tril=dense)
-    with torch.no_grad():
-        family.loc.normal_()
-        family.scale_offdiag.normal_()
-    prior = Independent(Normal(prior_loc, prior_scale), 1)
-    as_mvn = torch.distributions.MultivariateNormal(prior_loc, scale_tril=torch.diag(prior_scale))
-    for _ in range(2):
-        torch.manual_seed(3)
-        z, kl = family.rsample_and_kl(4, prior, antithetic=True)
-        torch.manual_seed(3)
-        torch.testing.assert_close(z, family.rsample(4, antithetic=True))
-        expected = torch.distributions.kl_divergence(family.distribution(), as_mvn)
-        torch.testing.assert_close(kl, expected)
-        torch.testing.assert_close(family.kl_to(prior), expected)
-        grads = torch.autograd.grad(kl, list(family.parameters()))
-        wanted = torch.autograd.grad(expected, list(family.parameters()))
-        for got, want in zip(grads, wanted):
-            torch.testing.assert_close(got, want)
