@@ -122,15 +122,24 @@ def make_regression_csv(path: Path, n: int = 4000, seed: int = 0, weights=(0.5, 
     return path
 
 
+@contextmanager
+def mlflow_environment_kept():
+    """mlflow.set_tracking_uri/set_registry_uri write MLFLOW_* into os.environ, where child processes of later tests
+    would find them: put those variables back as they were on the way out."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in saved]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+
 @pytest.fixture(autouse=True)
 def _restore_mlflow_environment():
-    """mlflow.set_tracking_uri/set_registry_uri write MLFLOW_* into os.environ, where child processes of later tests
-    would find them: put the environment back after each test."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    yield
-    for key in [k for k in os.environ if k.startswith("MLFLOW_") and k not in saved]:
-        del os.environ[key]
-    os.environ.update(saved)
+    """The MLFLOW_* environment as it was before each test (:func:`mlflow_environment_kept`)."""
+    with mlflow_environment_kept():
+        yield
 
 
 @pytest.fixture(autouse=True)

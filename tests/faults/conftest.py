@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_environment_kept
 
 #: The exit codes README.md#exit-codes documents.
 DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}
@@ -68,17 +68,12 @@ def train_here(root: Path, uri: str, *overrides: str, env: dict | None = None):
     from pipelines.config.loading import load_config, parse_overrides
     from pipelines.lifecycle.train import train
 
-    saved = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.chdir(root)
-            for name, value in (env or {}).items():
-                patch.setenv(name, value)
-            return train(load_config(root / "blr_csv.yaml", parse_overrides(list(overrides))), tracking_uri=uri)
-    finally:  # the tracking URI that mlflow.set_tracking_uri wrote into the environment goes with the training
-        for name in [k for k in os.environ if k.startswith("MLFLOW_") and k not in saved]:
-            del os.environ[name]
-        os.environ.update(saved)
+    # the tracking URI that mlflow.set_tracking_uri writes into the environment goes with the training
+    with mlflow_environment_kept(), pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        return train(load_config(root / "blr_csv.yaml", parse_overrides(list(overrides))), tracking_uri=uri)
 
 
 @pytest.fixture(scope="module")
