@@ -5,16 +5,18 @@ Runs weekly, when the training-data Asset gets an event, or on demand with a ``c
 record of a promotion. ``vi_monitoring`` triggers it with ``{"reason", "incident_id", "window"}``: the window's
 labelled rows (finite features and target) are added to the configured training data before the split.
 
-Training runs the viops CLI in a subprocess; the new version is registered as ``challenger``, the gate scores it
-against the champion on its held-out split, and only a version that passes becomes ``champion`` (docs/lifecycle.md);
-under ``deploy.strategy`` shadow or canary it is deployed live instead, and vi_monitoring promotes or rejects it on
-live windows (docs/deployment.md).
+Training runs the viops CLI in a child process (Lightning's DDP launcher re-executes it; a crash stays there); the
+new version is registered as ``challenger``, the gate scores it against the champion on its held-out split, and only
+a version that passes becomes ``champion`` (docs/lifecycle.md); under ``deploy.strategy`` shadow or canary it is
+deployed live instead, and vi_monitoring promotes or rejects it on live windows (docs/deployment.md).
 
-Each task is one step of :mod:`pipelines.lifecycle.retrain`, the same steps ``viops monitor --execute`` runs.
+Each task is one step of :mod:`pipelines.lifecycle.retrain`, the same steps ``viops monitor --execute`` runs; all but
+training are library calls in the task's own process, and the gate's verdict and a promotion are pushed to
+``$VIOPS_PUSHGATEWAY`` as ``viops evaluate`` and ``viops promote`` push them.
 Retries are safe: prepared data is keyed by the Airflow run id, registration is idempotent per MLflow run, and
 promoting the current champion again changes nothing. A task fails at once, without retries, when a retry would fail
-the same way (bad data or config, a diverged fit, a refused signature, a promotion the gate rejects: exit
-codes 1, 2, 3 and 6).
+the same way (bad data or config, a diverged fit, a refused signature, a promotion the gate rejects, a registry
+request that cannot be carried out).
 """
 
 from __future__ import annotations
@@ -119,9 +121,11 @@ def svi_retrain():
 
     @task
     def evaluate(registered: dict, params=None, run_id=None) -> dict:
+        from monitoring.events import push_verdict
         from pipelines.lifecycle.retrain import evaluate_candidate
 
-        return evaluate_candidate(_request(params, run_id), registered)
+        verdict = evaluate_candidate(_request(params, run_id), registered)
+        return {**verdict, "pushed": push_verdict(verdict, os.environ.get("VIOPS_PUSHGATEWAY"))}
 
     @task.branch
     def decide(verdict: dict, params=None, run_id=None) -> str:
@@ -131,12 +135,14 @@ def svi_retrain():
 
     @task
     def promote(verdict: dict, params=None, dag_run=None) -> dict:
+        from monitoring.events import push_change
         from pipelines.lifecycle.retrain import promote_candidate
 
         trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "reason": params["reason"],
                    "incident_id": params.get("incident_id") or None, "window": params.get("window") or None}
         request = _request(params, dag_run.run_id, trigger, actor=f"airflow:{dag_run.dag_id}/{dag_run.run_id}")
-        return promote_candidate(request, verdict)
+        change = promote_candidate(request, verdict)
+        return {**change, "pushed": push_change(change, os.environ.get("VIOPS_PUSHGATEWAY"))}
 
     @task
     def deploy_live(verdict: dict, params=None, dag_run=None) -> dict:

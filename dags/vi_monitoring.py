@@ -11,12 +11,13 @@ data interval, the newest window of the store.
 The `monitor` task runs what `viops monitor --dispatched` runs, in the task's own process (no child process to
 start, so a worker that runs many windows imports Evidently, MLflow and torch once): it scores the window with the
 champion, runs the checks, evaluates the SLOs, pushes metrics and decides, recording that this DAG carries the
-decision out. Its XCom is the command's JSON result. The branch then carries out the decision (those tasks run
-`viops` commands in child processes):
+decision out. Its XCom is the command's JSON result. The branch then carries out the decision (those tasks make the
+library calls behind the `viops` commands named, in their own process, and return the same JSON results):
 
 - `retrain` triggers `svi_retrain` with a `conf` carrying the reason, the incident id and the window. The run id is
   derived from the incident id, so a retried task finds the run it already created.
-- `rollback` runs `viops rollback`, which is idempotent: a retry reports the rollback already done.
+- `rollback` does what `viops rollback` does (and pushes the change to `$VIOPS_PUSHGATEWAY`, as it does); it is
+  idempotent: a retry reports the rollback already done.
 - `page` and `ticket` record the page or ticket with its runbook link (`pages.jsonl`, `tickets.jsonl`), and change
   nothing.
 
@@ -123,10 +124,11 @@ def vi_monitoring():
 
     @task
     def rollback(result: dict, dag_run=None) -> dict:
-        return _viops([
-            "rollback", "--model", result["model"], "--reason",
-            f"{result['decision']['alert']} on window {result['window']}: {result['decision']['reason']}",
-            *_audit_args(result, dag_run)])
+        from pipelines.registry.promotion import rollback
+
+        reason = f"{result['decision']['alert']} on window {result['window']}: {result['decision']['reason']}"
+        client, audited = _client(), _audited(result, dag_run)
+        return _pushed(rollback(client, result["model"], reason=reason, **audited).to_json())
 
     @task.branch
     def deploy(result: dict) -> str:
@@ -135,24 +137,28 @@ def vi_monitoring():
 
     @task
     def promote_challenger(result: dict, dag_run=None) -> dict:
+        from pipelines.registry.promotion import promote
+
         shadow = result["deploy"]
-        return _viops([
-            "promote", "--model", result["model"], "--version", shadow["version"],
-            "--reason", f"live evidence: {shadow['decision']['reason']}",
-            "--evidence", json.dumps(shadow["audit_evidence"]), *_audit_args(result, dag_run)])
+        change = promote(_client(), result["model"], shadow["version"],
+                         reason=f"live evidence: {shadow['decision']['reason']}", evidence=shadow["audit_evidence"],
+                         **_audited(result, dag_run))
+        return _pushed(change.to_json())
 
     @task
     def reject_challenger(result: dict, dag_run=None) -> dict:
+        from pipelines.registry.deployment import reject
+
         shadow = result["deploy"]
-        reasons = [arg for reason in shadow["decision"]["rejection_reasons"] for arg in ("--reason", reason)]
-        return _viops(["deploy", "reject", "--model", result["model"], "--version", shadow["version"], *reasons,
-                       "--evidence", json.dumps(shadow["audit_evidence"]), *_audit_args(result, dag_run)])
+        return reject(_client(), result["model"], shadow["version"], reasons=shadow["decision"]["rejection_reasons"],
+                      evidence=shadow["audit_evidence"], **_audited(result, dag_run))
 
     @task
     def ramp_challenger(result: dict) -> dict:
+        from pipelines.registry.deployment import ramp
+
         shadow = result["deploy"]
-        return _viops(["deploy", "ramp", "--model", result["model"], "--version", shadow["version"], "--step",
-                       str(shadow["decision"]["next_step"])])
+        return ramp(_client(), result["model"], shadow["version"], int(shadow["decision"]["next_step"]))
 
     @task
     def deploy_unchanged(result: dict) -> str:
@@ -196,21 +202,30 @@ def vi_monitoring():
     [*branches, *rollout] >> done()
 
 
-def _viops(args: list[str]) -> dict:
-    """A ``viops`` command in a child process; its JSON result."""
-    from pipelines.child_process import run_viops
+def _client():
+    """The registry client of ``$MLFLOW_TRACKING_URI`` (else local SQLite), as the ``viops`` commands make it."""
+    from mlflow import MlflowClient
 
-    return run_viops(args)
+    from pipelines.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _audit_args(result: dict, dag_run) -> list[str]:
-    """Who acts and why, for a command that changes the registry: this run, the incident, the window."""
+def _audited(result: dict, dag_run) -> dict:
+    """Who acts and why, for a call that changes the registry: this run, the incident, the window."""
     from pipelines.workspace import audit_log
 
     trigger = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id, "incident_id": result["incident_id"],
                "window": result["window"]}
-    return ["--actor", f"airflow:{dag_run.dag_id}/{dag_run.run_id}", "--trigger", json.dumps(trigger),
-            "--audit-log", str(audit_log())]
+    return {"actor": f"airflow:{dag_run.dag_id}/{dag_run.run_id}", "trigger": trigger, "audit_log": audit_log()}
+
+
+def _pushed(change: dict) -> dict:
+    """A champion change as ``viops promote`` / ``rollback`` report it, after pushing it to ``$VIOPS_PUSHGATEWAY``."""
+    from monitoring.events import push_change
+
+    return {**change, "pushed": push_change(change, os.environ.get("VIOPS_PUSHGATEWAY"))}
 
 
 def _window_file(store_root: str, window: str) -> str:

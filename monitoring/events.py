@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from monitoring.metrics import ExportResult, export_metrics
 
-__all__ = ["export_training", "export_gate_verdict", "export_registry_change", "TRAINING_JOB", "GATE_JOB",
-           "REGISTRY_JOB"]
+__all__ = ["export_training", "export_gate_verdict", "export_registry_change", "push_verdict", "push_change",
+           "TRAINING_JOB", "GATE_JOB", "REGISTRY_JOB"]
 
 TRAINING_JOB, GATE_JOB, REGISTRY_JOB = "viops_training", "viops_gate", "viops_registry"
 
@@ -75,3 +75,24 @@ def export_registry_change(model: str, action: str, version: str, previous: str 
     Gauge("viops_registry_change_timestamp_seconds", "When the champion alias last moved by this action (Unix "
           "time).", tuple(labels), registry=registry).labels(**labels).set(time.time())
     return _push(registry, {"model": model, "action": action}, pushgateway, REGISTRY_JOB)
+
+
+def push_verdict(verdict: dict, pushgateway: str | None) -> bool:
+    """:func:`export_gate_verdict` of a verdict as ``Verdict.to_json()`` gives it (``viops evaluate``, the retrain's
+    gate step); whether it was pushed. A verdict that evaluated nothing (the version was champion already) is not."""
+    if verdict.get("already_champion"):
+        return False
+    cand, champ = (verdict.get("metrics") or {}).get("candidate") or {}, (verdict.get("metrics") or {}).get(
+        "champion") or {}
+    delta = cand["nll"] - champ["nll"] if cand.get("nll") is not None and champ.get("nll") is not None else None
+    return export_gate_verdict(verdict["model"], verdict["candidate_version"], verdict["champion_version"],
+                               verdict["passed"], delta, pushgateway).pushed
+
+
+def push_change(change: dict, pushgateway: str | None) -> bool:
+    """A champion that moved (``AliasChange.to_json()``: a promotion or a rollback) as an annotation on the dashboards
+    (:func:`export_registry_change`); whether it was pushed. Nothing is pushed for a request that changed nothing."""
+    if not change.get("changed"):
+        return False
+    return export_registry_change(change["model_name"], change["action"], change["to_version"],
+                                  change["from_version"], pushgateway).pushed

@@ -198,7 +198,7 @@ def run_monitor(client, *, model: str, window_path: str | Path, tracking_uri: st
 
         try:
             body["executed"] = _execute(client, decision, champion, current, report, body, state_dir=state_dir,
-                                        tracking_uri=tracking_uri, actor=actor)
+                                        tracking_uri=tracking_uri, actor=actor, pushgateway=pushgateway)
         except LeaseHeld as exc:  # single flight: another monitor or operator is already on it
             body["executed"] = {"action": decision.action, "skipped": True, "reason": str(exc)}
     automated = decision.action in AUTOMATED
@@ -273,8 +273,10 @@ def monitor_files(*, model: str, window_path: str | Path, tracking_uri: str | No
 
 
 def _execute(client, decision, champion: Champion, current: Window, report: WindowReport, body: dict, *,
-             state_dir: Path, tracking_uri: str, actor: str) -> dict:
-    """Carry out a decided retrain or rollback; returns what the registry or the retrain says."""
+             state_dir: Path, tracking_uri: str, actor: str, pushgateway: str | None) -> dict:
+    """Carry out a decided retrain or rollback; returns what the registry or the retrain says. A champion change
+    and the retrain's gate verdict are pushed as ``viops rollback``, ``evaluate`` and ``promote`` push them."""
+    from monitoring.events import push_change, push_verdict
     from pipelines.registry.promotion import rollback
 
     window = current.key
@@ -283,7 +285,7 @@ def _execute(client, decision, champion: Champion, current: Window, report: Wind
     if decision.action == "rollback":
         change = rollback(client, report.model, reason=reason, actor=actor,
                           verdict={"decision": body["decision"], "incident_id": body["incident_id"]}, trigger=trigger)
-        return change.to_json()
+        return {**change.to_json(), "pushed": push_change(change.to_json(), pushgateway)}
     from pipelines.lifecycle.retrain import RetrainRequest, retrain
     from pipelines.run_artifacts import RESOLVED_CONFIG
 
@@ -292,4 +294,6 @@ def _execute(client, decision, champion: Champion, current: Window, report: Wind
     request = RetrainRequest(config=str(config), reason=reason, workdir=str(workdir), tracking_uri=tracking_uri,
                              window=str(current.path), run_name=f"viops-monitor/{window}", actor=actor,
                              trigger=trigger)
-    return {**retrain(request), "added_rows": report.inputs.labelled_rows}
+    outcome = retrain(request)
+    pushed = [push_verdict(outcome["verdict"], pushgateway), push_change(outcome["promotion"] or {}, pushgateway)]
+    return {**outcome, "added_rows": report.inputs.labelled_rows, "pushed": any(pushed)}

@@ -8,16 +8,19 @@
 - :func:`redact`: URIs are printed, logged and stored without their password or token.
 - :func:`infrastructure_error`: the one line a command prints when the tracking server or the disk failed it.
 - :func:`experiment_id`: an experiment by name, created if missing, safe when two processes create it at once.
+- :func:`process_tracking_uri`: MLflow's process-wide tracking URI set for a block, for the MLflow calls that read
+  it whatever client they are made through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 
 __all__ = ["DEFAULT_TRACKING_URI", "HTTP_BUDGET", "resolve_tracking_uri", "bound_request_time", "redact",
-           "infrastructure_error", "experiment_id"]
+           "infrastructure_error", "experiment_id", "process_tracking_uri"]
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -49,6 +52,33 @@ def experiment_id(client, name: str, **create) -> str:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS" or found is None:
             raise
         return found.experiment_id
+
+
+@contextlib.contextmanager
+def process_tracking_uri(uri: str):
+    """Make ``uri`` MLflow's process-wide tracking URI for the block; then put back the one set before (or none) and
+    ``$MLFLOW_TRACKING_URI`` as they were.
+
+    Some MLflow calls read the process-wide URI whatever client they are made through: the SQL registry store looks
+    up the logged model of a version created from a ``models:/<model id>`` source with it. A process that is given a
+    tracking URI as an argument, or that has trained into another store before, must not send that lookup elsewhere.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils  # the URI mlflow.set_tracking_uri set (None: not set)
+
+    if mlflow.get_tracking_uri() == uri:
+        yield
+        return
+    previous, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:

@@ -1,29 +1,34 @@
 """The one retrain path: prepare (with a window's labelled rows) -> train -> register -> evaluate -> promote | reject.
 
-``viops monitor --execute`` runs :func:`retrain`; the ``svi_retrain`` DAG runs the same steps one task each. Every
-step is the ``viops`` command of the same name in a child process (Lightning's DDP launcher re-executes its entry
-script, and a crash or a GPU allocation stays in the child), built from one :class:`RetrainRequest`, so both callers
-pass the same overrides, tags, reason, actor and audit log:
+``viops monitor --execute`` runs :func:`retrain`; the ``svi_retrain`` DAG runs the same steps one task each. Both
+callers describe the retrain with one :class:`RetrainRequest`, so they pass the same overrides, tags, reason, actor
+and audit log. Training is the ``viops train`` command in a child process (Lightning's DDP launcher re-executes its
+entry script, and a crash, an out-of-memory kill or a GPU allocation stays in the child); the other steps are the
+library calls behind the commands of the same name, made in the caller's process (an Airflow task is a process of
+its own already), and return the JSON object the command prints with ``--json``:
 
-1. ``viops prepare --extra-data <window>``: the config's data plus the window's labelled rows with finite features
-   and target, split together;
+1. prepare (``viops prepare --extra-data <window>``): the config's data plus the window's labelled rows with finite
+   features and target, split together, written to the request's work folder;
 2. ``viops train --prepared --no-register --resume``, the reason tagged on the run (``viops.trigger_reason``); a
    retry continues the unfinished run of the same run name from its checkpoint;
-3. ``viops register``: the new version becomes ``challenger`` (idempotent per run);
-4. ``viops evaluate``: the gate against the champion on the new run's held-out split (exit 1 is a rejection);
-5. ``viops promote`` when the gate passed, with the reason, actor and trigger in the audit record; or, when the
-   config says ``deploy.strategy: shadow`` or ``canary``, ``viops deploy start``: the version stays challenger,
-   deployed live, and the monitor promotes or rejects it on live windows (docs/deployment.md). A version the gate
-   rejected stays a challenger and the champion is untouched.
+3. register (``viops register``): the new version becomes ``challenger`` (idempotent per run);
+4. evaluate (``viops evaluate``): the gate against the champion on the new run's held-out split;
+5. promote (``viops promote``) when the gate passed, with the reason, actor and trigger in the audit record; or, when
+   the config says ``deploy.strategy: shadow`` or ``canary``, deploy live (``viops deploy start``): the version stays
+   challenger, deployed live, and the monitor promotes or rejects it on live windows (docs/deployment.md). A version
+   the gate rejected stays a challenger and the champion is untouched.
 
-The children get the tracking URI through ``MLFLOW_TRACKING_URI`` (never on a command line, which ``ps`` shows).
-:func:`retrain` holds the model's lease (:mod:`pipelines.registry.lease`) throughout: a second retrain of the same
-model, from any host, is refused with :class:`~pipelines.registry.lease.LeaseHeld` while it runs.
+A step's failure is the exception of the library call: bad data or config, a refused signature or a registry
+request that cannot be carried out are :class:`~pipelines.errors.NotRetryable`, as is a training child that exits
+with a code a retry repeats (:class:`~pipelines.child_process.CLIRefused`). The training child gets the tracking URI
+through ``MLFLOW_TRACKING_URI`` (never on a command line, which ``ps`` shows). :func:`retrain` holds the model's lease
+(:mod:`pipelines.registry.lease`) throughout: a second retrain of the same model, from any host, is refused with
+:class:`~pipelines.registry.lease.LeaseHeld` while it runs. Pushing the gate's verdict and a champion change to the
+Pushgateway is the caller's part (``monitoring.events``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,12 +46,12 @@ class RetrainRequest:
         config: the training config file (the champion's resolved config, or the DAG's ``config`` param).
         reason: why; tagged on the run and recorded with the promotion.
         workdir: where the prepared data goes (keyed by the Airflow run or the window, so a retry reuses it).
-        tracking_uri: the MLflow server; None lets the children use ``$MLFLOW_TRACKING_URI``.
+        tracking_uri: the MLflow server (default: ``$MLFLOW_TRACKING_URI``, else local SQLite).
         overrides: ``dotted.key=value`` config overrides.
         window: a window file whose labelled rows join the training data.
         run_name: the MLflow run name of the training run.
-        actor: who promotes (default: the children's ``$VIOPS_ACTOR``, else the OS user).
-        audit_log: the local audit file (default: the children's ``$VIOPS_AUDIT_LOG``).
+        actor: who promotes (default: ``$VIOPS_ACTOR``, else the OS user).
+        audit_log: the local audit file (default: ``$VIOPS_AUDIT_LOG``, else ``./viops-audit.jsonl``).
         trigger: recorded with the promotion's audit record (the incident, the window, the Airflow run ...).
         tags: ``KEY=VALUE`` tags on the training run (where it ran: the Airflow queue and worker ...).
     """
@@ -67,16 +72,34 @@ class RetrainRequest:
         return [arg for item in self.overrides for arg in ("--set", item)]
 
     def env(self) -> dict[str, str]:
-        """The children's environment additions: the tracking URI, when the request names one."""
+        """The training child's environment additions: the tracking URI, when the request names one."""
         return {"MLFLOW_TRACKING_URI": self.tracking_uri} if self.tracking_uri else {}
 
 
+def _client(request: RetrainRequest):
+    """``(MlflowClient, tracking URI)`` of the request (its URI, else ``$MLFLOW_TRACKING_URI``, else local SQLite)."""
+    from mlflow import MlflowClient
+
+    from pipelines.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(request.tracking_uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
 def prepare_data(request: RetrainRequest) -> dict:
-    """Step 1: ``viops prepare`` (with the window's rows); its manifest plus ``directory``."""
-    extra = ["--extra-data", request.window] if request.window else []
-    out = Path(request.workdir) / "prepared"
-    return run_viops(["prepare", "--config", request.config, "--out", str(out), *extra, *request._sets()],
-                     env=request.env())
+    """Step 1, as ``viops prepare`` (with the window's rows): its manifest plus ``directory``.
+
+    Raises:
+        ConfigError, DataError: the config or the data (the window's included) is bad; nothing was written.
+    """
+    from pipelines.config.loading import load_config, parse_overrides
+    from pipelines.training.data import check_trainable, prepare
+
+    config = load_config(request.config, parse_overrides(list(request.overrides)))
+    data = prepare(config.data, extra=(request.window,) if request.window else ())
+    check_trainable(data, config.model)  # what the training step would refuse, refused here already
+    out = data.save(Path(request.workdir) / "prepared")
+    return {**data.manifest(), "directory": str(out)}
 
 
 def train_candidate(request: RetrainRequest, prepared: dict) -> dict:
@@ -92,13 +115,15 @@ def train_candidate(request: RetrainRequest, prepared: dict) -> dict:
 
 
 def register_candidate(request: RetrainRequest, trained: dict) -> dict:
-    """Step 3: ``viops register``: the run's model becomes a version with alias ``challenger``."""
-    return run_viops(["register", "--run-id", trained["run_id"], "--model", trained["model_name"]],
-                     env=request.env())
+    """Step 3, as ``viops register``: the run's model becomes a version with alias ``challenger``."""
+    from pipelines.registry.versions import register_run
+
+    client, uri = _client(request)
+    return {**register_run(client, trained["run_id"], trained["model_name"]).to_json(), "tracking_uri": uri}
 
 
 def evaluate_candidate(request: RetrainRequest, registered: dict) -> dict:
-    """Step 4: ``viops evaluate`` against the champion; the verdict (a rejection is a verdict, not a failure).
+    """Step 4, as ``viops evaluate`` against the champion: the verdict (a rejection is a verdict, not a failure).
 
     A re-run of a retrain whose version was promoted meanwhile finds that version registered and champion: it is
     not compared with itself, and the promotion step finds nothing to change."""
@@ -107,21 +132,28 @@ def evaluate_candidate(request: RetrainRequest, registered: dict) -> dict:
         return {"passed": True, "already_champion": True, "model": registered["model_name"],
                 "candidate_version": version, "champion_version": version, "evaluation_run_id": None,
                 "reasons": [f"version {version} is already champion: not evaluated again"]}
-    return run_viops(["evaluate", "--model", registered["model_name"], "--candidate",
-                      str(registered["model_version"])], ok_codes=(0, 1), env=request.env())
+    from pipelines.registry.gate import evaluate
+
+    client, uri = _client(request)
+    verdict = evaluate(client, registered["model_name"], tracking_uri=uri,
+                       candidate=str(registered["model_version"]))
+    return {**verdict.to_json(), "tracking_uri": uri}
 
 
 def promote_candidate(request: RetrainRequest, verdict: dict) -> dict:
-    """Step 5: ``viops promote`` of a version that passed the gate, with the request's reason, actor and trigger."""
+    """Step 5, as ``viops promote`` of a version that passed the gate, with the request's reason, actor and trigger:
+    the alias change (``changed`` false when the version was champion already)."""
     if not verdict["passed"]:
         raise ValueError(f"version {verdict['candidate_version']} of {verdict['model']} failed the gate; "
                          f"only a passed verdict is promoted")
-    actor = ["--actor", request.actor] if request.actor else []
-    audit = ["--audit-log", request.audit_log] if request.audit_log else []
-    trigger = {**request.trigger, "evaluation_run_id": verdict["evaluation_run_id"]}
-    return run_viops(["promote", "--model", verdict["model"], "--version", str(verdict["candidate_version"]),
-                      "--reason", request.reason, "--trigger", json.dumps(trigger), *actor, *audit],
-                     env=request.env())
+    from pipelines.registry.audit import default_actor
+    from pipelines.registry.promotion import promote
+
+    client, uri = _client(request)
+    change = promote(client, verdict["model"], str(verdict["candidate_version"]), reason=request.reason,
+                     actor=request.actor or default_actor(), audit_log=request.audit_log,
+                     trigger={**request.trigger, "evaluation_run_id": verdict["evaluation_run_id"]})
+    return {**change.to_json(), "tracking_uri": uri}
 
 
 def deploy_strategy(request: RetrainRequest) -> str:
@@ -141,36 +173,37 @@ def next_step(request: RetrainRequest, verdict: dict) -> str:
 
 
 def deploy_candidate(request: RetrainRequest, verdict: dict) -> dict:
-    """Step 5 under ``deploy.strategy`` shadow or canary: ``viops deploy start``. The version stays ``challenger``;
+    """Step 5 under ``deploy.strategy`` shadow or canary, as ``viops deploy start``. The version stays ``challenger``;
     the monitor scores every window with it too (and, in canary, production routes a share of rows to it), and
     promotes or rejects it on live evidence (:mod:`monitoring.shadow`)."""
     if not verdict["passed"]:
         raise ValueError(f"version {verdict['candidate_version']} of {verdict['model']} failed the gate; "
                          f"only a passed verdict is deployed live")
-    actor = ["--actor", request.actor] if request.actor else []
-    return run_viops(["deploy", "start", "--model", verdict["model"], "--version", str(verdict["candidate_version"]),
-                      "--reason", request.reason, *actor], env=request.env())
+    from pipelines.registry.audit import default_actor
+    from pipelines.registry.deployment import deploy_version
+
+    client, uri = _client(request)
+    deployment = deploy_version(client, verdict["model"], str(verdict["candidate_version"]), tracking_uri=uri,
+                                reason=request.reason, actor=request.actor or default_actor())
+    return {**deployment.to_json(), "tracking_uri": uri}
 
 
 def retrain(request: RetrainRequest) -> dict:
-    """All five steps in order. Returns ``{"run_id", "version", "rows", "verdict": {passed, reasons,
-    evaluation_run_id}, "promoted", "promotion", "deployment"}`` (``deployment``: the live stage, under
-    ``deploy.strategy`` shadow or canary).
+    """All five steps in order. Returns ``{"run_id", "version", "rows", "verdict", "promoted", "promotion",
+    "deployment"}``: the gate's verdict as ``viops evaluate`` gives it, the alias change of a promotion, and
+    ``deployment``, the live stage under ``deploy.strategy`` shadow or canary.
 
     Raises:
         LeaseHeld: a retrain, promotion or rollback of the model is in progress; nothing was done.
-        CLIError: a step's command failed (the message carries its exit code and error line).
+        CLIError: the training child failed (the message carries its exit code and error line).
+        NotRetryable: bad config or data, a refused signature, a registry request that cannot be carried out.
     """
-    from mlflow import MlflowClient
-
     from pipelines.config.loading import load_config, parse_overrides
     from pipelines.registry.lease import hold
-    from pipelines.tracking import resolve_tracking_uri
 
     model = load_config(request.config, parse_overrides(list(request.overrides))).model_name
-    uri = resolve_tracking_uri(request.tracking_uri)
-    with hold(MlflowClient(tracking_uri=uri, registry_uri=uri), model, "retrain",
-              incident=request.trigger.get("incident_id")):
+    client, _ = _client(request)
+    with hold(client, model, "retrain", incident=request.trigger.get("incident_id")):
         prepared = prepare_data(request)
         trained = train_candidate(request, prepared)
         registered = register_candidate(request, trained)
@@ -180,5 +213,5 @@ def retrain(request: RetrainRequest) -> dict:
         live = deploy_candidate(request, verdict) if step == "deploy_live" else None
     return {"run_id": trained["run_id"], "version": str(registered["model_version"]),
             "rows": sum(prepared["rows"].values()),
-            "verdict": {k: verdict[k] for k in ("passed", "reasons", "evaluation_run_id")},
+            "verdict": verdict,
             "promoted": bool(promotion and promotion["changed"]), "promotion": promotion, "deployment": live}

@@ -31,8 +31,8 @@ from pipelines.registry.versions import (
     resolve_version,
 )
 
-__all__ = ["Deployment", "start_deployment", "live_candidate", "ramp", "reject", "mark_promoted", "STAGE_TAG",
-           "LIVE_STAGES"]
+__all__ = ["Deployment", "start_deployment", "deploy_version", "live_candidate", "ramp", "reject", "mark_promoted",
+           "STAGE_TAG", "LIVE_STAGES"]
 
 STAGE_TAG = "viops.deploy.stage"
 POLICY_TAG = "viops.deploy.policy"
@@ -113,6 +113,24 @@ def start_deployment(client: MlflowClient, model: str, version: str, *, policy: 
                        STAGE_TAG: stage}.items():  # the stage last: a reader never sees a stage without policy
         client.set_model_version_tag(model, str(target.version), key, value)
     return Deployment(model, str(target.version), stage, policy, now, 0, fraction)
+
+
+def deploy_version(client: MlflowClient, model: str, version: str, *, tracking_uri: str, reason: str, actor: str,
+                   strategy: str | None = None) -> Deployment:
+    """:func:`start_deployment` under the ``deploy:`` policy ``version`` was trained with (its files checked against
+    their signature first), in ``strategy`` when given, else the policy's (shadow when the policy says offline).
+
+    Raises:
+        SignatureInvalid: the version's files fail their signature check; nothing was deployed.
+        RegistryError: as :func:`start_deployment`.
+    """
+    from pipelines.serving.loading import load_version
+
+    loaded = load_version(client, model, version, tracking_uri=tracking_uri)
+    policy = loaded.artifacts(tracking_uri).resolved_config().deploy
+    chosen = strategy or (policy.strategy if policy.strategy != "offline" else "shadow")
+    return start_deployment(client, model, loaded.version, policy=policy.model_copy(update={"strategy": chosen}),
+                            reason=reason, actor=actor)
 
 
 def live_candidate(client: MlflowClient, model: str) -> Deployment | None:

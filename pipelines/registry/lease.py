@@ -7,8 +7,9 @@ succeeds, whichever host they run on (SQLite, PostgreSQL, or an MLflow server in
 it works and deletes it when done. A lease whose holder died is taken over once it has expired
 (``VIOPS_LEASE_TTL_SECONDS``, default 300 s).
 
-A child process of the holder (``viops promote`` run by a retrain) holds it too: :func:`hold` puts the lease's token
-in ``VIOPS_LEASE_TOKEN`` for children, and asking for a lease whose token is that one succeeds without waiting.
+What the holder does inside its ``with`` block (the promotion a retrain ends with) and its child processes hold it
+too: :func:`hold` puts the lease's token in ``VIOPS_LEASE_TOKEN``, and asking for a lease whose token is that one
+succeeds without waiting.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from pipelines.errors import NotRetryable
 from pipelines.registry.signing import SIGNATURE_TAG, sign_run_model
 from pipelines.run_artifacts import MODEL_ID_TAG
+from pipelines.tracking import process_tracking_uri
 
 __all__ = [
     "Registration",
@@ -81,6 +82,10 @@ class Registration:
     reason: str
     signed: bool = False
 
+    def to_json(self) -> dict:
+        return {"model_name": self.model_name, "model_version": self.version, "aliases": list(self.aliases),
+                "created": self.created, "signed": self.signed, "reason": self.reason}
+
 
 def _existing_version(client: MlflowClient, model_name: str, run_id: str):
     try:
@@ -123,8 +128,9 @@ def register_run(client: MlflowClient, run_id: str, model_name: str) -> Registra
     # The version carries what identifies its training: the data fingerprint and the config hash of the run.
     inherited = {k: run.data.tags[k] for k in VERSION_TAGS_FROM_RUN if k in run.data.tags}
     signature = sign_run_model(client, model_id, run_id)  # before the version exists: never an unsigned half
-    version = client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id,
-                                          tags={**inherited, **signature}, model_id=model_id)
+    with process_tracking_uri(client.tracking_uri):  # where the registry store looks the logged model up
+        version = client.create_model_version(model_name, source=f"models:/{model_id}", run_id=run_id,
+                                              tags={**inherited, **signature}, model_id=model_id)
     client.set_registered_model_alias(model_name, CHALLENGER, version.version)
     signed = "signed" if signature else "unsigned: $VIOPS_SIGNING_KEY is not set"
     reason = f"version {version.version} registered from run {run_id} as {CHALLENGER} ({signed})"

@@ -1,15 +1,16 @@
 """The retrain DAG parses cleanly and runs each of its branches (promote, reject, deploy_live) under ``dag.test()``
-with real Airflow and MLflow."""
+with real Airflow and MLflow; the gate's verdicts and the promotion reach a real Pushgateway."""
 
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 from mlflow import MlflowClient
 
 from pipelines.registry.audit import read_log
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, pushgateway
 from tests.dags.conftest import REPO
 
 TRAIN = ["train.max_epochs=60", "train.batch_size=64"]
@@ -89,12 +90,39 @@ def test_dag_test_promotes_a_good_model_and_rejects_a_bad_one(airflow_db, tmp_pa
     dag = DagBag(dag_folder=str(REPO / "dags")).get_dag("svi_retrain")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
+    with pushgateway(tmp_path / "pushgateway.log") as gateway:
+        monkeypatch.setenv("VIOPS_PUSHGATEWAY", gateway)
+        _promote_then_reject(dag, client, tmp_path, audit)
+        scraped = urllib.request.urlopen(f"{gateway}/metrics", timeout=5).read().decode()
+    # What the dashboards read: the latest verdict (the rejection of version 2) and the promotion of version 1.
+    gate = 'candidate="2",champion="1",instance="",job="viops_gate",model="blr-example"'
+    assert f"viops_gate_passed{{{gate}}} 0" in scraped and f"viops_gate_nll_delta_nats{{{gate}}} " in scraped
+    assert ('viops_registry_change_timestamp_seconds{action="promote",instance="",job="viops_registry",'
+            'model="blr-example",previous="none",version="1"}') in scraped
+
+    # 3. deploy.strategy shadow: a version that passes the gate goes to shadow, not to champion.
+    conf = {"reason": "pytest: shadow first", "config": str(tmp_path / "blr_csv.yaml"),
+            "overrides": [*TRAIN, "deploy.strategy=shadow", "train.seed=4"]}
+    run = dag.test(run_conf=conf)
+    states = _states(run)
+    assert run.state == "success", states
+    assert states["deploy_live"] == "success" and {states["promote"], states["reject"]} == {"skipped"}
+    assert str(client.get_model_version_by_alias("blr-example", "champion").version) == "1"
+    candidate = client.get_model_version_by_alias("blr-example", "challenger")
+    assert str(candidate.version) == "3" and candidate.tags["viops.deploy.stage"] == "shadow"
+    assert json.loads(candidate.tags["viops.deploy.policy"])["shadow_windows"] == 3
+    assert candidate.tags["viops.deploy.started_by"] == f"airflow:svi_retrain/{run.run_id}"
+    assert len(read_log(audit)) == 1
+
+
+def _promote_then_reject(dag, client, tmp_path, audit) -> None:
     # 1. The first model: the gate checks absolute thresholds, the model passes and is promoted.
     conf = {"reason": "pytest: new labels", "config": str(tmp_path / "blr_csv.yaml"), "overrides": TRAIN}
     run = dag.test(run_conf=conf)
     states = _states(run)
     assert run.state == "success", states
     assert states["promote"] == "success" and states["reject"] == "skipped" and states["notify"] == "success"
+    assert run.get_task_instance("evaluate").try_number == 1  # no step failed and was retried
     version = client.get_model_version_by_alias("blr-example", "champion")
     assert str(version.version) == "1" and version.tags["viops.gate.passed"] == "true"
     mlflow_run = client.get_run(version.run_id)
@@ -117,17 +145,3 @@ def test_dag_test_promotes_a_good_model_and_rejects_a_bad_one(airflow_db, tmp_pa
     assert rejected.tags["viops.gate.passed"] == "false" and "nll_tolerance" in rejected.tags["viops.gate.reasons"]
     assert set(rejected.aliases) == {"challenger"}
     assert len(read_log(audit)) == 1  # a rejection moves no alias, so it writes no audit record
-
-    # 3. deploy.strategy shadow: a version that passes the gate goes to shadow, not to champion.
-    conf = {"reason": "pytest: shadow first", "config": str(tmp_path / "blr_csv.yaml"),
-            "overrides": [*TRAIN, "deploy.strategy=shadow", "train.seed=4"]}
-    run = dag.test(run_conf=conf)
-    states = _states(run)
-    assert run.state == "success", states
-    assert states["deploy_live"] == "success" and {states["promote"], states["reject"]} == {"skipped"}
-    assert str(client.get_model_version_by_alias("blr-example", "champion").version) == "1"
-    candidate = client.get_model_version_by_alias("blr-example", "challenger")
-    assert str(candidate.version) == "3" and candidate.tags["viops.deploy.stage"] == "shadow"
-    assert json.loads(candidate.tags["viops.deploy.policy"])["shadow_windows"] == 3
-    assert candidate.tags["viops.deploy.started_by"] == f"airflow:svi_retrain/{run.run_id}"
-    assert len(read_log(audit)) == 1

@@ -12,16 +12,12 @@ from viops.commands.common import client, common, emit, json_object
 
 def _cmd_start(args) -> int:
     from pipelines.registry.audit import default_actor
-    from pipelines.registry.deployment import start_deployment
-    from pipelines.serving.loading import load_version
+    from pipelines.registry.deployment import deploy_version
 
     mlflow_client, uri = client(args)
-    loaded = load_version(mlflow_client, args.model, args.version, tracking_uri=uri)  # its files checked
-    policy = loaded.artifacts(uri).resolved_config().deploy  # the policy it was trained with
-    strategy = args.strategy or (policy.strategy if policy.strategy != "offline" else "shadow")
-    policy = policy.model_copy(update={"strategy": strategy})
-    deployment = start_deployment(mlflow_client, args.model, loaded.version, policy=policy, reason=args.reason,
-                                  actor=args.actor or default_actor())
+    deployment = deploy_version(mlflow_client, args.model, args.version, tracking_uri=uri, reason=args.reason,
+                                actor=args.actor or default_actor(), strategy=args.strategy)
+    policy = deployment.policy
     how = (f"promoted after {policy.shadow_windows} clean live windows" if deployment.stage == "shadow" else
            f"answering {deployment.fraction:.0%} of the traffic, ramped through {policy.steps}")
     emit({**deployment.to_json(), "tracking_uri": uri}, args.json,

@@ -17,13 +17,11 @@ def _cmd_evaluate(args) -> int:
     gate = load_gate_config(args.config) if args.config else None
     verdict = evaluate(mlflow_client, args.model, tracking_uri=uri, candidate=args.candidate, against=args.against,
                        data=args.data, gate=gate, log=not args.no_log)
-    from monitoring.events import export_gate_verdict
+    from monitoring.events import push_verdict
 
-    cand, champ = verdict.metrics.get("candidate") or {}, verdict.metrics.get("champion") or {}
-    delta = cand["nll"] - champ["nll"] if cand.get("nll") is not None and champ.get("nll") is not None else None
-    pushed = export_gate_verdict(verdict.model, verdict.candidate_version, verdict.champion_version, verdict.passed,
-                                 delta, os.environ.get("VIOPS_PUSHGATEWAY"))
-    emit({**verdict.to_json(), "tracking_uri": uri, "pushed": pushed.pushed}, args.json, verdict.summary())
+    result = verdict.to_json()
+    emit({**result, "tracking_uri": uri, "pushed": push_verdict(result, os.environ.get("VIOPS_PUSHGATEWAY"))},
+         args.json, verdict.summary())
     return 0 if verdict.passed else EXIT_REJECTED
 
 
@@ -52,12 +50,9 @@ def _cmd_rollback(args) -> int:
 
 def _push_change(change) -> bool:
     """A champion that moved is an annotation on the dashboards (``viops_registry_change_timestamp_seconds``)."""
-    from monitoring.events import export_registry_change
+    from monitoring.events import push_change
 
-    if not change.changed:
-        return False
-    return export_registry_change(change.model_name, change.action, change.to_version, change.from_version,
-                                  os.environ.get("VIOPS_PUSHGATEWAY")).pushed
+    return push_change(change.to_json(), os.environ.get("VIOPS_PUSHGATEWAY"))
 
 
 def _cmd_score(args) -> int:

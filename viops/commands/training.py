@@ -118,9 +118,7 @@ def _cmd_register(args) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     reg = register_run(client, args.run_id, args.model)
-    payload = {"model_name": reg.model_name, "model_version": reg.version, "aliases": list(reg.aliases),
-               "created": reg.created, "signed": reg.signed, "reason": reg.reason, "tracking_uri": uri}
-    emit(payload, args.json, reg.reason)
+    emit({**reg.to_json(), "tracking_uri": uri}, args.json, reg.reason)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The one retrain path (pipelines/lifecycle/retrain.py) and the child-process runner under it, against a real
-SQLite tracking store: every step is a real ``viops`` child process."""
+"""The one retrain path (pipelines/lifecycle/retrain.py) and the child-process runner its training step uses,
+against a real SQLite tracking store: training is a real ``viops train`` child process, the other steps the library
+calls behind their commands."""
 
 from __future__ import annotations
 

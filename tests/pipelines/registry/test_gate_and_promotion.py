@@ -20,7 +20,7 @@ from pipelines.lifecycle.train import train
 from pipelines.registry.audit import AUDIT_EXPERIMENT, read_log
 from pipelines.registry.gate import EVALUATION_EXPERIMENT
 from pipelines.registry.promotion import GateRejected, promote
-from pipelines.registry.versions import CHAMPION, PREVIOUS_CHAMPION, alias_version, register_run
+from pipelines.registry.versions import CHAMPION, MODEL_ID_TAG, PREVIOUS_CHAMPION, alias_version, register_run
 from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
 from viops.cli import main
 from viops.commands.common import EXIT_BAD_INPUT, EXIT_REJECTED
@@ -174,6 +174,21 @@ def test_rollback_without_a_previous_champion_fails_and_changes_nothing(store, c
     assert alias_version(client, solo, CHAMPION) == reg.version
     code, _, err = _cli(capsys, "rollback", "--model", "no-such-model", "--reason", "pytest")
     assert code == EXIT_BAD_INPUT and "no registered model named 'no-such-model'" in err
+
+
+def test_a_run_is_registered_through_its_client_whatever_the_process_wide_tracking_uri(store, client, tmp_path):
+    import mlflow
+
+    from tests.conftest import mlflow_environment_kept
+
+    with mlflow_environment_kept():
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # what another store's caller left set
+        try:
+            reg = register_run(client, store["runs"][1].run_id, "blr-elsewhere")
+        finally:
+            mlflow.set_tracking_uri(None)
+    version, run = client.get_model_version("blr-elsewhere", reg.version), client.get_run(store["runs"][1].run_id)
+    assert version.run_id == run.info.run_id and version.source == f"models:/{run.data.tags[MODEL_ID_TAG]}"
 
 
 def test_an_audit_record_lost_to_a_crash_is_written_by_the_retry(store, client, monkeypatch):
