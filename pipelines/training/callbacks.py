@@ -113,7 +113,8 @@ class NonFiniteGuard(pl.Callback):
         bad = [name for name, value in stats.items() if not bool(torch.isfinite(value).all())]
         if bad:
             self.failure_reason = (
-                f"non-finite {', '.join(bad)} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+                f"non-finite {', '.join(bad)} at step {trainer.global_step} (epoch "
+                f"{trainer.global_step // max(pl_module.steps_per_epoch, 1) + 1}); "
                 "training stopped and nothing is registered"
             )
             trainer.should_stop = True

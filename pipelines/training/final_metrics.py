@@ -8,6 +8,7 @@ plot, and the SD ratio to the Laplace approximation when the family was started 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,8 @@ def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: P
                             "sd_ratio_to_laplace_max": float(ratio.max()),
                             "laplace_trusted": float(laplace_trusted(config, model, data.train_rows))})
     steps = float(done.trainer.global_step)
-    metrics.update({"train_seconds": done.seconds, "steps": steps, "epochs": float(done.trainer.current_epoch)})
+    epochs = float(math.ceil(steps / max(done.module.steps_per_epoch, 1)))  # passes over the rows begun
+    metrics.update({"train_seconds": done.seconds, "steps": steps, "epochs": epochs})
     metrics["steps_per_second"] = steps / done.seconds if done.seconds > 0 else 0.0
     if not all(np.isfinite(v) for v in metrics.values()):
         raise TrainingFailed(f"final metrics are not finite: {metrics}")

@@ -104,7 +104,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         accelerator=settings.accelerator,
         devices=settings.devices,
         num_nodes=settings.num_nodes,
-        max_epochs=settings.max_epochs,
+        max_epochs=settings.max_epochs // module.passes_per_epoch,  # each Lightning epoch: that many passes
         # Early stopping may only cut the second half of the averaging window: before that the step size is still
         # too large for the iterates to have settled, however flat the validation ELBO looks.
         min_steps=0 if amortized else int(module.planned_steps * (1.0 - settings.average_last / 2)),
@@ -114,7 +114,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         enable_model_summary=False,
         log_every_n_steps=1,
         check_val_every_n_epoch=None,
-        val_check_interval=_validation_interval(module, settings),
+        val_check_interval=_plan_batches(module, settings, stream),
         strategy=settings.strategy,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,
@@ -205,11 +205,24 @@ class _Callbacks:
 MIN_VALIDATIONS_PER_RUN = 20
 
 
-def _validation_interval(module, settings) -> int:
-    """Lightning batches between validations: every ``val_every_n_steps`` steps, or more often for short runs."""
-    steps = max(1, min(settings.val_every_n_steps, module.planned_steps // MIN_VALIDATIONS_PER_RUN))
-    steps_per_batch = min(settings.steps_per_batch, module.steps_per_epoch)
-    return max(1, round(steps / steps_per_batch))
+def _plan_batches(module, settings, stream) -> int:
+    """Set the SVI steps of each Lightning batch (``module.steps_per_batch``, and the stream's); return the Lightning
+    batches between validations: every ``val_every_n_steps`` steps, or often enough for 20 validations in a short run.
+
+    A Lightning batch takes up to ``train.steps_per_batch`` steps, and no more than a validation interval: the
+    largest number that divides a Lightning epoch's steps, so that every batch of an epoch is whole and a run resumed
+    mid-epoch (whose epoch goes on for the batches it had left) takes exactly its planned steps. Where no divisor
+    comes near the limit (an epoch of a prime number of steps), batches take the limit and an epoch ends short."""
+    interval = max(1, min(settings.val_every_n_steps, module.planned_steps // MIN_VALIDATIONS_PER_RUN))
+    epoch = module.steps_per_epoch * module.passes_per_epoch
+    most = max(1, min(settings.steps_per_batch, epoch, interval))
+    group = max(d for d in range(1, most + 1) if epoch % d == 0)
+    if group * 3 < most:
+        group = most
+    module.steps_per_batch = group
+    if stream is not None:
+        stream.group = group
+    return max(1, interval // group)
 
 
 @contextlib.contextmanager

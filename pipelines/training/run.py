@@ -200,7 +200,7 @@ def _log_outputs(client, run_id: str, config: TrainConfig, data: PreparedData, d
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(f"final/{k}", v, int(time.time() * 1000), step)
                                       for k, v in metrics.items()])
     stopper = done.stopper
-    stopped = stopper.stopping_reason_message if stopper is not None and stopper.stopped_epoch else ""
+    stopped = stopper.stopping_reason_message if stopper is not None and stopper.stopping_reason.value else ""
     client.set_tag(run_id, "viops.stopped_reason", stopped or f"reached max_epochs={config.train.max_epochs}")
     log_training_artifacts(client, run_id, config, data, done.model, done.family, done.stats,
                            done.telemetry.elbo_history, workdir)

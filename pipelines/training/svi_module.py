@@ -19,6 +19,7 @@ from pipelines.training.loaders import (
     MinibatchGroup,
     TensorTable,
     make_loader,
+    passes_per_epoch,
     planned_steps,
     steps_per_epoch,
 )
@@ -34,7 +35,7 @@ def _overrides_step_hook(callback: pl.Callback) -> bool:
 class MinibatchSVI(pl.LightningModule):
     """What every viops LightningModule shares: index-slicing loaders and a loop of several SVI steps per batch.
 
-    Optimisation is manual: each Lightning batch carries ``settings.steps_per_batch`` minibatches and
+    Optimisation is manual: each Lightning batch carries up to ``settings.steps_per_batch`` minibatches and
     ``training_step`` takes one Adam step on each, so Lightning's fixed per-batch cost is shared by several SVI steps
     (it dominates for small models). Every optimiser step still goes through Lightning's optimizer wrapper, so
     ``on_before_optimizer_step`` callbacks (gradient norms, telemetry, NaN guard) see every step, and
@@ -57,6 +58,9 @@ class MinibatchSVI(pl.LightningModule):
         self.dataset_size = train_stream.stream.train_rows if train_stream else int(train_xy[0].shape[0])
         #: Processes sharing each epoch (``train.strategy: ddp``); each takes its own shard of the rows.
         self.world_size = settings.world_size
+        #: SVI steps per Lightning batch: at most ``settings.steps_per_batch`` (the fit sets it to divide the validation
+        #: interval).
+        self.steps_per_batch = settings.steps_per_batch
         #: Scalars of the current SVI step (device tensors, never synced here), read by the callbacks.
         self.step_stats: dict[str, torch.Tensor] = {}
         self._step_hooks: list[pl.Callback] | None = None
@@ -82,6 +86,14 @@ class MinibatchSVI(pl.LightningModule):
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(self.dataset_size, self.settings.batch_size, self.world_size)
 
+    @property
+    def passes_per_epoch(self) -> int:
+        """Passes over the training rows (the config's epochs) per Lightning epoch: several on a small table (see
+        :func:`~pipelines.training.loaders.passes_per_epoch`), one for a streamed source."""
+        if self.train_stream is not None:
+            return 1
+        return passes_per_epoch(self.steps_per_epoch, self.settings.max_epochs, self.world_size)
+
     # -- data -------------------------------------------------------------------------------------------------------
 
     def _table(self, xy: tuple[torch.Tensor, torch.Tensor]) -> TensorTable:
@@ -92,7 +104,8 @@ class MinibatchSVI(pl.LightningModule):
             return self.train_stream.loader()
         return make_loader(
             self._table(self.train_xy), self.settings.batch_size, shuffle=True, seed=self.settings.seed,
-            group=self.settings.steps_per_batch, rank=self.global_rank, world_size=self.world_size,
+            group=self.steps_per_batch, rank=self.global_rank, world_size=self.world_size,
+            passes=self.passes_per_epoch,
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -38,8 +38,9 @@ def test_laplace_refuses_an_improper_posterior():
     from models.priors import Flat
 
     model = BayesianLinearRegression(5, Flat(), Flat(), noise_scale=1.0)
-    with pytest.raises(ValueError, match="not positive definite"):
-        laplace_approximation(model, torch.randn(3, 5), torch.randn(3))
+    x = torch.eye(3, 5) * torch.tensor([1.5, -0.5, 2.0]).unsqueeze(1)  # no row touches the last two coefficients
+    with pytest.raises(ValueError, match="not positive definite"):  # exactly, not up to the draw of random rows
+        laplace_approximation(model, x, torch.tensor([0.3, -1.2, 0.8]))
 
 
 @pytest.mark.parametrize("name", ["mean_field", "full_rank", "low_rank", "flow"])
