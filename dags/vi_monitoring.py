@@ -203,11 +203,13 @@ def vi_monitoring():
 
 
 def _client():
-    """The registry client of ``$MLFLOW_TRACKING_URI`` (else local SQLite), as the ``viops`` commands make it."""
+    """The registry client of ``$MLFLOW_TRACKING_URI`` (else local SQLite) with viops' request budget, as the
+    ``viops`` commands make it."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.tracking import bound_request_time, resolve_tracking_uri
 
+    bound_request_time()
     uri = resolve_tracking_uri(None)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -77,11 +77,13 @@ class RetrainRequest:
 
 
 def _client(request: RetrainRequest):
-    """``(MlflowClient, tracking URI)`` of the request (its URI, else ``$MLFLOW_TRACKING_URI``, else local SQLite)."""
+    """``(MlflowClient, tracking URI)`` of the request (its URI, else ``$MLFLOW_TRACKING_URI``, else local SQLite),
+    with viops' request budget: an unreachable server fails a step in ~30 s, as it fails the commands."""
     from mlflow import MlflowClient
 
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.tracking import bound_request_time, resolve_tracking_uri
 
+    bound_request_time()
     uri = resolve_tracking_uri(request.tracking_uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 

@@ -5,6 +5,8 @@ calls behind their commands."""
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -12,9 +14,16 @@ from mlflow import MlflowClient
 from pipelines.child_process import CLIRefused, run_viops
 from pipelines.config.loading import load_config, parse_overrides
 from pipelines.errors import NotRetryable
-from pipelines.lifecycle.retrain import RetrainRequest, evaluate_candidate, promote_candidate, retrain
+from pipelines.lifecycle.retrain import (
+    RetrainRequest,
+    evaluate_candidate,
+    promote_candidate,
+    register_candidate,
+    retrain,
+)
 from pipelines.lifecycle.train import train
-from tests.conftest import make_regression_csv
+from pipelines.tracking import HTTP_BUDGET, infrastructure_error
+from tests.conftest import free_port, make_regression_csv
 
 CONVERGED = ("train.max_epochs=60", "train.batch_size=32")
 
@@ -87,3 +96,21 @@ def test_the_runner_returns_the_json_result_or_raises_with_the_exit_code_and_err
     assert failed.value.returncode == 2 and isinstance(failed.value, NotRetryable)
     assert str(failed.value) == (f"viops prepare exited with code 2: viops prepare: error: config file not found: "
                                  f"{example_dir / 'missing.yaml'}")
+
+
+def test_a_step_in_process_fails_within_the_request_budget_when_the_server_is_down(tmp_path):
+    # MLflow's own HTTP defaults retry a refused connection for ~4.5 minutes: the step applies viops' budget first.
+    unset = [name for name in HTTP_BUDGET if name not in os.environ]
+    saved = {name: os.environ.pop(name) for name in HTTP_BUDGET if name in os.environ}
+    uri = f"http://127.0.0.1:{free_port()}"
+    request = RetrainRequest(config="unused.yaml", reason="pytest", workdir=str(tmp_path), tracking_uri=uri)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as failed:
+            register_candidate(request, {"run_id": "0" * 32, "model_name": "blr-example"})
+    finally:
+        for name in unset:
+            os.environ.pop(name, None)
+        os.environ.update(saved)
+    assert time.monotonic() - started < 60
+    assert "tracking server unreachable" in infrastructure_error(failed.value, uri)  # retried, not a bad request
