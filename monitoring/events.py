@@ -82,8 +82,8 @@ def push_verdict(verdict: dict, pushgateway: str | None) -> bool:
     gate step); whether it was pushed. A verdict that evaluated nothing (the version was champion already) is not."""
     if verdict.get("already_champion"):
         return False
-    cand, champ = (verdict.get("metrics") or {}).get("candidate") or {}, (verdict.get("metrics") or {}).get(
-        "champion") or {}
+    metrics = verdict.get("metrics") or {}
+    cand, champ = metrics.get("candidate") or {}, metrics.get("champion") or {}
     delta = cand["nll"] - champ["nll"] if cand.get("nll") is not None and champ.get("nll") is not None else None
     return export_gate_verdict(verdict["model"], verdict["candidate_version"], verdict["champion_version"],
                                verdict["passed"], delta, pushgateway).pushed

@@ -285,7 +285,8 @@ def _execute(client, decision, champion: Champion, current: Window, report: Wind
     if decision.action == "rollback":
         change = rollback(client, report.model, reason=reason, actor=actor,
                           verdict={"decision": body["decision"], "incident_id": body["incident_id"]}, trigger=trigger)
-        return {**change.to_json(), "pushed": push_change(change.to_json(), pushgateway)}
+        result = change.to_json()
+        return {**result, "pushed": push_change(result, pushgateway)}
     from pipelines.lifecycle.retrain import RetrainRequest, retrain
     from pipelines.run_artifacts import RESOLVED_CONFIG
 
