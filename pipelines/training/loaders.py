@@ -112,7 +112,7 @@ class IndexBatches(Sampler):
         return order.split(self.batch_size)
 
     def __iter__(self):
-        batches = self._pass() if self.passes == 1 else [b for _ in range(self.passes) for b in self._pass()]
+        batches = [batch for _ in range(self.passes) for batch in self._pass()]
         if self.group == 1:
             yield from batches
         else:
@@ -136,7 +136,7 @@ def passes_per_epoch(steps_per_pass: int, max_epochs: int, world_size: int = 1) 
     """Passes over the rows (the config's epochs) per Lightning epoch: the largest divisor of ``max_epochs`` whose
     passes take at most :data:`STEPS_PER_LIGHTNING_EPOCH` steps, so that ``max_epochs / passes`` Lightning epochs make
     exactly ``max_epochs`` passes. One under DDP, whose ranks each shard every pass."""
-    if world_size > 1 or steps_per_pass * 2 > STEPS_PER_LIGHTNING_EPOCH:
+    if world_size > 1:
         return 1
     fits = STEPS_PER_LIGHTNING_EPOCH // max(steps_per_pass, 1)
     return max(k for k in range(1, min(fits, max_epochs) + 1) if max_epochs % k == 0)

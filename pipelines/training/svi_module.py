@@ -58,8 +58,8 @@ class MinibatchSVI(pl.LightningModule):
         self.dataset_size = train_stream.stream.train_rows if train_stream else int(train_xy[0].shape[0])
         #: Processes sharing each epoch (``train.strategy: ddp``); each takes its own shard of the rows.
         self.world_size = settings.world_size
-        #: SVI steps per Lightning batch: at most ``settings.steps_per_batch`` (the fit sets it to divide the validation
-        #: interval).
+        #: SVI steps per Lightning batch: at most ``settings.steps_per_batch`` (the fit sets it to divide a Lightning
+        #: epoch's steps).
         self.steps_per_batch = settings.steps_per_batch
         #: Scalars of the current SVI step (device tensors, never synced here), read by the callbacks.
         self.step_stats: dict[str, torch.Tensor] = {}
