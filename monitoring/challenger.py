@@ -140,6 +140,10 @@ def monitor_challenger(client, current: Window, champion: Champion, champion_sta
         try:
             executed = carry_out(client, decision, policy, actor=actor, trigger={
                 **(trigger or {}), "incident_id": incident or (trigger or {}).get("incident_id")})
+            if decision.action == "promote":  # the champion moved: its annotation, as `viops promote` pushes it
+                from monitoring.events import push_change
+
+                executed = {**executed, "pushed": push_change(executed, pushgateway)}
         except LeaseHeld as exc:  # another promotion, rollback or retrain of the model is under way: next window
             executed = {"action": decision.action, "skipped": True, "reason": str(exc)}
     state.record({"window": current.key, "version": version, "rows": report.inputs.rows,

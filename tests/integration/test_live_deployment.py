@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from pipelines.lifecycle.train import train
 from pipelines.registry.deployment import start_deployment
 from pipelines.registry.gate import evaluate
 from pipelines.registry.versions import alias_version
-from tests.conftest import REPO
+from tests.conftest import REPO, pushgateway
 
 pytestmark = pytest.mark.integration
 MODEL = "blr-diabetes"
@@ -49,10 +50,10 @@ def deployed(mlflow_server, tmp_path_factory):
         options = dict(checks=load_checks_config(REPO / "configs" / "monitoring.yaml"),
                        slos=load_slos(REPO / "configs" / "slo.yaml"), runbooks=load_runbooks(REPO / "runbooks"))
 
-        def monitor(store, when, state):
+        def monitor(store, when, state, pushgateway=None):
             return run_monitor(MlflowClient(mlflow_server, mlflow_server), model=MODEL, window_path=store.path(when),
                                tracking_uri=mlflow_server, state_dir=state, execute=True, actor="test:monitor",
-                               **options)
+                               pushgateway=pushgateway, **options)
 
         def windows(name: str, count: int):
             scenario, training = load_scenario(REPO / "configs" / "scenarios" / "diabetes_stable.yaml")
@@ -107,13 +108,19 @@ def test_a_retrained_challenger_is_promoted_after_exactly_n_clean_shadow_windows
     assert alias_version(client, MODEL, "champion") == before and alias_version(client, MODEL, "challenger") == version
 
     store = windows("good", 3)
-    results = [monitor(store, when, root / "good-state") for when in store.windows()]
+    with pushgateway(root / "pushgateway.log") as gateway:
+        results = [monitor(store, when, root / "good-state", gateway) for when in store.windows()]
+        scraped = urllib.request.urlopen(f"{gateway}/metrics", timeout=5).read().decode()
     decisions = [r["deploy"]["decision"] for r in results]
     assert [d["action"] for d in decisions] == ["continue", "continue", "promote"], [d["reason"] for d in decisions]
     assert [d["clean_windows"] for d in decisions] == [1, 2, 3]
     assert alias_version(client, MODEL, "champion") == version and alias_version(client, MODEL, "previous-champion") \
         == before
     assert client.get_model_version(MODEL, version).tags["viops.deploy.stage"] == "promoted"
+    # The promotion is on the dashboards as `viops promote` would have put it there.
+    assert results[-1]["deploy"]["executed"]["pushed"]
+    assert ('viops_registry_change_timestamp_seconds{action="promote",instance="",job="viops_registry",'
+            f'model="{MODEL}",previous="{before}",version="{version}"}}') in scraped
     record = _audit(root)[-1]
     assert (record["action"], record["to_version"], record["from_version"]) == ("promote", version, before)
     live = record["verdict"]["live"]
@@ -125,8 +132,7 @@ def test_a_retrained_challenger_is_promoted_after_exactly_n_clean_shadow_windows
         champion_rows = pd.read_parquet(store.path(when))
         assert len(stored) == len(champion_rows) == 500 and not np.allclose(stored["mean"], champion_rows["mean"])
         assert result["deploy"]["report"]["version"] == version
-    assert f'alias="challenger",model="{MODEL}",version="{version}"' in (
-        root / "good-state" / f"{MODEL}@challenger.prom").read_text()
+    assert f'alias="challenger",instance="",job="viops_monitor",model="{MODEL}",version="{version}"' in scraped
 
 
 def test_canary_routing_is_sticky_and_a_canary_that_breaks_calibration_is_rolled_back_in_one_window(
