@@ -4,10 +4,12 @@
 on that snapshot, and baselines measured on its own held-out split **with the same code** the checks then run on
 windows, so a window and its baseline always share units and estimators.
 
-The champion's permutation sensitivity (:mod:`monitoring.checks.sensitivity`, one predictive pass per feature) is a
-function of the version alone, given the settings it is measured with, so a monitor with a state folder keeps it
-there (``<model>-v<version>.sensitivity.json``) and the next window's run reads it back instead of measuring it
-again; a different version, run, row count or seed measures it afresh.
+The champion's permutation sensitivity (:mod:`monitoring.checks.sensitivity`, one predictive pass per feature), its
+predictions on the reference snapshot and its baselines on the held-out split are functions of the version alone,
+given the settings they are measured with, so a monitor with a state folder keeps them there
+(``<model>-v<version>.sensitivity.json``, ``<model>-v<version>.baseline.json``) and the next window's run reads them
+back instead of measuring them again (and of downloading the held-out split); a different version, run, seed,
+setting or viops release measures them afresh.
 """
 
 from __future__ import annotations
@@ -103,42 +105,84 @@ def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "c
         raise DataError(f"run {loaded.run_id} of {model_name} v{loaded.version} logged no reference snapshot "
                         f"({REFERENCE_FEATURES}); drift cannot be measured")
     reference = reference[list(loaded.bundle.features)].astype("float64")
-    reference_predictions = loaded.pyfunc.predict(reference)
-    champion = Champion(loaded, reference, reference_predictions.reset_index(drop=True))
+    key = {**_version_key(loaded), "seed": checks.seed, "samples": checks.calibration.predictive_samples,
+           "reference_rows": len(reference)}
+    kept = _read_kept(state_dir, loaded, "baseline", key)
+    try:
+        reference_predictions = pd.DataFrame(kept["reference_predictions"])
+        baseline, baseline_uncertainty = dict(kept["baseline"]), dict(kept["baseline_uncertainty"])
+        if len(reference_predictions) != len(reference):
+            raise ValueError("kept for another reference")
+    except (TypeError, KeyError, ValueError):  # none kept, or not usable: measured again and replaced
+        reference_predictions = loaded.pyfunc.predict(reference).reset_index(drop=True)
+        baseline_uncertainty = uncertainty_summary(loaded.bundle.task.kind, reference_predictions)
+        holdout = artifacts.holdout()
+        baseline = {} if holdout is None or not len(holdout) else predictive_metrics(
+            loaded.predictor, holdout, seed=checks.seed, num_samples=checks.calibration.predictive_samples)
+        _keep(state_dir, loaded, "baseline", key, {
+            "reference_predictions": reference_predictions.to_dict(orient="list"), "baseline": baseline,
+            "baseline_uncertainty": baseline_uncertainty})
+    champion = Champion(loaded, reference, reference_predictions, baseline, baseline_uncertainty)
     promoted = (client.get_model_version(model_name, loaded.version).tags or {}).get("viops.promote.at")
     if promoted:
         from datetime import datetime
 
         champion.promoted_at = datetime.fromisoformat(promoted).timestamp()
-    champion.baseline_uncertainty = uncertainty_summary(champion.kind, reference_predictions)
     if checks.drift.enabled:
         champion.feature_weights = _feature_weights(champion, checks, state_dir)
-    holdout = artifacts.holdout()
-    if holdout is not None and len(holdout):
-        champion.baseline = predictive_metrics(loaded.predictor, holdout, seed=checks.seed,
-                                               num_samples=checks.calibration.predictive_samples)
     return champion
 
 
 def _feature_weights(champion: Champion, checks: ChecksConfig, state_dir: Path | None) -> dict[str, float]:
     """The champion's feature weights: from ``state_dir`` when measured there before with the same settings."""
     loaded = champion.loaded
-    key = {"model": loaded.name, "version": str(loaded.version), "run_id": loaded.run_id,
-           "rows": checks.drift.sensitivity_rows, "seed": checks.seed, "features": champion.features}
-    path = Path(state_dir) / f"{loaded.name}-v{loaded.version}.sensitivity.json" if state_dir else None
+    key = {**_version_key(loaded), "rows": checks.drift.sensitivity_rows, "seed": checks.seed,
+           "features": champion.features}
+    kept = _read_kept(state_dir, loaded, "sensitivity", key)
     try:
-        saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
-        kept = saved["weights"] if saved["key"] == key else None
         if set(kept) == set(champion.features):
             return {name: float(kept[name]) for name in champion.features}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (TypeError, ValueError):
         pass  # none kept, kept with other settings, or unreadable: measured again and replaced
     weights = feature_weights(loaded.pyfunc.predict, champion.reference, champion.kind,
                               rows=checks.drift.sensitivity_rows, seed=checks.seed)
-    if path is not None:
-        try:
-            with replacing(path) as partial:  # two monitors of one model may write it at once
-                partial.write_text(json.dumps({"key": key, "weights": weights}), encoding="utf-8")
-        except OSError:
-            pass  # a read-only state folder: the weights are measured again next time, nothing else changes
+    _keep(state_dir, loaded, "sensitivity", key, weights)
     return weights
+
+
+def _version_key(loaded: LoadedVersion) -> dict:
+    """What a kept measurement of a version depends on besides its settings: the version, its run, and the viops
+    release that measured it (a release may measure differently)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("viops")
+    except PackageNotFoundError:
+        release = None
+    return {"model": loaded.name, "version": str(loaded.version), "run_id": loaded.run_id, "viops": release}
+
+
+def _kept_path(state_dir: Path | None, loaded: LoadedVersion, what: str) -> Path | None:
+    return Path(state_dir) / f"{loaded.name}-v{loaded.version}.{what}.json" if state_dir else None
+
+
+def _read_kept(state_dir: Path | None, loaded: LoadedVersion, what: str, key: dict):
+    """What a monitor kept in ``state_dir`` for this version under ``key``; None when nothing was, or it was kept
+    under another key, or the file does not parse."""
+    path = _kept_path(state_dir, loaded, what)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+        return saved["value"] if saved["key"] == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _keep(state_dir: Path | None, loaded: LoadedVersion, what: str, key: dict, value) -> None:
+    path = _kept_path(state_dir, loaded, what)
+    if path is None:
+        return
+    try:
+        with replacing(path) as partial:  # two monitors of one model may write it at once
+            partial.write_text(json.dumps({"key": key, "value": value}), encoding="utf-8")
+    except OSError:
+        pass  # a read-only state folder: measured again next time, nothing else changes

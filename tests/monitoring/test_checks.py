@@ -70,7 +70,9 @@ def test_the_feature_weights_are_kept_in_the_state_folder_and_measured_afresh_fo
 
     first = load()
     assert first.feature_weights == champion.feature_weights  # the same measurement as without a state folder
-    assert [p.name for p in tmp_path.iterdir()] == [f"blr-diabetes-v{first.loaded.version}.sensitivity.json"]
+    version = first.loaded.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"blr-diabetes-v{version}.baseline.json",
+                                                           f"blr-diabetes-v{version}.sensitivity.json"]
 
     def measure(*args, **kwargs):
         raise AssertionError("measured again")
@@ -82,6 +84,38 @@ def test_the_feature_weights_are_kept_in_the_state_folder_and_measured_afresh_fo
     for unreadable in ("{not json", "[]", '{"key": null}'):
         (tmp_path / f"blr-diabetes-v{first.loaded.version}.sensitivity.json").write_text(unreadable)
         with pytest.raises(AssertionError, match="measured again"):
+            load()  # measured again, not trusted
+
+
+def test_the_baselines_are_kept_in_the_state_folder_and_the_holdout_is_not_read_again(regression, tmp_path,
+                                                                                        monkeypatch):
+    from pipelines.run_artifacts import RunArtifacts
+
+    champion, _ = regression
+    client = MlflowClient(champion.tracking_uri, champion.tracking_uri)
+
+    def load(**options):
+        return load_champion(client, "blr-diabetes", tracking_uri=champion.tracking_uri, state_dir=tmp_path, **options)
+
+    first = load()
+    # The same measurements as without a state folder.
+    assert first.baseline == champion.baseline and first.baseline_uncertainty == champion.baseline_uncertainty
+    pd.testing.assert_frame_equal(first.reference_predictions, champion.reference_predictions)
+    kept = tmp_path / f"blr-diabetes-v{first.loaded.version}.baseline.json"
+    assert kept.is_file()
+
+    def read_holdout(self):
+        raise AssertionError("held-out split read again")
+
+    monkeypatch.setattr(RunArtifacts, "holdout", read_holdout)
+    again = load()  # read back: no held-out split, and the same values
+    assert again.baseline == first.baseline and again.baseline_uncertainty == first.baseline_uncertainty
+    pd.testing.assert_frame_equal(again.reference_predictions, first.reference_predictions)
+    with pytest.raises(AssertionError, match="read again"):
+        load(checks=ChecksConfig(seed=1))  # another seed: measured afresh
+    for unreadable in ("{not json", '{"key": null}', kept.read_text().replace('"reference_predictions"', '"x"')):
+        kept.write_text(unreadable)
+        with pytest.raises(AssertionError, match="read again"):
             load()  # measured again, not trusted
 
 
