@@ -28,7 +28,10 @@ from pipelines.serving.predictive_metrics import predictive_metrics
 from pipelines.tables import DataError, LabelledRows, usable_labelled_rows
 from pipelines.workspace import replacing
 
-__all__ = ["Champion", "load_champion", "prediction_columns", "uncertainty_summary"]
+__all__ = ["Champion", "load_champion", "prediction_columns", "uncertainty_summary", "MODEL_CACHE"]
+
+#: The state folder's subfolder holding the model files of the versions a monitor loaded.
+MODEL_CACHE = "models"
 
 
 @dataclass
@@ -98,7 +101,8 @@ def load_champion(client, model_name: str, *, tracking_uri: str, alias: str = "c
         DataError: the version's run logged no reference snapshot.
     """
     checks = checks or ChecksConfig()
-    loaded = load_version(client, model_name, f"@{alias}", tracking_uri=tracking_uri)
+    loaded = load_version(client, model_name, f"@{alias}", tracking_uri=tracking_uri,
+                          cache_dir=Path(state_dir) / MODEL_CACHE if state_dir else None)
     artifacts = loaded.artifacts(tracking_uri)  # its evidence checked against the version's signature
     reference = artifacts.reference_features()
     if reference is None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipelines.registry.versions import CHAMPION, parse_model_ref, resolve_version
 
-__all__ = ["LoadedVersion", "fetch_checked", "load_version", "load_ref", "warn_environment_mismatches"]
+__all__ = ["LoadedVersion", "fetch_checked", "load_version", "load_ref", "cached_model",
+           "warn_environment_mismatches"]
 
 _logger = logging.getLogger(__name__)
 
@@ -80,9 +81,15 @@ def fetch_checked(client, model_name: str, selector: str | None = None, *, track
     return version, local, check_files(model_name, version.version, version.tags, local)
 
 
-def load_version(client, model_name: str, selector: str | None = None, *, tracking_uri: str) -> LoadedVersion:
+def load_version(client, model_name: str, selector: str | None = None, *, tracking_uri: str,
+                 cache_dir: str | Path | None = None) -> LoadedVersion:
     """Download a version (:func:`fetch_checked`: its signature checked) and load it. Nothing of a refused version
     is loaded (unpickling its files would run them).
+
+    With ``cache_dir`` (the monitor's state folder) and no verification key configured, the version's files are
+    downloaded there once, into a folder of their own (:func:`cached_model`), and later loads read them from it: a
+    version's files do not change once registered. With a key, every load downloads and checks the files where the
+    registry keeps them, so that a file changed there is refused (and pages) at the next load.
 
     Raises:
         RegistryError: no such model, version or alias.
@@ -91,20 +98,91 @@ def load_version(client, model_name: str, selector: str | None = None, *, tracki
     import mlflow
 
     import models  # noqa: F401  (this process's own copy; the download's code folder is on sys.path while it lives)
+    from pipelines.registry.signing import verification_key
 
-    folder = tempfile.mkdtemp(prefix="viops-model-")
-    try:
-        version, local, verified = fetch_checked(client, model_name, selector, tracking_uri=tracking_uri, dst=folder)
-        warn_environment_mismatches(Path(local))
-        pyfunc = mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
-    except BaseException:
-        _discard(folder)
-        raise
-    # The files are needed only while the model is loaded: a monitor or a gate run in a long-lived worker would
-    # otherwise leave a copy of the model in the temporary folder for every window and every evaluation.
-    weakref.finalize(pyfunc, _discard, folder)
+    if cache_dir is not None and verification_key() is None and _writable(Path(cache_dir)):  # else a temporary copy
+        version = resolve_version(client, model_name, selector or f"@{CHAMPION}")
+        local, verified = cached_model(client, version, Path(cache_dir), tracking_uri), False
+        pyfunc = _load(local, mlflow)
+        weakref.finalize(pyfunc, _forget, str(local))  # the files stay for the next load
+    else:
+        folder = tempfile.mkdtemp(prefix="viops-model-")
+        try:
+            version, local, verified = fetch_checked(client, model_name, selector, tracking_uri=tracking_uri,
+                                                     dst=folder)
+            pyfunc = _load(local, mlflow)
+        except BaseException:
+            _discard(folder)
+            raise
+        # The files are needed only while the model is loaded: a monitor or a gate run in a long-lived worker would
+        # otherwise leave a copy of the model in the temporary folder for every window and every evaluation.
+        weakref.finalize(pyfunc, _discard, folder)
     return LoadedVersion(model_name, str(version.version), version.run_id, tuple(version.aliases), pyfunc,
                          pyfunc.unwrap_python_model(), verified, dict(version.tags or {}))
+
+
+#: Versions of one model whose files a cache folder keeps (the most recently loaded).
+CACHED_VERSIONS = 3
+
+
+def cached_model(client, version, cache_dir: Path, tracking_uri: str) -> Path:
+    """The folder in ``cache_dir`` holding ``version``'s model files, downloaded first when it has none. Keyed by
+    model, version and run (a registry recreated elsewhere numbers its versions afresh); a download lands under a
+    temporary name and is renamed into place, so a concurrent monitor sees the whole folder or none. The model's
+    other cached versions beyond the :data:`CACHED_VERSIONS` most recently loaded are removed."""
+    import os
+    import re
+    import time
+
+    from pipelines.registry.signing import download_model
+
+    name = version.name
+    target = cache_dir / f"{name}-v{version.version}-{version.run_id}"
+    if not (target / "MLmodel").is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir))
+        try:
+            local = download_model(client, name, str(version.version), staging, tracking_uri)
+            try:
+                os.replace(local, target)
+            except OSError:  # another monitor put it in place first (or a stale partial folder is there)
+                if not (target / "MLmodel").is_file():
+                    shutil.rmtree(target, ignore_errors=True)
+                    os.replace(local, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    now = time.time()
+    os.utime(target, (now, now))
+    mine = re.compile(rf"{re.escape(name)}-v\d+-\w+")
+    try:
+        older = sorted((p for p in cache_dir.iterdir() if p != target and p.is_dir() and mine.fullmatch(p.name)),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        abandoned = [p for p in cache_dir.glob(".download-*") if now - p.stat().st_mtime > 3600]  # killed downloads
+    except OSError:  # another monitor is tidying the same folder
+        older, abandoned = [], []
+    for stale in older[CACHED_VERSIONS - 1:] + abandoned:
+        shutil.rmtree(stale, ignore_errors=True)
+    return target
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def _load(local: Path, mlflow):
+    warn_environment_mismatches(Path(local))
+    return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+
+
+def _forget(folder: str) -> None:
+    """Take a cached version's code folder off ``sys.path`` (MLflow put it there when loading); keep its files."""
+    sys.path[:] = [entry for entry in sys.path if not entry.startswith(folder)]
 
 
 def warn_environment_mismatches(local: Path) -> list[str]:

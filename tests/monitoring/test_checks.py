@@ -71,8 +71,8 @@ def test_the_feature_weights_are_kept_in_the_state_folder_and_measured_afresh_fo
     first = load()
     assert first.feature_weights == champion.feature_weights  # the same measurement as without a state folder
     version = first.loaded.version
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"blr-diabetes-v{version}.baseline.json",
-                                                           f"blr-diabetes-v{version}.sensitivity.json"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [f"blr-diabetes-v{version}.baseline.json",
+                                                                f"blr-diabetes-v{version}.sensitivity.json"]
 
     def measure(*args, **kwargs):
         raise AssertionError("measured again")
@@ -314,3 +314,60 @@ def test_a_window_larger_than_memory_is_checked_scored_and_written_back_in_chunk
         run_monitor(MlflowClient(uri, uri), model="blr-diabetes", window_path=store.write(when, shifted.drop(
             columns=["bmi"])), tracking_uri=uri, checks=chunked, state_dir=tmp_path / "state3")
     assert "mean" not in store.read(when).columns  # nothing written on bad input
+
+
+def test_the_model_files_are_kept_in_the_state_folder_without_a_verification_key(regression, tmp_path, monkeypatch):
+    import pipelines.registry.signing as signing
+    from monitoring.checks.champion import MODEL_CACHE
+
+    champion, _ = regression
+    client = MlflowClient(champion.tracking_uri, champion.tracking_uri)
+    monkeypatch.delenv("VIOPS_VERIFY_KEY", raising=False)
+
+    def load():
+        return load_champion(client, "blr-diabetes", tracking_uri=champion.tracking_uri, state_dir=tmp_path)
+
+    first = load()
+    (kept,) = (tmp_path / MODEL_CACHE).iterdir()
+    assert kept.name == f"blr-diabetes-v{first.loaded.version}-{first.loaded.run_id}" and (kept / "MLmodel").is_file()
+
+    def download(*args, **kwargs):
+        raise AssertionError("downloaded again")
+
+    monkeypatch.setattr(signing, "download_model", download)
+    again = load()  # from the kept files
+    pd.testing.assert_frame_equal(again.loaded.pyfunc.predict(champion.reference.head(5)),
+                                  champion.loaded.pyfunc.predict(champion.reference.head(5)))
+    del again
+    assert kept.is_dir()  # still there once the loaded model is gone
+
+
+def test_a_model_cache_keeps_three_versions_of_a_model_and_replaces_a_partial_one(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import pipelines.registry.signing as signing
+    from pipelines.serving.loading import cached_model
+
+    downloads = []
+
+    def download(client, name, version, dst, tracking_uri):
+        downloads.append(version)
+        folder = Path(dst) / "model"
+        folder.mkdir()
+        (folder / "MLmodel").write_text(f"version {version}\n")
+        return folder
+
+    monkeypatch.setattr(signing, "download_model", download)
+    cache = tmp_path / "models"
+    other = cached_model(None, SimpleNamespace(name="blr-vae", version="1", run_id="r9"), cache, "uri")
+    paths = [cached_model(None, SimpleNamespace(name="blr", version=str(v), run_id=f"r{v}"), cache, "uri")
+             for v in range(1, 5)]
+    assert [p.name for p in paths] == ["blr-v1-r1", "blr-v2-r2", "blr-v3-r3", "blr-v4-r4"]
+    assert sorted(p.name for p in cache.iterdir()) == ["blr-v2-r2", "blr-v3-r3", "blr-v4-r4", "blr-vae-v1-r9"]
+    assert other.is_dir() and downloads == ["1", "1", "2", "3", "4"]
+    again = cached_model(None, SimpleNamespace(name="blr", version="3", run_id="r3"), cache, "uri")
+    assert again == paths[2] and len(downloads) == 5  # kept: not downloaded again
+    (paths[3] / "MLmodel").unlink()  # a folder left without its MLmodel: downloaded again
+    assert (cached_model(None, SimpleNamespace(name="blr", version="4", run_id="r4"), cache, "uri") / "MLmodel"
+            ).read_text() == "version 4\n"
+    assert not list(cache.glob(".download-*"))
