@@ -188,5 +188,5 @@ def _keep(state_dir: Path | None, loaded: LoadedVersion, what: str, key: dict, v
     try:
         with replacing(path) as partial:  # two monitors of one model may write it at once
             partial.write_text(json.dumps({"key": key, "value": value}), encoding="utf-8")
-    except OSError:
-        pass  # a read-only state folder: measured again next time, nothing else changes
+    except (OSError, TypeError, ValueError):
+        pass  # a read-only state folder (or a value JSON cannot hold): measured again next time, nothing else changes
