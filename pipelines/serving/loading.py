@@ -103,7 +103,11 @@ def load_version(client, model_name: str, selector: str | None = None, *, tracki
     if cache_dir is not None and verification_key() is None and _writable(Path(cache_dir)):  # else a temporary copy
         version = resolve_version(client, model_name, selector or f"@{CHAMPION}")
         local, verified = cached_model(client, version, Path(cache_dir), tracking_uri), False
-        pyfunc = _load(local, mlflow)
+        try:
+            pyfunc = _load(local, mlflow)
+        except BaseException:
+            shutil.rmtree(local, ignore_errors=True)  # a copy that does not load is downloaded afresh next time
+            raise
         weakref.finalize(pyfunc, _forget, str(local))  # the files stay for the next load
     else:
         folder = tempfile.mkdtemp(prefix="viops-model-")
@@ -152,13 +156,13 @@ def cached_model(client, version, cache_dir: Path, tracking_uri: str) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     now = time.time()
-    os.utime(target, (now, now))
     mine = re.compile(rf"{re.escape(name)}-v\d+-\w+")
     try:
+        os.utime(target, (now, now))  # the most recently loaded
         older = sorted((p for p in cache_dir.iterdir() if p != target and p.is_dir() and mine.fullmatch(p.name)),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         abandoned = [p for p in cache_dir.glob(".download-*") if now - p.stat().st_mtime > 3600]  # killed downloads
-    except OSError:  # another monitor is tidying the same folder
+    except OSError:  # another monitor is tidying the same folder: tidied next time
         older, abandoned = [], []
     for stale in older[CACHED_VERSIONS - 1:] + abandoned:
         shutil.rmtree(stale, ignore_errors=True)

@@ -330,6 +330,12 @@ def test_the_model_files_are_kept_in_the_state_folder_without_a_verification_key
     first = load()
     (kept,) = (tmp_path / MODEL_CACHE).iterdir()
     assert kept.name == f"blr-diabetes-v{first.loaded.version}-{first.loaded.run_id}" and (kept / "MLmodel").is_file()
+    (kept / "MLmodel").write_text("flavors: [not a model\n")  # a damaged copy ...
+    with pytest.raises(Exception):
+        load()
+    assert not kept.exists()  # ... is dropped, and downloaded afresh by the next run
+    load()
+    assert (kept / "MLmodel").is_file()
 
     def download(*args, **kwargs):
         raise AssertionError("downloaded again")
