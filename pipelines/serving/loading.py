@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
+import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,10 +137,6 @@ def cached_model(client, version, cache_dir: Path, tracking_uri: str) -> Path:
     model, version and run (a registry recreated elsewhere numbers its versions afresh); a download lands under a
     temporary name and is renamed into place, so a concurrent monitor sees the whole folder or none. The model's
     other cached versions beyond the :data:`CACHED_VERSIONS` most recently loaded are removed."""
-    import os
-    import re
-    import time
-
     from pipelines.registry.signing import download_model
 
     name = version.name
@@ -170,8 +169,6 @@ def cached_model(client, version, cache_dir: Path, tracking_uri: str) -> Path:
 
 
 def _writable(folder: Path) -> bool:
-    import os
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
@@ -228,7 +225,7 @@ def warn_environment_mismatches(local: Path) -> list[str]:
 
 def _discard(folder: str) -> None:
     """Remove a loaded version's download, and the code folder MLflow put on ``sys.path`` from it."""
-    sys.path[:] = [entry for entry in sys.path if not entry.startswith(folder)]
+    _forget(folder)
     shutil.rmtree(folder, ignore_errors=True)
 
 
