@@ -14,6 +14,7 @@ setting or viops release measures them afresh.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,13 +158,18 @@ def _feature_weights(champion: Champion, checks: ChecksConfig, state_dir: Path |
 def _version_key(loaded: LoadedVersion) -> dict:
     """What a kept measurement of a version depends on besides its settings: the version, its run, and the viops
     release that measured it (a release may measure differently)."""
+    return {"model": loaded.name, "version": str(loaded.version), "run_id": loaded.run_id, "viops": _release()}
+
+
+@functools.cache
+def _release() -> str | None:
+    """The installed viops release (read from its metadata once per process)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        release = version("viops")
+        return version("viops")
     except PackageNotFoundError:
-        release = None
-    return {"model": loaded.name, "version": str(loaded.version), "run_id": loaded.run_id, "viops": release}
+        return None
 
 
 def _kept_path(state_dir: Path | None, loaded: LoadedVersion, what: str) -> Path | None:
