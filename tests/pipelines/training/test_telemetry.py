@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.training.telemetry import SPOOL, MlflowMetricSink, TelemetryError
+from pipelines.training.telemetry import SPOOL, MlflowMetricSink, TelemetryError, ThreadedMetricSink
 
 
 def test_the_writer_process_delivers_every_step_and_keeps_the_uri_off_its_command_line(tracking_uri):
@@ -43,6 +43,63 @@ def test_a_writer_that_cannot_write_spools_every_batch_and_fails_the_trainer_and
     with pytest.raises(TelemetryError, match="exited early"):  # the writer is gone: the batch is spooled here
         sink(["elbo"], [[2, 0, [3.0]]])
     assert [json.loads(line)["rows"][0][0] for line in spool.read_text().splitlines()] == [0, 1, 2]
+
+
+def _counting_requests(sink) -> list[int]:
+    """Wrap ``sink.client.log_batch``: the returned list gets each request's number of metrics."""
+    sizes, send = [], sink.client.log_batch
+
+    def log_batch(run_id, metrics=(), **kwargs):
+        sizes.append(len(metrics))
+        return send(run_id, metrics=metrics, **kwargs)
+
+    sink.client.log_batch = log_batch
+    return sizes
+
+
+def test_the_in_process_sink_sends_what_it_holds_once_per_interval_and_the_rest_at_close(tracking_uri):
+    """A short run's validations and flushes reach MLflow in one request when the fit ends, not one request each
+    (every request holds the trainer's GIL for milliseconds); past the interval, what is held goes out at once."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("threaded-telemetry")
+    run_id = client.create_run(experiment).info.run_id
+    sink = ThreadedMetricSink(tracking_uri, run_id, interval=3600.0)
+    sizes = _counting_requests(sink)
+    sink(["elbo", "kl"], [[step, 0, [-10.0 + step, 1.0]] for step in range(40)])
+    for step in range(10, 50, 10):
+        sink(["val_elbo"], [[step, 0, [-0.5 / step]]])
+    time.sleep(0.2)
+    assert sizes == []  # held, within the interval
+    sink.close()
+    assert sizes == [84]
+    assert {m.step for m in client.get_metric_history(run_id, "elbo")} == set(range(40))
+    assert [m.step for m in client.get_metric_history(run_id, "val_elbo")] == [10, 20, 30, 40]
+
+    eager_run = client.create_run(experiment).info.run_id
+    eager = ThreadedMetricSink(tracking_uri, eager_run, interval=0.0)
+    sizes = _counting_requests(eager)
+    for step in range(3):
+        eager(["elbo"], [[step, 0, [float(step)]]])
+    deadline = time.monotonic() + 30
+    while len(sizes) < 3 and time.monotonic() < deadline:  # sent without waiting for close
+        time.sleep(0.05)
+    assert sizes == [1, 1, 1]
+    eager.close()
+    assert len(client.get_metric_history(eager_run, "elbo")) == 3
+
+
+def test_an_in_process_sink_that_cannot_write_spools_every_batch_it_held(tmp_path, monkeypatch):
+    import pipelines.training.telemetry as telemetry
+
+    monkeypatch.setattr(telemetry.time, "sleep", lambda seconds: None)  # the retries' back-off
+    spool = tmp_path / SPOOL
+    sink = ThreadedMetricSink(f"sqlite:///{tmp_path / 'missing' / 'nowhere.db'}", "no-such-run", spool=spool,
+                              interval=3600.0)
+    sink(["elbo"], [[0, 0, [1.0]]])
+    sink(["val_elbo"], [[0, 0, [2.0]]])
+    with pytest.raises(TelemetryError, match="failed after 5 attempts"):
+        sink.close()
+    assert [json.loads(line)["names"] for line in spool.read_text().splitlines()] == [["elbo"], ["val_elbo"]]
 
 
 def test_step_metrics_are_one_row_per_window_of_steps_sent_once_each():
