@@ -77,6 +77,9 @@ def _try_create(client, model: str, token: str, operation: str, incident: str | 
     except MlflowException as exc:
         if exc.error_code == "INVALID_PARAMETER_VALUE":
             raise RegistryError(f"model name {model!r} is not valid: {exc.message}") from None
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            # MLflow's SQL store words its refusal by reading the lease back; its holder released it in between.
+            return False
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return False

@@ -111,3 +111,24 @@ def test_the_lease_of_a_dead_holder_is_taken_over_once_expired(client, monkeypat
     time.sleep(1.2)
     taken = acquire(client, "m", "promote")
     assert taken.owned and taken.token != dead.token
+
+
+def test_a_lease_released_while_another_asker_is_refused_goes_to_that_asker(client, monkeypatch):
+    """MLflow's SQL store refuses a second creation by reading the existing lease back to word the refusal; when the
+    holder releases it in between, that read says "not found". The asker tries again and gets the lease."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    holder = acquire(client, "m", "retrain")
+    store = client._get_registry_client().store
+    read_back = store.get_registered_model
+    released = []
+
+    def holder_releases_first(name):  # the holder finishes between the refused insert and the read-back
+        if name == lease_name("m") and not released:
+            released.append(holder.token)
+            client.delete_registered_model(name)
+        return read_back(name)
+
+    monkeypatch.setattr(store, "get_registered_model", holder_releases_first)
+    taken = acquire(client, "m", "promote")
+    assert released == [holder.token] and taken.owned and taken.token != holder.token
+    assert client.get_registered_model(lease_name("m")).tags["viops.lease.operation"] == "promote"
