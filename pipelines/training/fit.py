@@ -130,7 +130,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
     started = time.perf_counter()
     with _tuned_for_training(sink):
         trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
-        sink.close()  # every step's metrics are delivered before the run can be registered
+        _deliver_telemetry(sink, trainer, callbacks.on_exception)
     seconds = time.perf_counter() - started
     del rendezvous  # every node has joined the run
     if callbacks.guard.failure_reason:
@@ -198,7 +198,23 @@ class _Callbacks:
             self.all.append(TrainingProgress(module.planned_steps, module.dataset_size,
                                              every_seconds=settings.status_every_seconds))
         self.all.append(LastCheckpoint(checkpoints, every_seconds=settings.checkpoint_every_seconds))
-        self.all.append(OnExceptionCheckpoint(checkpoints))
+        self.on_exception = OnExceptionCheckpoint(checkpoints)
+        self.all.append(self.on_exception)
+
+
+def _deliver_telemetry(sink, trainer, on_exception) -> None:
+    """Wait until every step's metrics are delivered (before the run can be registered). When they cannot be, the
+    command fails, and the finished fit is kept where Lightning keeps a fit that raised (``on_exception.ckpt``): a
+    ``--resume`` goes on from it instead of from the last time-based checkpoint. Under DDP only rank 0 has a sink,
+    and a checkpoint needs every rank, so there the last time-based checkpoint stands."""
+    from pipelines.training.telemetry import TelemetryError
+
+    try:
+        sink.close()
+    except TelemetryError:
+        if trainer.world_size == 1:
+            trainer.save_checkpoint(on_exception.ckpt_path)
+        raise
 
 
 #: Validate at least this many times per run, however short, so that every run has a validation curve.

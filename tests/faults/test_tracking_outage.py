@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from tests.conftest import free_port
@@ -63,11 +64,12 @@ def test_a_server_killed_during_training_ends_the_command_in_bounded_time(server
     url, proc = server
     (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(tmp_path / "data.csv")
-    # Long enough to still be training when the server dies (thousands of steps: the writer-process sink).
-    args = ["train", "--config", str(tmp_path / "blr_csv.yaml"), "--set", "train.max_epochs=1200",
+    # Long enough to still be training when the writer gives up (tens of thousands of steps: the writer-process sink),
+    # which it does after its own five attempts when each request fails at once.
+    args = ["train", "--config", str(tmp_path / "blr_csv.yaml"), "--set", "train.max_epochs=4000",
             "--set", "train.early_stopping.enabled=false", "--set", "train.log_every_n_steps=50",
             "--set", "train.checkpoint_every_seconds=1"]
-    env = {"MLFLOW_TRACKING_URI": url, "VIOPS_WORK_DIR": str(tmp_path / "work")}
+    env = {"MLFLOW_TRACKING_URI": url, "VIOPS_WORK_DIR": str(tmp_path / "work"), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     started = time.monotonic()
     trainer = start(args, env=env, cwd=tmp_path)
     deadline = time.monotonic() + 120
@@ -87,6 +89,8 @@ def test_a_server_killed_during_training_ends_the_command_in_bounded_time(server
     # What could not be delivered is kept: the checkpoint taken when training stopped, and the spooled telemetry.
     (folder,) = (tmp_path / "work" / "checkpoints").iterdir()
     assert (folder / "on_exception.ckpt").is_file() and (folder / "telemetry.spool.jsonl").is_file()
+    stopped_at = torch.load(folder / "on_exception.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < stopped_at < 44_000, f"training did not stop when the metrics could not be delivered ({stopped_at})"
     spooled = [json.loads(line) for line in (folder / "telemetry.spool.jsonl").read_text().splitlines()]
     spooled_steps = {row[0] for batch in spooled if "elbo" in batch["names"] for row in batch["rows"]}
 

@@ -155,3 +155,36 @@ def test_a_failing_run_hands_over_the_steps_it_still_holds():
         telemetry.on_before_optimizer_step(trainer, SimpleNamespace(step_stats={"elbo": torch.tensor(1.0)}), optimizer)
     telemetry.on_exception(trainer, None, RuntimeError("diverged"))
     assert sent == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_metrics_undeliverable_as_the_fit_ends_fail_the_run_and_keep_the_finished_fit(example_dir, tracking_uri,
+                                                                                     tmp_path, monkeypatch):
+    """The tracking store stops answering after the last step: the command fails, and ``--resume`` goes on from the
+    finished fit (``on_exception.ckpt`` at the last step), not from the last time-based checkpoint. Until then the
+    run is still RUNNING: the fit's logger does not end it."""
+    import torch
+
+    import pipelines.training.telemetry as telemetry
+    from pipelines.config.loading import load_config
+    from pipelines.lifecycle.train import train
+    from pipelines.training.data import prepare
+    from pipelines.training.loaders import planned_steps
+
+    status_when_the_fit_ended = []
+
+    def undeliverable(self):  # fault injection: every batch held until the end fails to go out
+        status_when_the_fit_ended.append(MlflowClient(tracking_uri).get_run(self.run_id).info.status)
+        raise TelemetryError("log_batch to run failed after 5 attempts: connection refused")
+
+    monkeypatch.setattr(telemetry.ThreadedMetricSink, "close", undeliverable)
+    monkeypatch.setenv("VIOPS_WORK_DIR", str(tmp_path))
+    config = load_config(example_dir / "blr_csv.yaml", {"train.max_epochs": 20})
+    with pytest.raises(TelemetryError, match="connection refused"):
+        train(config, tracking_uri=tracking_uri)
+    (folder,) = (tmp_path / "checkpoints").iterdir()
+    kept = torch.load(folder / "on_exception.ckpt", map_location="cpu", weights_only=False)
+    data = prepare(config.data)
+    assert kept["global_step"] == planned_steps(data.train_rows, config.train) > 0
+    assert MlflowClient(tracking_uri).get_run(folder.name).info.status == "FAILED"
+    # Lightning's MLflow logger ends the run when the fit ends; the run is viops' to end, after the final metrics.
+    assert status_when_the_fit_ended[0] == "RUNNING"
