@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from pytorch_lightning.loggers import MLFlowLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
 __all__ = ["RunLogger", "SinkLogger", "fit_logger"]
@@ -27,8 +28,10 @@ class RunLogger(MLFlowLogger):
     """An :class:`MLFlowLogger` on an open run (``run_id``) that leaves the run's status to its owner."""
 
     @property
+    @rank_zero_experiment
     def experiment(self):
-        """The MLflow client, without Lightning's ``get_run`` (and its global ``mlflow.set_tracking_uri``)."""
+        """The MLflow client (a stand-in on ranks other than 0, as in Lightning's), without Lightning's ``get_run``
+        and its global ``mlflow.set_tracking_uri``."""
         self._initialized = True
         return self._mlflow_client
 
