@@ -78,6 +78,12 @@ def test_zoo_config_trains_logs_diagnostics_and_registers_a_pyfunc(name, trackin
         assert logged["final/amortization_time_fraction"] <= 0.15
         history = client.get_metric_history(result.run_id, "amortization/amortization_gap")
         assert len(history) >= 2  # the gap is measured over training, not only at the end
+        # The collapse measures come with every validation, at the validation's step.
+        validated = sorted(m.step for m in client.get_metric_history(result.run_id, "val_elbo"))
+        assert len(validated) >= 2
+        for series in ("val_active_units", "val_posterior_sd_mean",
+                       *(f"val_kl_dim/{d}" for d in range(config.model.latent_dim))):
+            assert sorted(m.step for m in client.get_metric_history(result.run_id, series)) == validated, series
 
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.model_version}")
