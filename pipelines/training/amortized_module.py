@@ -62,15 +62,8 @@ class AmortizedSVIModule(MinibatchSVI):
         terms = amortized_bound(self.model, x, num_samples=1)
         nll = -iwae_bound(self.model, x, self.settings.eval_particles).mean()
         collapse = collapse_statistics(self.model, x, self.active_unit_threshold)
-        rows = x.shape[0]
-        self.log("val_elbo", terms.elbo, prog_bar=True, batch_size=rows)
-        self.log("val_predictive_nll", nll, batch_size=rows)
-        if self.logger is not None:
-            # The collapse measures go to the run at this step directly, as the amortization-gap measurements do:
-            # nothing monitors them, and Lightning's ``self.log`` costs ~0.3 ms a value (it moves its result object
-            # to the device at every call), 2 + latent_dim values at every validation.
-            collapse_values = {"val_active_units": float(collapse.active_units),
-                               "val_posterior_sd_mean": float(collapse.posterior_sd_mean)}
-            collapse_values.update((f"val_kl_dim/{d}", v) for d, v in enumerate(collapse.kl_per_dim.tolist()))
-            self.logger.log_metrics(collapse_values, step=self.global_step)
+        values = {"val_elbo": terms.elbo, "val_predictive_nll": nll, "val_active_units": collapse.active_units,
+                  "val_posterior_sd_mean": collapse.posterior_sd_mean}
+        values.update((f"val_kl_dim/{d}", v) for d, v in enumerate(collapse.kl_per_dim.tolist()))
+        self._log_validation(values, x.shape[0])
         return terms.elbo
