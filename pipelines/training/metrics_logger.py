@@ -41,10 +41,6 @@ class RunLogger(MLFlowLogger):
             self._experiment_id = self._mlflow_client.get_run(self._run_id).info.experiment_id
         return self._experiment_id
 
-    @property
-    def name(self) -> str:
-        return self.experiment_id
-
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         """Nothing to do: Lightning's would mark the run terminated while viops still logs to it."""

@@ -179,7 +179,7 @@ class MinibatchSVI(pl.LightningModule):
         return self._shared_step(batch, "val")
 
     def _log_validation(self, values: dict, rows: int) -> None:
-        """Log one validation's ``values`` (``val_elbo`` first among them).
+        """Log one validation's ``values`` (names to tensors or numbers; ``val_elbo`` among them).
 
         ``val_elbo`` goes to Lightning, whose early stopping and the status line read it. Every value goes to the run
         through the fit's logger, at the SVI step: the x axis of the per-step telemetry (``elbo``), not Lightning's
