@@ -134,16 +134,18 @@ class ThreadedMetricSink:
         self._failed = False
 
     def _deliver(self, batches: list[tuple[list[str], list]]) -> None:
-        lines = [json.dumps({"names": names, "rows": rows}) for names, rows in batches]
         if not self._failed:
             try:
                 _send(self.client, self.run_id, [m for names, rows in batches for m in _metrics(names, rows)])
                 return
             except TelemetryError:
                 self._failed = True
-                _spool(self.spool, lines)
+                self._spool(batches)
                 raise
-        _spool(self.spool, lines)
+        self._spool(batches)
+
+    def _spool(self, batches: list[tuple[list[str], list]]) -> None:
+        _spool(self.spool, [json.dumps({"names": names, "rows": rows}) for names, rows in batches])
 
     def _hand_over(self) -> None:
         if self._held:
