@@ -33,11 +33,15 @@ KHAT_DEGENERATE = 10.0
 
 
 def importance_log_ratios(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
-                          chunk_rows: int = 65_536, seed: int = 0, dataset_size: int | None = None) -> torch.Tensor:
+                          chunk_rows: int | None = None, seed: int = 0,
+                          dataset_size: int | None = None) -> torch.Tensor:
     """``log p(y | x, z_s) + log p(z_s) - log q(z_s)`` for ``num_samples`` draws from q, in float64.
 
     ``dataset_size``: when ``x`` is a sample of that many rows, the likelihood is scaled up to them (N / n).
+    ``chunk_rows``: rows per likelihood evaluation; by default as many as keep ``num_samples x rows`` under
+    ``CHUNK_ELEMENTS`` (a network's hidden layer multiplies that again).
     """
+    chunk_rows = chunk_rows or max(1, CHUNK_ELEMENTS // num_samples)
     with torch.no_grad():
         generator = torch.Generator(device=family.precond_shift.device).manual_seed(seed)
         z = family.rsample(num_samples, generator=generator)
@@ -112,6 +116,8 @@ def khat_from_log_ratios(log_ratios: torch.Tensor) -> float:
     return min(khat, KHAT_DEGENERATE) if np.isfinite(khat) else KHAT_DEGENERATE
 
 
+#: Draws x rows per likelihood evaluation of the importance ratios (1,000 draws: 2,097 rows a chunk).
+CHUNK_ELEMENTS = 2**21
 #: Fewer draws than this leave too short a tail for the Pareto fit; k-hat is then NaN.
 MIN_KHAT_SAMPLES = 25
 #: The upper tail of the log-ratios spanning more than this many nats means degenerate weights (k-hat >> 1).

@@ -146,6 +146,9 @@ class TrainSettings(StrictModel):
     gradient_clip_val: PositiveFloat | None = None
     eval_particles: PositiveInt = 64
     khat_samples: Annotated[int, Field(ge=100)] = 1000  # draws for the PSIS k-hat at the end of training
+    # Training rows the end-of-training diagnostics (PSIS k-hat, train ELBO and IWAE bound) use: a seeded sample of a
+    # larger table (k-hat's draws cost khat_samples passes over these rows; its likelihood is scaled by N/n).
+    diagnostic_rows: PositiveInt = 100_000
     # Lightning batches carry this many minibatches (one Adam step each), sharing Lightning's per-batch overhead.
     steps_per_batch: PositiveInt = 32
     val_every_n_steps: PositiveInt = 500

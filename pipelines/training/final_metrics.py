@@ -3,7 +3,8 @@
 Global-latent models get the validation/test ELBO per datum and predictive NLL, the PSIS k-hat and the
 approximation gap on the training rows (Yao et al. 2018), calibration on the test split (else validation) with its
 plot, and the SD ratio to the Laplace approximation when the family was started from it. Amortized models get
-:func:`~pipelines.diagnostics.amortization.amortized_final_metrics`.
+:func:`~pipelines.diagnostics.amortization.amortized_final_metrics`. The diagnostics on training rows use a seeded
+sample of ``train.diagnostic_rows`` of a larger table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from models.diagnostics import importance_diagnostics
 from pipelines.config.schema import TrainConfig
@@ -20,7 +22,7 @@ from pipelines.training.evaluation import calibration_metrics, held_out_metrics,
 from pipelines.training.fit import Fit
 from pipelines.training.result import TrainingFailed
 
-__all__ = ["final_metrics", "laplace_trusted"]
+__all__ = ["diagnostic_rows", "final_metrics", "laplace_trusted"]
 
 #: Training rows per latent dimension from which a GLM posterior is taken to be Gaussian (Bernstein-von Mises).
 ROWS_PER_DIM_FOR_LAPLACE = 10
@@ -39,6 +41,18 @@ def laplace_trusted(config: TrainConfig, model, rows: int) -> bool:
     return exact or rows >= ROWS_PER_DIM_FOR_LAPLACE * model.latent_dim
 
 
+def diagnostic_rows(train_xy: tuple[torch.Tensor, torch.Tensor], settings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows the final diagnostics use: all of them up to ``settings.diagnostic_rows``, else a seeded
+    sample of that many (k-hat's ``khat_samples`` draws are each a pass over them: on a 1M-row table they would
+    otherwise cost hundreds of epochs, and ~13 GB for the BNN's hidden layer)."""
+    x, y = train_xy
+    if x.shape[0] <= settings.diagnostic_rows:
+        return x, y
+    generator = torch.Generator().manual_seed(settings.seed)
+    keep = torch.randperm(x.shape[0], generator=generator)[: settings.diagnostic_rows].sort().values.to(x.device)
+    return x[keep], y[keep]
+
+
 def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: Path) -> tuple[dict[str, float],
                                                                                             Path | None]:
     """``(metrics, calibration plot or None)`` of a finished fit, logged as ``final/<name>``.
@@ -53,14 +67,16 @@ def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: P
 
         splits = {"validation": done.val_xy[0],
                   "test": split_tensors(data.test, data.features, data.target, done.stats)[0]}
-        metrics = amortized_final_metrics(done.model, splits, done.train_xy[0], settings, config.amortization)
+        metrics = amortized_final_metrics(done.model, splits, diagnostic_rows(done.train_xy, settings)[0], settings,
+                                          config.amortization)
         if done.gaps is not None:
             metrics["amortization_time_fraction"] = done.gaps.seconds / done.seconds if done.seconds > 0 else 0.0
     else:
         model, family = done.module.model, done.module.family
         metrics = held_out_metrics(model, family, data, done.stats, settings)
-        importance = importance_diagnostics(model, family, *done.train_xy, num_samples=settings.khat_samples,
-                                            seed=settings.seed, dataset_size=data.train_rows)
+        importance = importance_diagnostics(model, family, *diagnostic_rows(done.train_xy, settings),
+                                            num_samples=settings.khat_samples, seed=settings.seed,
+                                            dataset_size=data.train_rows)
         metrics.update({"psis_khat": importance.khat, "train_elbo": importance.elbo, "train_iwae": importance.iwae,
                         "approximation_gap": importance.approximation_gap})
         calibration, calibration_plot = calibration_metrics(model, family, data, done.stats, settings, workdir,

@@ -5,7 +5,7 @@ import torch
 from torch.distributions import HalfNormal, Normal
 
 from models.blr import BayesianLinearRegression
-from models.diagnostics import KHAT_DEGENERATE, KHAT_UNRELIABLE, psis_khat
+from models.diagnostics import KHAT_DEGENERATE, KHAT_UNRELIABLE, importance_log_ratios, psis_khat
 from models.families import FullRankGaussian, MeanFieldGaussian, make_family
 from models.laplace import laplace_approximation
 
@@ -146,3 +146,18 @@ def test_iwae_bounds_the_evidence_above_the_elbo_and_tightens_with_more_samples(
     assert bounds[0] == pytest.approx(elbo, abs=0.3)
     assert bounds[0] < bounds[1] < bounds[2] < bounds[3] <= evidence + 0.05
     assert evidence - elbo > 1.0  # the mean-field gap is real here (a -0.99 correlation is ignored)
+
+
+def test_importance_ratios_do_not_depend_on_the_chunking_and_a_scaled_sample_tracks_the_whole_table():
+    model, x, y, mean, covariance = _conjugate_problem(rows=3000)
+    q = MeanFieldGaussian(4, init_scale=1.0).precondition(mean.float(), covariance.diagonal().sqrt().float())
+    # 4,000 draws: the default chunk is 524 rows, so the 3,000 rows take six likelihood evaluations.
+    whole = importance_log_ratios(model, q, x, y, num_samples=4000, chunk_rows=3000)
+    chunked = importance_log_ratios(model, q, x, y, num_samples=4000)
+    torch.testing.assert_close(chunked, whole, rtol=1e-9, atol=1e-6)
+    # A 1,000-row sample scaled by N/n: the same ELBO up to the sample's noise, far from the unscaled sample's.
+    keep = torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:1000]
+    scaled = importance_log_ratios(model, q, x[keep], y[keep], num_samples=4000, dataset_size=3000)
+    unscaled = importance_log_ratios(model, q, x[keep], y[keep], num_samples=4000)
+    assert abs(scaled.mean() - whole.mean()) < 0.02 * abs(whole.mean())
+    assert abs(unscaled.mean() - whole.mean()) > 0.5 * abs(whole.mean())
