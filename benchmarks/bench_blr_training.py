@@ -69,7 +69,7 @@ def over_models(config, data, steps: int) -> float:
     n = x.shape[0]
     model = build_model(config.model, x.shape[1])
     family = build_family(config.guide, model.latent_dim)
-    opt = torch.optim.Adam(family.parameters(), lr=s.lr, betas=tuple(s.betas))
+    opt = torch.optim.Adam(family.parameters(), lr=s.lr, betas=tuple(s.betas), fused=True)
     floor = s.schedule.final_lr_ratio
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))

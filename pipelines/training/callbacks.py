@@ -1,4 +1,6 @@
-"""Lightning callbacks: gradient norms, the non-finite guard, step telemetry, iterate averaging, convergence stopping.
+"""Lightning callbacks: gradient norms, the non-finite guard, step telemetry, convergence stopping.
+
+Iterate averaging is :mod:`pipelines.training.averaging`.
 
 Per-step values stay on the device as tensors and are read back once per flush, so telemetry adds no host sync and
 no tracking request per step.
@@ -16,12 +18,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
-from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
 
 from pipelines.training.telemetry import TelemetryError
 
-__all__ = ["LastCheckpoint", "GradientNorms", "NonFiniteGuard", "StepTelemetry", "IterateAveraging",
-           "ConvergenceEarlyStopping"]
+__all__ = ["LastCheckpoint", "GradientNorms", "NonFiniteGuard", "StepTelemetry", "ConvergenceEarlyStopping"]
 
 
 class _CachedStateKey:
@@ -198,66 +198,6 @@ class StepTelemetry(pl.Callback):
                 for i, values in zip(last, rows_values.tolist())]
         self._values, self._meta = self._values[cut:], self._meta[cut:]
         self.sink(names, rows)
-
-
-#: Average at most every this many iterates, and keep at least MIN_AVERAGED of them (IterateAveraging).
-AVERAGE_EVERY, MIN_AVERAGED = 8, 50
-
-
-class IterateAveraging(pl.Callback):
-    """Polyak-Ruppert averaging of the variational parameters over the last ``fraction`` of the planned steps.
-
-    Averaging the iterates of a decaying-step SGD removes the jitter that minibatch noise leaves in the final iterate
-    (Polyak & Juditsky 1992); it uses :class:`torch.optim.swa_utils.AveragedModel` with fused updates. It averages
-    every ``every``-th iterate of the window (up to :data:`AVERAGE_EVERY`, keeping at least :data:`MIN_AVERAGED`
-    iterates): consecutive iterates at a small step size are nearly equal, so thinning leaves the average as it was
-    (SWA averages once per epoch) while the update stops costing a share of every small model's step. At the end
-    of training the averaged parameters are copied into the family.
-    """
-
-    def __init__(self, fraction: float):
-        self.fraction = fraction
-        self.averaged: AveragedModel | None = None
-        self.start_step: int | None = None
-        self.every = 1
-        self.num_averaged = 0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        total = int(getattr(pl_module, "planned_steps", trainer.estimated_stepping_batches))
-        self.start_step = int(total * (1.0 - self.fraction)) if self.fraction > 0 else None
-        self.every = max(1, min(AVERAGE_EVERY, (total - (self.start_step or 0)) // MIN_AVERAGED))
-        restored, self._restored = getattr(self, "_restored", None), None
-        if restored is not None:  # resumed from a checkpoint taken while averaging
-            self.averaged = AveragedModel(pl_module.family, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
-            self.averaged.load_state_dict(restored)
-
-    def state_dict(self) -> dict:
-        """The running average, so that a resumed run goes on averaging where it stopped."""
-        return {"num_averaged": self.num_averaged,
-                "averaged": None if self.averaged is None else self.averaged.state_dict()}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.num_averaged = state_dict.get("num_averaged", 0)
-        self._restored = state_dict.get("averaged")
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        # The parameters here are the iterate produced by the previous step.
-        if self.start_step is None or trainer.global_step <= self.start_step:
-            return
-        if (trainer.global_step - self.start_step) % self.every:
-            return
-        if self.averaged is None:
-            self.averaged = AveragedModel(pl_module.family, multi_avg_fn=get_swa_multi_avg_fn(), use_buffers=False)
-        self.averaged.update_parameters(pl_module.family)
-        self.num_averaged += 1
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.averaged is None:
-            return
-        self.averaged.update_parameters(pl_module.family)  # include the final iterate
-        with torch.no_grad():
-            for target, source in zip(pl_module.family.parameters(), self.averaged.module.parameters()):
-                target.copy_(source)
 
 
 class ConvergenceEarlyStopping(_CachedStateKey, EarlyStopping):

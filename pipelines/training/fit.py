@@ -159,10 +159,10 @@ class _Callbacks:
     def __init__(self, config: TrainConfig, module, sink, validation, checkpoints: Path):
         from pytorch_lightning.callbacks import EarlyStopping, OnExceptionCheckpoint
 
+        from pipelines.training.averaging import IterateAveraging
         from pipelines.training.callbacks import (
             ConvergenceEarlyStopping,
             GradientNorms,
-            IterateAveraging,
             LastCheckpoint,
             NonFiniteGuard,
             StepTelemetry,
