@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -130,6 +131,9 @@ def main() -> None:
     if args.large:
         cases += [("bnn", "bnn_diabetes.yaml", bnn, 65_536, 10 * args.epochs),
                   ("vae", "vae_digits.yaml", vae, 16_384, 10 * args.epochs)]
+    client = MlflowClient(tracking_uri=uri)
+    for name in ("bnn", "vae"):  # artifacts in the temporary folder, not in ./mlruns
+        client.create_experiment(f"bench-gpu-{name}", artifact_location=(work / name).as_uri())
     results = []
     try:
         for name, file, overrides, batch, epochs in cases:
