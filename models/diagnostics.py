@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.objectives import CHUNK_ELEMENTS
+
 __all__ = [
     "importance_log_ratios",
     "importance_diagnostics",
@@ -116,8 +118,6 @@ def khat_from_log_ratios(log_ratios: torch.Tensor) -> float:
     return min(khat, KHAT_DEGENERATE) if np.isfinite(khat) else KHAT_DEGENERATE
 
 
-#: Draws x rows per likelihood evaluation of the importance ratios (1,000 draws: 2,097 rows a chunk).
-CHUNK_ELEMENTS = 2**21
 #: Fewer draws than this leave too short a tail for the Pareto fit; k-hat is then NaN.
 MIN_KHAT_SAMPLES = 25
 #: The upper tail of the log-ratios spanning more than this many nats means degenerate weights (k-hat >> 1).

@@ -246,3 +246,22 @@ def test_held_out_fit_matches_the_separate_estimators():
     assert float(fit.elbo_per_datum) == pytest.approx(float(expected_elbo), abs=2e-3)
     assert float(fit.predictive_nll) == pytest.approx(float(predictive_nll(model, family, x, y, 4000)), abs=2e-3)
 
+
+
+def test_held_out_fit_in_row_chunks_is_the_fit_in_one_evaluation(monkeypatch):
+    import models.objectives as objectives
+
+    model = BayesianLinearRegression(2, _normal(), _normal(), noise_prior=HalfNormal(torch.tensor(1.0)))
+    family = MeanFieldGaussian(4, init_scale=0.3, init_loc=torch.tensor([1.0, -1.0, 0.5, -0.7]))
+    x = torch.randn(3000, 2, generator=torch.Generator().manual_seed(1))
+    y = x @ torch.tensor([1.0, -1.0]) + 0.5 + 0.5 * torch.randn(3000, generator=torch.Generator().manual_seed(2))
+
+    def fit():
+        return objectives.held_out_fit(model, family, x, y, train_size=9000, num_samples=4000,
+                                       generator=torch.Generator().manual_seed(3))
+
+    chunked = fit()  # 4,000 draws: 524 rows at a time, six evaluations
+    monkeypatch.setattr(objectives, "CHUNK_ELEMENTS", 4000 * 3000)
+    whole = fit()
+    assert float(chunked.elbo_per_datum) == pytest.approx(float(whole.elbo_per_datum), rel=1e-5)
+    assert float(chunked.predictive_nll) == pytest.approx(float(whole.predictive_nll), rel=1e-5)
