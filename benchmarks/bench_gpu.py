@@ -68,12 +68,11 @@ def vae_table(rows: int, path: Path) -> Path:
     return path
 
 
-def measure(name: str, config, device: str, uri: str) -> dict:
+def measure(name: str, config, data, device: str, uri: str) -> dict:
     """viops and the minimal loop of ``config`` on ``device`` (and, on CUDA, the minimal loop as one CUDA graph):
     steps per second each."""
     config = config.model_copy(update={"train": config.train.model_copy(update={
         "accelerator": "gpu" if device == "cuda" else "cpu", "devices": 1})})
-    data = prepare(config.data)
     # Warm-up first, for each implementation: CUDA loads a kernel's module at its first launch, and the caching
     # allocator and cuBLAS set themselves up on first use. Measured cold, whichever ran first paid for both.
     warm = config.model_copy(update={"train": config.train.model_copy(update={"max_epochs": 1})})
@@ -131,7 +130,7 @@ def main() -> None:
               "data.split.validation=0.02", "data.split.test=0.02"]
     bnn = [f"data.path={bnn_table(args.bnn_rows, work / 'bnn.parquet')}", "data.target=y", "data.sklearn=null"]
     vae = [f"data.path={vae_table(args.vae_rows, work / 'vae.parquet')}", "data.target=target", "data.sklearn=null"]
-    # The batch sizes of the issue's targets, then large ones at which each step holds enough work for a GPU.
+    # The batch sizes of the targets in docs/benchmarks.md, then large ones where a step holds enough work for a GPU.
     cases = [("bnn", "bnn_diabetes.yaml", bnn, 4096, args.epochs), ("vae", "vae_digits.yaml", vae, 1024, args.epochs)]
     if args.large:
         cases += [("bnn", "bnn_diabetes.yaml", bnn, 65_536, 10 * args.epochs),
@@ -139,14 +138,16 @@ def main() -> None:
     client = MlflowClient(tracking_uri=uri)
     for name in ("bnn", "vae"):  # artifacts in the temporary folder, not in ./mlruns
         client.create_experiment(f"bench-gpu-{name}", artifact_location=(work / name).as_uri())
-    results = []
+    results, prepared = [], {}
     try:
         for name, file, overrides, batch, epochs in cases:
             config = load_config(REPO / "configs" / "zoo" / file, parse_overrides([
                 *common, *overrides, f"train.batch_size={batch}", f"train.max_epochs={epochs}",
                 f"tracking.experiment=bench-gpu-{name}"]))
+            if name not in prepared:  # one table per model, for every batch size and device
+                prepared[name] = prepare(config.data)
             for device in devices:
-                results.append(measure(name, config, device, uri))
+                results.append(measure(name, config, prepared[name], device, uri))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     by = {(r["model"], r["batch_size"], r["device"]): r for r in results}
