@@ -145,6 +145,10 @@ class TrainSettings(StrictModel):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     gradient_clip_val: PositiveFloat | None = None
     eval_particles: PositiveInt = 64
+    # Validation rows the checks during training use (val_elbo, early stopping, the VAE's collapse and gap measures):
+    # a larger split gives a seeded sample of this many, the same at every check. Each check evaluates
+    # eval_particles draws over these rows; the final held-out metrics use the whole split.
+    val_rows: PositiveInt = 16_384
     khat_samples: Annotated[int, Field(ge=100)] = 1000  # draws for the PSIS k-hat at the end of training
     # Training rows the end-of-training diagnostics (PSIS k-hat, train ELBO and IWAE bound) use: a seeded sample of a
     # larger table (k-hat's draws cost khat_samples passes over these rows; its likelihood is scaled by N/n).

@@ -14,7 +14,7 @@ from models.calibration import classification_calibration, regression_calibratio
 from models.objectives import held_out_fit
 from pipelines.training.data import PreparedData
 
-__all__ = ["split_tensors", "standardization", "held_out_metrics", "calibration_metrics"]
+__all__ = ["split_tensors", "seeded_rows", "standardization", "held_out_metrics", "calibration_metrics"]
 
 
 def split_tensors(frame, features, target, stats, *, classify: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,6 +29,17 @@ def split_tensors(frame, features, target, stats, *, classify: bool = False) -> 
     if stats is not None:
         y = (y - stats["target_mean"]) / stats["target_scale"]
     return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+def seeded_rows(xy: tuple[torch.Tensor, torch.Tensor], limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All rows of ``xy`` up to ``limit`` (the tensors themselves), else a sample of ``limit`` distinct rows drawn
+    with ``seed``, in table order and paired with their targets: the same rows for the same table and seed."""
+    x, y = xy
+    if x.shape[0] <= limit:
+        return x, y
+    keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    keep = keep.to(x.device)
+    return x[keep], y[keep]
 
 
 def standardization(data: PreparedData, *, classify: bool = False) -> dict:

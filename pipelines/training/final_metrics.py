@@ -18,7 +18,7 @@ import torch
 from models.diagnostics import importance_diagnostics
 from pipelines.config.schema import TrainConfig
 from pipelines.training.data import PreparedData
-from pipelines.training.evaluation import calibration_metrics, held_out_metrics, split_tensors
+from pipelines.training.evaluation import calibration_metrics, held_out_metrics, seeded_rows, split_tensors
 from pipelines.training.fit import Fit
 from pipelines.training.result import TrainingFailed
 
@@ -45,12 +45,7 @@ def diagnostic_rows(train_xy: tuple[torch.Tensor, torch.Tensor], settings) -> tu
     """The training rows the final diagnostics use: all of them up to ``settings.diagnostic_rows``, else a seeded
     sample of that many (k-hat's ``khat_samples`` draws are each a pass over them: on a 1M-row table they would
     otherwise cost hundreds of epochs, and ~13 GB for the BNN's hidden layer)."""
-    x, y = train_xy
-    if x.shape[0] <= settings.diagnostic_rows:
-        return x, y
-    generator = torch.Generator().manual_seed(settings.seed)
-    keep = torch.randperm(x.shape[0], generator=generator)[: settings.diagnostic_rows].sort().values.to(x.device)
-    return x[keep], y[keep]
+    return seeded_rows(train_xy, settings.diagnostic_rows, settings.seed)
 
 
 def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: Path) -> tuple[dict[str, float],

@@ -20,7 +20,7 @@ from pipelines.build import build_family, build_model
 from pipelines.config.schema import TrainConfig
 from pipelines.run_artifacts import CHECKPOINTS_DIR
 from pipelines.training.data import PreparedData
-from pipelines.training.evaluation import split_tensors, standardization
+from pipelines.training.evaluation import seeded_rows, split_tensors, standardization
 from pipelines.training.multinode import publish_run_id
 from pipelines.training.result import DDP_RUN_ID_ENV, TrainingFailed
 
@@ -79,7 +79,9 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     model = build_model(config.model, len(data.features), num_classes)
     family = laplace = None
-    validation = val_xy if len(data.validation) else None
+    # The checks during training see a fixed sample of a large split: at 64 draws a check over 150,000 rows would
+    # cost more than the steps between checks. The final metrics use the whole split (final_metrics).
+    validation = seeded_rows(val_xy, settings.val_rows, settings.seed + 2) if len(data.validation) else None
     stream = _streamed_batches(data, config, stats, classify)
     if amortized:
         from pipelines.training.amortized_module import AmortizedSVIModule
