@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from models.objectives import row_chunks
 from models.predictive import class_predictive
 
 __all__ = ["RegressionCalibration", "regression_calibration", "ClassificationCalibration",
@@ -44,7 +45,8 @@ def regression_calibration(model, family, x: torch.Tensor, y: torch.Tensor, *, n
         generator = torch.Generator(device=x.device).manual_seed(seed)
         noise = torch.randn((num_samples, family.noise_dim), generator=generator, device=x.device, dtype=x.dtype)
         z = family.transform_noise(noise)
-        pit = model.predictive(z, x).cdf(y).mean(0).clamp(0.0, 1.0).cpu()
+        pit = torch.cat([model.predictive(z, x[rows]).cdf(y[rows]).mean(0)
+                         for rows in row_chunks(len(x), num_samples)]).clamp(0.0, 1.0).cpu()
     coverage = {level: float(((pit - 0.5).abs() <= level / 2).double().mean()) for level in levels}
     ordered = pit.double().sort().values
     n = ordered.numel()

@@ -14,11 +14,18 @@ import torch
 
 from models.families import VariationalFamily
 
-__all__ = ["CHUNK_ELEMENTS", "ELBOTerms", "HeldOutFit", "elbo", "held_out_fit", "predictive_nll"]
+__all__ = ["CHUNK_ELEMENTS", "row_chunks", "ELBOTerms", "HeldOutFit", "elbo", "held_out_fit", "predictive_nll"]
 
-#: Draws x rows per likelihood evaluation over many rows (held-out fit, importance ratios): 1,000 draws take 2,097
-#: rows at a time, 64 draws 32,768.
+#: Draws x rows per evaluation over many rows (held-out fit, importance ratios, predictive summaries, calibration):
+#: 1,000 draws take 2,097 rows at a time, 64 draws 32,768.
 CHUNK_ELEMENTS = 2**21
+
+
+def row_chunks(rows: int, num_samples: int) -> list[slice]:
+    """Slices of ``rows`` rows, each small enough that ``num_samples`` draws over it stay within ``CHUNK_ELEMENTS``
+    (one slice of every row when they all fit)."""
+    chunk = max(1, CHUNK_ELEMENTS // num_samples)
+    return [slice(start, start + chunk) for start in range(0, rows, chunk)] or [slice(0, 0)]
 
 
 @dataclass(frozen=True)

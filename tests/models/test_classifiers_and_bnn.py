@@ -140,3 +140,48 @@ def test_local_reparameterisation_refuses_other_families():
     family = FullRankGaussian(model.latent_dim)
     with pytest.raises(ValueError, match="mean-field Gaussian"):
         elbo(model, family, torch.randn(3, 4), torch.randn(3), dataset_size=3)
+
+
+def test_predictive_summaries_and_calibration_in_row_chunks_are_those_of_one_evaluation(monkeypatch):
+    """Scoring and calibration take rows in chunks (draws x rows within CHUNK_ELEMENTS): the same draws of z, so the
+    same numbers as one evaluation over every row."""
+    import models.objectives as objectives
+    from models.calibration import regression_calibration
+    from models.predictive import posterior_predictive
+
+    torch.manual_seed(4)
+    regression, classifier = _bnn(False), _bnn(False, "classification")
+    family = MeanFieldGaussian(regression.latent_dim, init_scale=0.3, init_loc=torch.randn(regression.latent_dim))
+    wide = MeanFieldGaussian(classifier.latent_dim, init_scale=0.3, init_loc=torch.randn(classifier.latent_dim))
+    x = torch.randn(2500, 4)
+    y, labels = torch.randn(2500), torch.randint(0, 3, (2500,))
+
+    def evaluate():
+        summary = posterior_predictive(regression, family, x, num_samples=1000,
+                                       generator=torch.Generator().manual_seed(1))
+        classes = class_predictive(classifier, wide, x, num_samples=1000, generator=torch.Generator().manual_seed(2))
+        pit = regression_calibration(regression, family, x, y, num_samples=1000, seed=3).pit
+        ece = classification_calibration(classifier, wide, x, labels, num_samples=1000, seed=4).ece
+        return summary, classes, pit, ece
+
+    assert len(objectives.row_chunks(2500, 1000)) == 2  # 2,097 rows, then 403
+    rows_per_call = []
+    for model in (regression, classifier):
+        def predictive(z, x, model=model, inner=model.predictive):
+            rows_per_call.append(x.shape[0])
+            return inner(z, x)
+        monkeypatch.setattr(model, "predictive", predictive)
+    chunked = evaluate()
+    assert rows_per_call == [2097, 403] * 4  # each of the four evaluations, chunk by chunk
+    monkeypatch.setattr(objectives, "CHUNK_ELEMENTS", 1000 * 2500)
+    assert len(objectives.row_chunks(2500, 1000)) == 1
+    whole = evaluate()
+    for name in ("mean", "sd"):
+        torch.testing.assert_close(getattr(chunked[0], name), getattr(whole[0], name))
+    for level in (0.05, 0.95):
+        torch.testing.assert_close(chunked[0].quantiles[level], whole[0].quantiles[level], atol=1e-4, rtol=1e-4)
+    for name in ("probs", "entropy", "mutual_information"):
+        torch.testing.assert_close(getattr(chunked[1], name), getattr(whole[1], name))
+    torch.testing.assert_close(chunked[2], whole[2])
+    assert chunked[3] == pytest.approx(whole[3], abs=1e-6)
+    assert chunked[0].mean.shape == (2500,) and float(chunked[1].mutual_information.mean()) > 0.01
