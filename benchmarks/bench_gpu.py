@@ -13,10 +13,16 @@ then both again at batches 65,536 and 16,384 with ten times the epochs (``--no-l
 minimal loop also runs as one CUDA graph per step (``graphed=True``): the GPU's throughput once the host's kernel
 launches are out of the way.
 
-It prints steps/s per device, the GPU/CPU ratios and viops' ratio to the minimal loop on each device, with the
-card's name. Without a CUDA device it measures the CPU only and says so.
+Scoring: the BNN that viops trained on the CPU is registered and loaded as ``viops score`` loads it, then
+``--score-rows`` rows are scored with ``--score-samples`` posterior draws each, on each device: ``score_frame`` (the
+pyfunc with signature enforcement, batches of 10,000 rows, ``device`` as its param) and, as the reference,
+``models.predictive.posterior_predictive`` alone on tensors already on the device.
 
-    python benchmarks/bench_gpu.py [--bnn-rows 1000000] [--vae-rows 200000] [--epochs 3] [--no-large] [--json]
+It prints steps/s and rows/s per device, the GPU/CPU ratios and viops' ratio to the minimal loop on each device,
+with the card's name. Without a CUDA device it measures the CPU only and says so.
+
+    python benchmarks/bench_gpu.py [--bnn-rows 1000000] [--vae-rows 200000] [--epochs 3] [--no-large]
+                                   [--score-rows 200000] [--score-samples 100] [--json]
 """
 
 from __future__ import annotations
@@ -105,9 +111,49 @@ def measure(name: str, config, data, device: str, uri: str) -> dict:
             graphed = round(minimal(True), 1)
         except Exception as error:  # noqa: BLE001 - reported, not fatal: the graphed loop is a reference point
             print(f"{name}: the CUDA-graph minimal loop failed: {error!r}", file=sys.stderr)
-    return {"model": name, "device": device, "steps": steps, "train_rows": len(data.train),
+    return {"model": name, "device": device, "steps": steps, "train_rows": len(data.train), "run_id": result.run_id,
             "batch_size": s.batch_size, "viops_steps_per_s": round(viops, 1), "minimal_steps_per_s": round(least, 1),
             "minimal_graphed_steps_per_s": graphed, "ratio_to_minimal": round(viops / least, 3)}
+
+
+def scoring(client, uri: str, run_id: str, data, devices: list[str], rows: int, samples: int) -> list[dict]:
+    """Rows/s of ``viops score``'s loop and of the predictive summaries alone, on each device, for the BNN that
+    ``run_id`` trained."""
+    import copy
+    import time
+
+    from models.predictive import posterior_predictive
+    from pipelines.registry.versions import register_run
+    from pipelines.serving.loading import load_version
+    from pipelines.serving.scoring import score_frame
+
+    version = register_run(client, run_id, "bench-gpu-bnn").version
+    loaded = load_version(client, "bench-gpu-bnn", str(version), tracking_uri=uri)
+    frame = data.train[list(data.features)]
+    features = pd.concat([frame] * -(-rows // len(frame))).head(rows).reset_index(drop=True)
+    bundle = loaded.predictor.bundle  # the pyfunc standardises its input: so does the reference
+    x = torch.from_numpy(features.to_numpy(np.float32))
+    if bundle.feature_mean:
+        x = (x - torch.tensor(bundle.feature_mean)) / torch.tensor(bundle.feature_scale)
+    out = []
+    for device in devices:
+        score_frame(loaded, features.head(20_000), num_samples=samples, device=device)  # warm-up
+        began = time.perf_counter()
+        score_frame(loaded, features, num_samples=samples, device=device)
+        viops = rows / (time.perf_counter() - began)
+        model, family = (copy.deepcopy(m).to(device) for m in (loaded.predictor.model, loaded.predictor.family))
+        on = x.to(device)
+        generator = torch.Generator(device=device).manual_seed(0)
+        posterior_predictive(model, family, on[:20_000], num_samples=samples, generator=generator)  # warm-up
+        began = time.perf_counter()
+        for start in range(0, rows, 10_000):
+            posterior_predictive(model, family, on[start:start + 10_000], num_samples=samples, generator=generator)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        core = rows / (time.perf_counter() - began)
+        out.append({"device": device, "rows": rows, "samples": samples, "viops_rows_per_s": round(viops),
+                    "predictive_rows_per_s": round(core)})
+    return out
 
 
 def main() -> None:
@@ -117,6 +163,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-large", dest="large", action="store_false",
                         help="skip the large-batch cases (BNN 65,536, VAE 16,384, ten times the epochs)")
+    parser.add_argument("--score-rows", type=int, default=200_000)
+    parser.add_argument("--score-samples", type=int, default=100)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
@@ -148,6 +196,8 @@ def main() -> None:
                 prepared[name] = prepare(config.data)
             for device in devices:
                 results.append(measure(name, config, prepared[name], device, uri))
+        trained = next(r["run_id"] for r in results if r["model"] == "bnn" and r["device"] == "cpu")
+        scored = scoring(client, uri, trained, prepared["bnn"], devices, args.score_rows, args.score_samples)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     by = {(r["model"], r["batch_size"], r["device"]): r for r in results}
@@ -155,8 +205,10 @@ def main() -> None:
         cpu = by[(r["model"], r["batch_size"], "cpu")]
         r["speedup_over_cpu"] = round(r["viops_steps_per_s"] / cpu["viops_steps_per_s"], 2)
         r["minimal_speedup_over_cpu"] = round(r["minimal_steps_per_s"] / cpu["minimal_steps_per_s"], 2)
+    for r in scored:
+        r["speedup_over_cpu"] = round(r["viops_rows_per_s"] / scored[-1]["viops_rows_per_s"], 2)
     if args.json:
-        print(json.dumps({"card": card, "results": results}))
+        print(json.dumps({"card": card, "results": results, "scoring": scored}))
         return
     print(f"card: {card or 'none (CPU only)'}, torch {torch.__version__}, {os.cpu_count()} CPU cores")
     print("| model | device | rows | batch | steps | minimal steps/s | minimal, one CUDA graph | viops steps/s "
@@ -166,6 +218,13 @@ def main() -> None:
         print(f"| {r['model']} | {r['device']} | {r['train_rows']:,} | {r['batch_size']:,} | {r['steps']} | "
               f"{r['minimal_steps_per_s']} | {r['minimal_graphed_steps_per_s'] or '-'} | {r['viops_steps_per_s']} | "
               f"{r['ratio_to_minimal']} | {r['speedup_over_cpu']} | {r['minimal_speedup_over_cpu']} |")
+    print(f"\nScoring the BNN: {args.score_rows:,} rows, {args.score_samples} posterior draws each")
+    print("| device | viops score loop, rows/s | predictive summaries alone, rows/s | viops / alone "
+          "| viops GPU / CPU |")
+    print("|---|---:|---:|---:|---:|")
+    for r in scored:
+        print(f"| {r['device']} | {r['viops_rows_per_s']:,} | {r['predictive_rows_per_s']:,} | "
+              f"{r['viops_rows_per_s'] / r['predictive_rows_per_s']:.2f} | {r['speedup_over_cpu']} |")
 
 if __name__ == "__main__":
     main()

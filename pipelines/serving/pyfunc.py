@@ -9,6 +9,10 @@ IWAE estimate of ``log p(x)`` (low values: rows unlike the training data).
 The artifact ``posterior.pt`` holds the model and guide config, the variational parameters, the feature order and the
 standardisation of the training data, so that ``mlflow.pyfunc.load_model`` (and ``mlflow models serve``) rebuilds
 the exact posterior. Predictions are reproducible: draws use a seeded generator.
+
+``predict`` takes the params ``num_samples``, ``seed`` and ``device`` (``"cpu"``, the default, or ``"cuda"`` /
+``"cuda:<index>"``: the draws and the network run on that GPU; the same seed draws other numbers there than on the
+CPU, since the two devices' generators differ).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipelines.serving.bundle import PosteriorBundle
 
-__all__ = ["PosteriorPredictiveModel", "PREDICTION_COLUMNS", "class_columns", "PYFUNC_ENTRY_POINT", "PYFUNC_CODE",
-           "stage_pyfunc_code", "BadModelInput"]
+__all__ = ["PosteriorPredictiveModel", "PREDICTION_COLUMNS", "scoring_device", "class_columns", "PYFUNC_ENTRY_POINT",
+           "PYFUNC_CODE", "stage_pyfunc_code", "BadModelInput"]
 
 
 class BadModelInput(MlflowException, ValueError):
@@ -38,6 +42,26 @@ class BadModelInput(MlflowException, ValueError):
         MlflowException.__init__(self, message, error_code=INVALID_PARAMETER_VALUE)
 
 PREDICTION_COLUMNS = ("mean", "sd", "q05", "q95")
+
+
+def scoring_device(name: str | None) -> torch.device:
+    """The device ``predict`` runs on: ``"cpu"`` (``None`` too), ``"cuda"`` or ``"cuda:<index>"`` of a GPU this
+    process sees.
+
+    Raises:
+        BadModelInput: any other name, or a GPU that is not there.
+    """
+    try:
+        device = torch.device(name or "cpu")
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise BadModelInput(f"device {name!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise BadModelInput(f"device {name!r}: this process sees {count} CUDA device(s); score with 'cpu'")
+    return device
 _REPO = Path(__file__).resolve().parents[2]
 #: The "models from code" file MLflow runs to define the logged model.
 PYFUNC_ENTRY_POINT = Path(__file__).with_name("pyfunc_model.py")
@@ -83,6 +107,18 @@ class PosteriorPredictiveModel(mlflow.pyfunc.PythonModel):
         self.bundle = PosteriorBundle.load(context.artifacts["posterior"])
         self.model, self.family = self.bundle.rebuild()
 
+    def _on(self, device: torch.device):
+        """``(model, family)`` on ``device``: the loaded ones on the CPU, else copies moved there once and kept."""
+        if device.type == "cpu":
+            return self.model, self.family
+        placed = self.__dict__.setdefault("_placed", {})
+        if device not in placed:
+            import copy
+
+            placed[device] = tuple(None if m is None else copy.deepcopy(m).to(device)
+                                   for m in (self.model, self.family))
+        return placed[device]
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from models.predictive import posterior_predictive
 
@@ -98,39 +134,44 @@ class PosteriorPredictiveModel(mlflow.pyfunc.PythonModel):
         if b.feature_mean:
             x = (x - np.asarray(b.feature_mean, dtype=np.float32)) / np.asarray(b.feature_scale, dtype=np.float32)
         num_samples = int((params or {}).get("num_samples", b.predictive_samples))
-        generator = torch.Generator().manual_seed(int((params or {}).get("seed", b.seed)))
-        if self.family is None:
-            return self._encode(torch.from_numpy(x), num_samples, generator, model_input.index)
+        device = scoring_device((params or {}).get("device"))
+        generator = torch.Generator(device=device).manual_seed(int((params or {}).get("seed", b.seed)))
+        model, family = self._on(device)
+        rows = torch.from_numpy(x).to(device)
+        if family is None:
+            return self._encode(model, rows, num_samples, generator, model_input.index)
         if b.num_classes is not None:
-            return self._classify(torch.from_numpy(x), num_samples, generator, model_input.index)
-        summary = posterior_predictive(
-            self.model, self.family, torch.from_numpy(x), num_samples=num_samples, generator=generator
-        )
+            return self._classify(model, family, rows, num_samples, generator, model_input.index)
+        summary = posterior_predictive(model, family, rows, num_samples=num_samples, generator=generator)
         columns = [summary.mean, summary.sd, summary.quantiles[0.05], summary.quantiles[0.95]]
-        out = {name: col.numpy().astype(np.float64) for name, col in zip(PREDICTION_COLUMNS, columns)}
+        out = {name: col.cpu().numpy().astype(np.float64) for name, col in zip(PREDICTION_COLUMNS, columns)}
         for name in ("mean", "q05", "q95"):
             out[name] = out[name] * b.target_scale + b.target_mean
         out["sd"] = out["sd"] * b.target_scale
         return pd.DataFrame(out, index=model_input.index)
 
-    def _classify(self, x: torch.Tensor, num_samples: int, generator: torch.Generator, index) -> pd.DataFrame:
+    @staticmethod
+    def _classify(model, family, x: torch.Tensor, num_samples: int, generator: torch.Generator, index
+                  ) -> pd.DataFrame:
         from models.predictive import class_predictive
 
-        result = class_predictive(self.model, self.family, x, num_samples=num_samples, generator=generator)
-        probs = result.probs.numpy().astype(np.float64)
+        result = class_predictive(model, family, x, num_samples=num_samples, generator=generator)
+        probs = result.probs.cpu().numpy().astype(np.float64)
         out = {f"p_{c}": probs[:, c] for c in range(probs.shape[1])}
         out["predicted_class"] = probs.argmax(1).astype(np.int64)
-        out["entropy"] = result.entropy.numpy().astype(np.float64)
-        out["mutual_information"] = result.mutual_information.numpy().astype(np.float64)
+        out["entropy"] = result.entropy.cpu().numpy().astype(np.float64)
+        out["mutual_information"] = result.mutual_information.cpu().numpy().astype(np.float64)
         return pd.DataFrame(out, index=index)
 
-    def _encode(self, x: torch.Tensor, num_samples: int, generator: torch.Generator, index) -> pd.DataFrame:
+    @staticmethod
+    def _encode(model, x: torch.Tensor, num_samples: int, generator: torch.Generator, index) -> pd.DataFrame:
         from models.amortized import iwae_bound
 
         with torch.no_grad():
-            q = self.model.encode(x)
-            log_marginal = iwae_bound(self.model, x, num_samples, q=q, generator=generator)
-        out = {f"z_mean_{d}": q.loc[:, d].numpy().astype(np.float64) for d in range(q.loc.shape[1])}
-        out.update({f"z_sd_{d}": q.scale[:, d].numpy().astype(np.float64) for d in range(q.loc.shape[1])})
-        out["log_marginal"] = log_marginal.numpy().astype(np.float64)
+            q = model.encode(x)
+            log_marginal = iwae_bound(model, x, num_samples, q=q, generator=generator)
+            loc, scale = q.loc.cpu(), q.scale.cpu()
+        out = {f"z_mean_{d}": loc[:, d].numpy().astype(np.float64) for d in range(loc.shape[1])}
+        out.update({f"z_sd_{d}": scale[:, d].numpy().astype(np.float64) for d in range(loc.shape[1])})
+        out["log_marginal"] = log_marginal.cpu().numpy().astype(np.float64)
         return pd.DataFrame(out, index=index)

@@ -65,11 +65,12 @@ class ScoringResult:
 
 
 def score_frame(loaded: LoadedVersion, features: pd.DataFrame, *, batch_size: int = 10_000,
-                num_samples: int | None = None, seed: int | None = None,
+                num_samples: int | None = None, seed: int | None = None, device: str | None = None,
                 predict=None) -> tuple[pd.DataFrame, list[float]]:
     """Predictions for validated ``features`` in batches of ``batch_size`` rows; returns ``(predictions, seconds)``.
+    ``device``: where the pyfunc computes (``"cpu"``, ``"cuda"``, ``"cuda:<index>"``; default the CPU).
     ``predict(batch, params)``: another predictor than the version's pyfunc (a canary's router)."""
-    params = {k: v for k, v in (("num_samples", num_samples), ("seed", seed)) if v is not None}
+    params = {k: v for k, v in (("num_samples", num_samples), ("seed", seed), ("device", device)) if v is not None}
     predict = predict or (lambda batch, p: loaded.pyfunc.predict(batch, params=p))
     parts, seconds = [], []
     for start in range(0, len(features), batch_size):
@@ -89,8 +90,31 @@ def _canary(client, ref: str, tracking_uri: str):
     return load_split(client, name, tracking_uri=tracking_uri) if selector is None else None
 
 
+def _check_device(device: str | None) -> None:
+    """A ``--device`` this machine lacks is a usage error, found before anything is read or written."""
+    from pipelines.config.base import ConfigError
+    from pipelines.serving.pyfunc import scoring_device
+
+    if device is not None:
+        try:
+            scoring_device(device)
+        except ValueError as exc:
+            raise ConfigError(f"--device: {exc}") from None
+
+
+def _check_device_param(loaded: LoadedVersion, device: str) -> None:
+    """A version registered before its pyfunc took ``device`` would drop the param and score on the CPU: refuse."""
+    from pipelines.config.base import ConfigError
+
+    schema = loaded.pyfunc.metadata.get_params_schema()
+    if "device" not in {param.name for param in (schema.params if schema else [])}:
+        raise ConfigError(f"--device {device}: version {loaded.version} of {loaded.name} was registered without the "
+                          f"device parameter and scores on the CPU only; leave out --device, or register it again")
+
+
 def score_file(client, ref: str, input_path: str | Path, output_path: str | Path, *, tracking_uri: str,
-               batch_size: int = 10_000, num_samples: int | None = None) -> ScoringResult:
+               batch_size: int = 10_000, num_samples: int | None = None, device: str | None = None
+               ) -> ScoringResult:
     """Score ``input_path`` (CSV/Parquet) with the model ``ref`` and write predictions to ``output_path``.
 
     The output has the input's non-feature columns (ids, labels ...) followed by the prediction columns, and a
@@ -102,11 +126,15 @@ def score_file(client, ref: str, input_path: str | Path, output_path: str | Path
     """
     if batch_size < 1:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
+    _check_device(device)
     output_path = Path(output_path)
     if output_path.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise DataError(f"output {output_path}: unsupported format {output_path.suffix!r}; use .csv or .parquet")
     split = _canary(client, ref, tracking_uri)
     loaded = split.champion if split is not None else load_ref(client, ref, tracking_uri=tracking_uri)
+    if device is not None:
+        for version in [loaded] if split is None else [split.champion, split.candidate]:
+            _check_device_param(version, device)
     frame = read_table(input_path)
     features = validate_input(frame, loaded, str(input_path))
     predict = None
@@ -118,7 +146,7 @@ def score_file(client, ref: str, input_path: str | Path, output_path: str | Path
         predict = lambda batch, params: router.predict(None, batch, params)  # noqa: E731
     began = time.perf_counter()
     predictions, batch_seconds = score_frame(loaded, features, batch_size=batch_size, num_samples=num_samples,
-                                             predict=predict)
+                                             device=device, predict=predict)
     seconds = time.perf_counter() - began
     passthrough = frame.drop(columns=list(loaded.bundle.features))
     clash = sorted(set(passthrough.columns) & set(predictions.columns))

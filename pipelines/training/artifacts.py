@@ -86,7 +86,8 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
     predictor.model, predictor.family = bundle.rebuild()
     output = predictor.predict(None, example)
     signature = infer_signature(example, output,
-                                params={"num_samples": config.registry.predictive_samples, "seed": config.train.seed})
+                                params={"num_samples": config.registry.predictive_samples, "seed": config.train.seed,
+                                        "device": "cpu"})
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory(prefix="viops-pyfunc-code-") as code:
         info = mlflow.pyfunc.log_model(
             name=LOGGED_MODEL,

@@ -60,7 +60,7 @@ def _cmd_score(args) -> int:
 
     mlflow_client, uri = client(args)
     result = score_file(mlflow_client, args.model, args.input, args.output, tracking_uri=uri,
-                        batch_size=args.batch_size, num_samples=args.num_samples)
+                        batch_size=args.batch_size, num_samples=args.num_samples, device=args.device)
     summary = result.to_json()
     human = (f"scored {result.rows} rows with version {result.version} of {result.model} in {result.seconds:.2f}s "
              f"({summary['rows_per_second']:.0f} rows/s, {summary['batches']} batches, batch p95 "
@@ -198,6 +198,7 @@ def add_commands(sub) -> None:
     p.add_argument("--output", required=True, help="CSV or Parquet to write (with <output>.latency.json beside it)")
     p.add_argument("--batch-size", type=int, default=10_000, help="rows per predict call (default 10000)")
     p.add_argument("--num-samples", type=int, help="posterior draws per row (default: the model's)")
+    p.add_argument("--device", help="where the draws and the network run: cpu (default), cuda or cuda:<index>")
     p.add_argument("--tracking-uri")
     p.set_defaults(func=_cmd_score)
     p = sub.add_parser("verify", help="check a version's files against its signature ($VIOPS_VERIFY_KEY)")

@@ -255,6 +255,22 @@ def test_score_writes_predictions_with_uncertainty_and_latency(store, client, ca
     assert 0.8 < inside < 0.97  # a calibrated model: ~90% of labels inside the 5-95% interval
     assert json.loads((tmp_path / "out.parquet.latency.json").read_text())["rows"] == 2500
 
+    # --device: the CPU by name is the default; a device this machine lacks, or no device at all, is refused before
+    # anything is written.
+    code, result, _ = _cli(capsys, "score", "--model", f"{MODEL}@champion", "--input", str(tmp_path / "in.csv"),
+                           "--output", str(tmp_path / "cpu.parquet"), "--batch-size", "1000", "--device", "cpu")
+    assert code == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "cpu.parquet"), out)
+    import torch
+
+    absent = [("tpu", "expected 'cpu', 'cuda' or 'cuda:<index>'")]
+    absent.append((f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}", "CUDA device(s)"))
+    for device, message in absent:
+        code, _, err = _cli(capsys, "score", "--model", MODEL, "--input", str(tmp_path / "in.csv"),
+                            "--output", str(tmp_path / "gpu.csv"), "--device", device)
+        assert code == EXIT_BAD_INPUT and f"--device: device {device!r}" in err and message in err, err
+        assert not (tmp_path / "gpu.csv").exists()
+
     # A version by number, and input that does not match the training schema.
     code, result, _ = _cli(capsys, "score", "--model", f"{MODEL}/2", "--input", str(tmp_path / "in.csv"),
                            "--output", str(tmp_path / "out2.csv"))

@@ -11,12 +11,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipelines.config.loading import load_config
 from pipelines.lifecycle.train import train
 from pipelines.serving.loading import load_version, warn_environment_mismatches
+from pipelines.serving.pyfunc import BadModelInput
 from tests.conftest import REPO
 
 
@@ -35,12 +37,21 @@ def test_standardised_model_predicts_on_the_original_scale(tmp_path, tracking_ur
     assert list(summary) == ["weights", "intercept", "noise_scale"]  # the noise scale is learned by default
     assert len(summary["weights"]["mean"]) == 2 and summary["noise_scale"]["mean"][0] > 0
     model = mlflow.pyfunc.load_model(f"models:/scaled/{result.model_version}")
-    pred = model.predict(pd.DataFrame({"a": [50.0, 60.0], "b": [50.0, 40.0]}))
+    rows = pd.DataFrame({"a": [50.0, 60.0], "b": [50.0, 40.0]})
+    pred = model.predict(rows)
     expected = np.array([1000 + 150 - 100, 1000 + 180 - 80])
     np.testing.assert_allclose(pred["mean"], expected, atol=3.0)
     assert (pred["sd"] > 3.0).all() and (pred["sd"] < 8.0).all()  # noise SD is 5 on the original scale
-    again = model.predict(pd.DataFrame({"a": [50.0, 60.0], "b": [50.0, 40.0]}))
+    again = model.predict(rows)
     pd.testing.assert_frame_equal(pred, again)  # seeded: repeatable
+    # The device is a param of the signature, the CPU by default; a GPU this process lacks is a 400, not a 500.
+    assert {p.name: p.default for p in model.metadata.get_params_schema().params}["device"] == "cpu"
+    pd.testing.assert_frame_equal(model.predict(rows, params={"device": "cpu"}), pred)
+    if torch.cuda.is_available():  # other draws (the GPU's generator), the same posterior
+        np.testing.assert_allclose(model.predict(rows, params={"device": "cuda"})["mean"], pred["mean"], atol=0.5)
+    else:
+        with pytest.raises(BadModelInput, match=r"device 'cuda': this process sees 0 CUDA device\(s\)"):
+            model.predict(rows, params={"device": "cuda"})
     with pytest.raises(MlflowException, match=r"missing inputs.*\['b'\]"):
         model.predict(pd.DataFrame({"a": [1.0]}))
     # The model carries only the code it predicts with: the models, the config schema, the builder, the bundle.
@@ -126,3 +137,22 @@ def test_preconditioned_families_round_trip_through_the_registry(family, min_sd_
     pred = model.predict(pd.DataFrame({"x": [80.0, 120.0]}))
     np.testing.assert_allclose(pred["mean"], [20 + 48, 20 + 72], atol=4.0)
     assert ((pred["sd"] > 8.0) & (pred["sd"] < 13.0)).all()  # noise SD 10 plus a little parameter uncertainty
+
+
+def test_scoring_on_a_device_refuses_a_version_registered_without_the_device_param():
+    """Such a version's pyfunc would drop the param and score on the CPU, saying nothing."""
+    from types import SimpleNamespace
+
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    from pipelines.config.base import ConfigError
+    from pipelines.serving.scoring import _check_device_param
+
+    def version(*params):
+        schema = ParamSchema([ParamSpec(name, "long", 0) for name in params])
+        metadata = SimpleNamespace(get_params_schema=lambda: schema)
+        return SimpleNamespace(name="m", version="3", pyfunc=SimpleNamespace(metadata=metadata))
+
+    _check_device_param(version("num_samples", "seed", "device"), "cuda")
+    with pytest.raises(ConfigError, match="version 3 of m was registered without the device parameter"):
+        _check_device_param(version("num_samples", "seed"), "cuda")
