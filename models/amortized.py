@@ -45,7 +45,8 @@ class AmortizedTerms:
 
 
 def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: int = 1, kl_weight: float = 1.0,
-                    free_bits: float = 0.0, generator: torch.Generator | None = None) -> AmortizedTerms:
+                    free_bits: float = 0.0, generator: torch.Generator | None = None,
+                    normaliser: torch.Tensor | None = None) -> AmortizedTerms:
     """The training bound of an amortized model on minibatch ``x``, averaged over its rows.
 
     Args:
@@ -56,6 +57,8 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
         kl_weight: weight of the KL term (ELBO) or of ``log p(z) - log q(z | x)`` (IWAE); 1 is the true bound.
         free_bits: per-dimension floor (nats) under which the minibatch-average KL is not penalised (ELBO only).
         generator: draws z from it (default: the global generator, as in training).
+        normaliser: the rows' ``model.log_normaliser(x)`` (the part of ``log p(x | z)`` constant in z) where the
+            caller computed it once for its table; else the model computes it.
     """
     if kind not in ("elbo", "iwae"):
         raise ValueError(f"kind must be 'elbo' or 'iwae', got {kind!r}")
@@ -63,7 +66,7 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
         raise ValueError("free bits apply to the KL term of the ELBO; the IWAE bound has none")
     q = model.encode(x)
     z = _rsample(q, num_samples, generator)  # (K, B, d)
-    log_lik = model.log_likelihood(z, x)  # (K, B)
+    log_lik = model.log_likelihood(z, x) if normaliser is None else model.log_likelihood(z, x, normaliser)  # (K, B)
     kl_rows = model.kl_to_prior(q)  # (B, d)
     kl_per_dim = kl_rows.mean(0)
     expected_log_likelihood = log_lik.mean()
@@ -72,6 +75,8 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
     if kind == "iwae":
         log_weights = log_lik + kl_weight * (model.prior(z).log_prob(z) - q.log_prob(z)).sum(-1)
         objective = (torch.logsumexp(log_weights, 0) - math.log(num_samples)).mean()
+    elif kl_weight == 1.0 and not free_bits:
+        objective = elbo  # the plain ELBO: the same tensor, no further operations in the step's graph
     else:
         penalised = torch.clamp(kl_per_dim, min=free_bits).sum() if free_bits else kl
         objective = expected_log_likelihood - kl_weight * penalised

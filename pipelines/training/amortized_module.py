@@ -28,8 +28,13 @@ class AmortizedSVIModule(MinibatchSVI):
 
     def __init__(self, model, objective: ObjectiveConfig, settings: TrainSettings, train_xy, val_xy=None, *,
                  active_unit_threshold: float = 0.01, train_stream=None):
+        if train_stream is None and hasattr(model, "log_normaliser"):
+            # The training table's second column (the target, unused by the bound) becomes each row's normaliser,
+            # computed once here instead of in every step's bound.
+            train_xy = (train_xy[0], model.log_normaliser(train_xy[0]))
         super().__init__(settings, train_xy, val_xy, train_stream)
         self.model, self.objective = model, objective
+        self.normalised = train_stream is None and hasattr(model, "log_normaliser")
         self.active_unit_threshold = active_unit_threshold
         self.samples = objective.iwae_samples if objective.kind == "iwae" else settings.num_particles
 
@@ -42,12 +47,13 @@ class AmortizedSVIModule(MinibatchSVI):
         return min(1.0, self.global_step / warmup) if warmup else 1.0
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        x, _ = batch
+        x, second = batch
         n = self.dataset_size
         if stage == "train":
             beta = self.kl_weight()
             terms = amortized_bound(self.model, x, kind=self.objective.kind, num_samples=self.samples,
-                                    kl_weight=beta, free_bits=self.objective.free_bits)
+                                    kl_weight=beta, free_bits=self.objective.free_bits,
+                                    normaliser=second if self.normalised else None)
             stats = {
                 "elbo": terms.elbo.detach() * n,
                 "expected_log_likelihood": terms.expected_log_likelihood.detach() * n,

@@ -116,6 +116,27 @@ def test_the_likelihood_and_kl_in_closed_form_are_torch_distributions_densities(
         z = q.rsample((3,)) * 4  # large draws too: logits far from 0, where softplus and log1p(exp) part ways
         expected = model.likelihood_distribution(z, x).log_prob(x)
         assert torch.allclose(model.log_likelihood(z, x), expected, rtol=1e-5, atol=1e-3)
+        # The normaliser held for a table (as training holds it) gives the same density, row by row.
+        table = model.log_normaliser(digits[0][:200] if likelihood == "binomial" else (digits[0][:200] > 8).float())
+        torch.testing.assert_close(model.log_likelihood(z, x, table[:50]), model.log_likelihood(z, x))
+        assert likelihood == "binomial" or not table.any()
         assert torch.allclose(model.kl_to_prior(q), kl_divergence(q, model.prior(q.loc)), rtol=1e-5, atol=1e-6)
         log_weights = expected + (model.prior(z).log_prob(z) - q.log_prob(z)).sum(-1)
         assert torch.allclose(model.log_joint_minus_q(z, x, q), log_weights, rtol=1e-5, atol=1e-3)
+
+
+def test_the_bound_with_its_tables_normaliser_is_the_bound_and_training_holds_it_per_row(digits):
+    from pipelines.config.schema import ObjectiveConfig, TrainSettings
+    from pipelines.training.amortized_module import AmortizedSVIModule
+
+    model, x = _vae(), digits[0][:256]
+    module = AmortizedSVIModule(model, ObjectiveConfig(), TrainSettings(), (x, torch.zeros(256)))
+    held, normaliser = module.train_xy
+    assert held is x and torch.equal(normaliser, model.log_choose(x)) and module.normalised
+    for kind, samples in (("elbo", 1), ("iwae", 5)):
+        plain = amortized_bound(model, x[:128], kind=kind, num_samples=samples,
+                                generator=torch.Generator().manual_seed(1))
+        given = amortized_bound(model, x[:128], kind=kind, num_samples=samples,
+                                generator=torch.Generator().manual_seed(1), normaliser=normaliser[:128])
+        for name in ("objective", "elbo", "expected_log_likelihood", "kl"):
+            torch.testing.assert_close(getattr(given, name), getattr(plain, name))
