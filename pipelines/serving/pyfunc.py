@@ -62,6 +62,8 @@ def scoring_device(name: str | None) -> torch.device:
         if (device.index or 0) >= count:
             raise BadModelInput(f"device {name!r}: this process sees {count} CUDA device(s); score with 'cpu'")
     return device
+
+
 _REPO = Path(__file__).resolve().parents[2]
 #: The "models from code" file MLflow runs to define the logged model.
 PYFUNC_ENTRY_POINT = Path(__file__).with_name("pyfunc_model.py")
