@@ -141,13 +141,13 @@ def held_out_fit(model, family: VariationalFamily, x: torch.Tensor, y: torch.Ten
         else:
             z = family.rsample(num_samples, antithetic=antithetic, generator=generator)
             kl, _ = _kl(model, family, z)
-        rows, chunk = x.shape[0], max(1, CHUNK_ELEMENTS // num_samples)
-        if rows <= chunk:
+        rows, chunks = x.shape[0], row_chunks(x.shape[0], num_samples)
+        if len(chunks) == 1:
             log_lik = model.log_likelihood(z, x, y)
             return HeldOutFit(log_lik.mean() - kl / train_size, _predictive_nll(log_lik))
         total, log_predictive = 0.0, 0.0
-        for start in range(0, rows, chunk):
-            log_lik = model.log_likelihood(z, x[start : start + chunk], y[start : start + chunk])
+        for chunk in chunks:
+            log_lik = model.log_likelihood(z, x[chunk], y[chunk])
             total = total + log_lik.sum()
             log_predictive = log_predictive + (torch.logsumexp(log_lik, 0) - math.log(num_samples)).sum()
         return HeldOutFit(total / (num_samples * rows) - kl / train_size, -log_predictive / rows)

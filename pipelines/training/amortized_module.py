@@ -28,13 +28,14 @@ class AmortizedSVIModule(MinibatchSVI):
 
     def __init__(self, model, objective: ObjectiveConfig, settings: TrainSettings, train_xy, val_xy=None, *,
                  active_unit_threshold: float = 0.01, train_stream=None):
-        if train_stream is None and hasattr(model, "log_normaliser"):
+        normalised = train_stream is None and hasattr(model, "log_normaliser")
+        if normalised:
             # The training table's second column (the target, unused by the bound) becomes each row's normaliser,
             # computed once here instead of in every step's bound.
             train_xy = (train_xy[0], model.log_normaliser(train_xy[0]))
         super().__init__(settings, train_xy, val_xy, train_stream)
         self.model, self.objective = model, objective
-        self.normalised = train_stream is None and hasattr(model, "log_normaliser")
+        self.normalised = normalised
         self.active_unit_threshold = active_unit_threshold
         self.samples = objective.iwae_samples if objective.kind == "iwae" else settings.num_particles
 
