@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.objectives import CHUNK_ELEMENTS
+from models.objectives import row_chunks
 
 __all__ = [
     "importance_log_ratios",
@@ -35,22 +35,19 @@ KHAT_DEGENERATE = 10.0
 
 
 def importance_log_ratios(model, family, x: torch.Tensor, y: torch.Tensor, *, num_samples: int = 1000,
-                          chunk_rows: int | None = None, seed: int = 0,
-                          dataset_size: int | None = None) -> torch.Tensor:
+                          seed: int = 0, dataset_size: int | None = None) -> torch.Tensor:
     """``log p(y | x, z_s) + log p(z_s) - log q(z_s)`` for ``num_samples`` draws from q, in float64.
 
     ``dataset_size``: when ``x`` is a sample of that many rows, the likelihood is scaled up to them (N / n).
-    ``chunk_rows``: rows per likelihood evaluation; by default as many as keep ``num_samples x rows`` under
-    ``CHUNK_ELEMENTS`` (a network's hidden layer multiplies that again).
+    The likelihood is evaluated in :func:`~models.objectives.row_chunks`: ``num_samples x rows`` within
+    ``models.objectives.CHUNK_ELEMENTS`` (a network's hidden layer multiplies that again).
     """
-    chunk_rows = chunk_rows or max(1, CHUNK_ELEMENTS // num_samples)
     with torch.no_grad():
         generator = torch.Generator(device=family.precond_shift.device).manual_seed(seed)
         z = family.rsample(num_samples, generator=generator)
         log_q = family.log_prob(z).double()
         log_lik = torch.zeros(num_samples, dtype=torch.float64, device=z.device)
-        for start in range(0, x.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
+        for rows in row_chunks(x.shape[0], num_samples):
             log_lik += model.log_likelihood(z, x[rows], y[rows]).double().sum(-1)
         if dataset_size is not None:
             log_lik *= dataset_size / x.shape[0]

@@ -148,12 +148,16 @@ def test_iwae_bounds_the_evidence_above_the_elbo_and_tightens_with_more_samples(
     assert evidence - elbo > 1.0  # the mean-field gap is real here (a -0.99 correlation is ignored)
 
 
-def test_importance_ratios_do_not_depend_on_the_chunking_and_a_scaled_sample_tracks_the_whole_table():
+def test_importance_ratios_do_not_depend_on_the_chunking_and_a_scaled_sample_tracks_the_whole_table(monkeypatch):
+    import models.objectives as objectives
+
     model, x, y, mean, covariance = _conjugate_problem(rows=3000)
     q = MeanFieldGaussian(4, init_scale=1.0).precondition(mean.float(), covariance.diagonal().sqrt().float())
     # 4,000 draws: the default chunk is 524 rows, so the 3,000 rows take six likelihood evaluations.
-    whole = importance_log_ratios(model, q, x, y, num_samples=4000, chunk_rows=3000)
     chunked = importance_log_ratios(model, q, x, y, num_samples=4000)
+    with monkeypatch.context() as patched:
+        patched.setattr(objectives, "CHUNK_ELEMENTS", 4000 * 3000)
+        whole = importance_log_ratios(model, q, x, y, num_samples=4000)
     torch.testing.assert_close(chunked, whole, rtol=1e-9, atol=1e-6)
     # A 1,000-row sample scaled by N/n: the same ELBO up to the sample's noise, far from the unscaled sample's.
     keep = torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:1000]
