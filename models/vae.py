@@ -120,10 +120,12 @@ class VariationalAutoencoder(nn.Module):
         ``(sd^2 + mu^2 - 1) / 2 - log sd`` (``torch.distributions.kl_divergence`` to :meth:`prior` is the same)."""
         return 0.5 * (q.scale.square() + q.loc.square() - 1) - q.scale.log()
 
-    def log_joint_minus_q(self, z: torch.Tensor, x: torch.Tensor, q: Normal) -> torch.Tensor:
+    def log_joint_minus_q(self, z: torch.Tensor, x: torch.Tensor, q: Normal, normaliser: torch.Tensor | None = None
+                          ) -> torch.Tensor:
         """Importance log-weights ``log p(x, z) - log q(z | x)``, shape ``(K, B)``. The two Gaussian densities in
         closed form, ``(((z - mu) / sd)^2 - z^2) / 2 + log sd`` per dimension (their ``log 2 pi`` terms cancel), with
-        ``log sd`` taken once per row rather than once per draw: the IWAE validation evaluates it 64 times a row."""
+        ``log sd`` taken once per row rather than once per draw: the IWAE validation evaluates it 64 times a row.
+        ``normaliser``: as for :meth:`log_likelihood`."""
         standardised = (z - q.loc) / q.scale
         log_ratio = 0.5 * (standardised.square() - z.square()).sum(-1) + q.scale.log().sum(-1)
-        return self.log_likelihood(z, x) + log_ratio
+        return self.log_likelihood(z, x, normaliser) + log_ratio

@@ -1,15 +1,16 @@
 """The LightningModule of amortized models (the VAE): encoder and decoder trained together on the configured bound.
 
 Telemetry matches the global-latent models where the quantity is the same (``elbo``, ``expected_log_likelihood`` and
-``kl`` as full-data estimates per step; ``val_elbo`` and ``val_predictive_nll`` per datum, the latter ``-log p̂(x)``
-from an IWAE estimate), and adds the posterior-collapse measures (``val_active_units``, ``val_kl_dim/<d>``).
+``kl`` as full-data estimates per step; ``val_elbo`` and ``val_predictive_nll`` per datum from the same
+``eval_particles`` draws of each row's z: the mean of their importance log-weights, and ``-log p̂(x)`` from their IWAE
+bound), and adds the posterior-collapse measures (``val_active_units``, ``val_kl_dim/<d>``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from models.amortized import amortized_bound, collapse_statistics, iwae_bound
+from models.amortized import amortized_bound, collapse_statistics, importance_log_weights, log_mean_exp
 from pipelines.config.schema import ObjectiveConfig, TrainSettings
 from pipelines.training.svi_module import MinibatchSVI
 
@@ -66,11 +67,15 @@ class AmortizedSVIModule(MinibatchSVI):
                 stats["kl_weight"] = torch.tensor(beta, device=x.device)
             self._set_step_stats(stats)
             return -terms.objective
-        terms = amortized_bound(self.model, x, num_samples=1)
-        nll = -iwae_bound(self.model, x, self.settings.eval_particles).mean()
-        collapse = collapse_statistics(self.model, x, self.active_unit_threshold)
-        values = {"val_elbo": terms.elbo, "val_predictive_nll": nll, "val_active_units": collapse.active_units,
+        # One encoding and one set of eval_particles draws give all three: the ELBO is the mean of the importance
+        # log-weights, -log p(x) their log-mean-exp (the IWAE bound), and the collapse measures need only q.
+        q = self.model.encode(x)
+        log_weights = importance_log_weights(self.model, x, self.settings.eval_particles, q=q)
+        elbo = log_weights.mean()
+        nll = -log_mean_exp(log_weights).mean()
+        collapse = collapse_statistics(self.model, x, self.active_unit_threshold, q=q)
+        values = {"val_elbo": elbo, "val_predictive_nll": nll, "val_active_units": collapse.active_units,
                   "val_posterior_sd_mean": collapse.posterior_sd_mean}
         values.update((f"val_kl_dim/{d}", v) for d, v in enumerate(collapse.kl_per_dim.tolist()))
         self._log_validation(values, x.shape[0])
-        return terms.elbo
+        return elbo

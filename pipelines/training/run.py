@@ -170,6 +170,7 @@ def _train_in_run(config: TrainConfig, data: PreparedData, client, uri: str, run
                                   registration=f"DDP rank {done.trainer.global_rank}: rank 0 logs and registers",
                                   rank=rank)
         metrics, calibration_plot = final_metrics(config, data, done, workdir)
+        done.deliver_telemetry(sink)
         stopped = _log_outputs(client, run_id, config, data, done, metrics, calibration_plot, workdir)
     finally:
         sink.close()

@@ -96,6 +96,9 @@ class NullSink:
     def __call__(self, names: list[str], rows: list) -> None:
         pass
 
+    def send_held(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -158,6 +161,10 @@ class ThreadedMetricSink:
         if time.monotonic() - self._sent_at >= self.interval:
             self._hand_over()
 
+    def send_held(self) -> None:
+        """Start delivering what is held now, without waiting for it (:meth:`close` waits)."""
+        self._hand_over()
+
     def close(self) -> None:
         try:
             self._hand_over()
@@ -211,6 +218,9 @@ class MlflowMetricSink:
             raise TelemetryError(f"telemetry writer exited early: {''.join(self._stderr)[-2000:]}") from None
         if self._failure is not None:
             raise TelemetryError(self._failure)
+
+    def send_held(self) -> None:
+        """Nothing is held here: every batch went to the writer when it was given."""
 
     def close(self, timeout: float = 600.0) -> None:
         """Wait until every batch is delivered; raise :class:`TelemetryError` if the writer failed. Idempotent."""

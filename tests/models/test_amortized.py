@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from models.amortized import amortization_gaps, amortized_bound, collapse_statistics, iwae_bound
+from models.amortized import (
+    amortization_gaps,
+    amortized_bound,
+    collapse_statistics,
+    importance_log_weights,
+    iwae_bound,
+    log_mean_exp,
+)
 from models.vae import VariationalAutoencoder
 
 
@@ -45,6 +52,27 @@ def test_iwae_bound_is_above_the_elbo_and_tightens_with_k(digits):
     torch.manual_seed(2)
     iwae_objective = float(amortized_bound(model, held_out, kind="iwae", num_samples=100).objective.detach())
     assert iwae_objective == pytest.approx(bounds[2], abs=0.5)
+
+
+def test_one_set_of_draws_gives_the_elbo_the_iwae_bound_and_the_collapse_measures(digits):
+    # What each validation of a VAE computes: one encoding, one set of draws.
+    train, held_out = digits
+    model = _train(_vae(), train, 100)
+    log_weights = importance_log_weights(model, held_out, 200, generator=torch.Generator().manual_seed(4))
+    assert log_weights.shape == (200, len(held_out))
+    # Its log-mean-exp is the IWAE bound of the same draws, exactly (the draws come in the same chunks in both).
+    iwae = iwae_bound(model, held_out, 200, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(log_mean_exp(log_weights), iwae, rtol=0, atol=0)
+    # Its mean is the ELBO: the analytic-KL estimate with many draws agrees within Monte-Carlo error.
+    with torch.no_grad():
+        reference = amortized_bound(model, held_out, num_samples=2000, generator=torch.Generator().manual_seed(5))
+    standard_error = float(log_weights.var(0).mean() / log_weights.numel()) ** 0.5
+    assert float(log_weights.mean()) == pytest.approx(float(reference.elbo), abs=4 * standard_error)
+    # The collapse measures from the encoder's q the caller holds are those of a fresh encoding.
+    with torch.no_grad():
+        given = collapse_statistics(model, held_out, q=model.encode(held_out))
+    fresh = collapse_statistics(model, held_out)
+    assert torch.equal(given.kl_per_dim, fresh.kl_per_dim) and given.active_units == fresh.active_units
 
 
 def test_amortization_gap_is_non_negative_and_shrinks_as_the_encoder_trains(digits):
