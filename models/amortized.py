@@ -67,7 +67,8 @@ def amortized_bound(model, x: torch.Tensor, *, kind: str = "elbo", num_samples: 
     if kind == "iwae" and free_bits:
         raise ValueError("free bits apply to the KL term of the ELBO; the IWAE bound has none")
     q = model.encode(x)
-    z = _rsample(q, num_samples, generator)  # (K, B, d)
+    # (K, B, d); one draw of the ELBO as a (B, d) matrix, the same values: the decoder's layers are then addmm
+    z = _rsample(q, None if kind == "elbo" and num_samples == 1 else num_samples, generator)
     log_lik = model.log_likelihood(z, x) if normaliser is None else model.log_likelihood(z, x, normaliser)  # (K, B)
     kl_rows = model.kl_to_prior(q)  # (B, d)
     kl_per_dim = kl_rows.mean(0)
@@ -126,9 +127,11 @@ def log_mean_exp(log_weights: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])
 
 
-def _rsample(q: Normal, num_samples: int, generator: torch.Generator | None) -> torch.Tensor:
-    """``num_samples`` reparameterised draws from a per-row diagonal Gaussian ``q``, shape ``(K, *q.batch_shape)``."""
-    noise = torch.randn((num_samples, *q.loc.shape), generator=generator, device=q.loc.device, dtype=q.loc.dtype)
+def _rsample(q: Normal, num_samples: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    """``num_samples`` reparameterised draws from a per-row diagonal Gaussian ``q``, shape ``(K, *q.batch_shape)``;
+    ``None``: one draw, shape ``q.batch_shape``."""
+    shape = q.loc.shape if num_samples is None else (num_samples, *q.loc.shape)
+    noise = torch.randn(shape, generator=generator, device=q.loc.device, dtype=q.loc.dtype)
     return q.loc + q.scale * noise
 
 

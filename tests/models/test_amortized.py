@@ -168,3 +168,16 @@ def test_the_bound_with_its_tables_normaliser_is_the_bound_and_training_holds_it
                                 generator=torch.Generator().manual_seed(1), normaliser=normaliser[:128])
         for name in ("objective", "elbo", "expected_log_likelihood", "kl"):
             torch.testing.assert_close(getattr(given, name), getattr(plain, name))
+
+
+@pytest.mark.parametrize("decoder", ["factorized", "autoregressive"])
+def test_the_single_draw_elbo_is_the_bound_of_that_draw(digits, decoder):
+    # One draw per row is decoded as a (B, d) matrix; the bound is that of the same draw as a (1, B, d) batch.
+    model, x = _vae(decoder), digits[0][:128]
+    with torch.no_grad():
+        terms = amortized_bound(model, x, generator=torch.Generator().manual_seed(3))
+        q = model.encode(x)
+        z = q.loc + q.scale * torch.randn((1, *q.loc.shape), generator=torch.Generator().manual_seed(3))
+        expected = model.log_likelihood(z, x).mean() - model.kl_to_prior(q).mean(0).sum()
+    torch.testing.assert_close(terms.elbo, expected)
+    assert terms.objective is terms.elbo
