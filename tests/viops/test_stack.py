@@ -2,6 +2,7 @@
 pass promtool and amtool, and a port taken by another process stops ``viops stack up`` before a health check could
 be answered by the wrong service."""
 
+import os
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,42 @@ def test_a_service_that_exits_at_start_fails_with_its_log(tmp_path):
                       health=f"http://127.0.0.1:{free_port()}/", port=None)
     with pytest.raises(StackError, match="exited with 3 while starting(.|\n)*cannot bind"):
         Stack(profile).start(service, timeout=20)
+    Stack(profile).stop()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is a child that exited
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def test_services_started_together_run_side_by_side_and_stop_together(tmp_path):
+    # Each is healthy only once the other has started: one after the other, the first would never be.
+    profile = load_profile().model_copy(update={"dir": tmp_path})
+    env = {"PATH": "/usr/bin:/bin"}
+    a = Service("a", ["sh", "-c", "touch started-a; exec sleep 60"], env, check=(tmp_path / "started-b").exists)
+    b = Service("b", ["sh", "-c", "touch started-b; exec sleep 60"], env, check=(tmp_path / "started-a").exists)
+    stack = Stack(profile)
+    try:
+        stack.start_together([a, b], timeout=30)
+        assert all(entry["running"] for entry in stack.describe().values()) and len(stack.describe()) == 2
+        stack.start_together([a, b], timeout=1)  # already running: nothing is started again
+        assert len(stack.describe()) == 2
+        stack.start(Service("later", ["sh", "-c", "exec sleep 60"], env, check=(tmp_path / "started-a").exists))
+        pids = [entry["pid"] for entry in stack.state()["services"].values()]
+    finally:
+        # Newest first; the two started together are signalled together, once the later one is gone.
+        assert stack.stop() == ["later", "b", "a"]
+    assert not [pid for pid in pids if _running(pid)] and stack.describe() == {}
+    c = Service("c", ["sh", "-c", "exec sleep 60"], env, check=(tmp_path / "never").exists)
+    with pytest.raises(StackError, match="c was not healthy within 1 s"):
+        Stack(profile).start_together([c], timeout=1)
     Stack(profile).stop()
 
 

@@ -20,21 +20,23 @@ PARTS = ("mlflow", "monitoring", "airflow")
 
 
 def up(profile: StackProfile, parts: tuple[str, ...] = PARTS, timeout: float = 240.0) -> Stack:
-    """Create the databases, then start and health-check each part's services; returns the stack."""
+    """Create the databases, then start and health-check each part's services (those that do not wait on each other
+    side by side); returns the stack."""
     stack = Stack(profile)
     stack.dir.mkdir(parents=True, exist_ok=True)
     if "mlflow" in parts:
         ensure_database(profile.postgres, profile.databases.mlflow)
         stack.start(mlflow_service(profile), timeout)
     if "monitoring" in parts:
-        for service in monitoring_services(profile, airflow="airflow" in parts):
-            stack.start(service, timeout)
+        stack.start_together(monitoring_services(profile, airflow="airflow" in parts), timeout)
     if "airflow" in parts:
         ensure_database(profile.postgres, profile.databases.airflow)
         env = airflow_env(profile)
         stack.run_once("airflow-db-migrate", [str(BIN / "airflow"), "db", "migrate"], env)
-        for service in airflow_services(profile, env):
-            stack.start(service, timeout)
+        # The api-server first: the other components report their health through it.
+        api_server, *components = airflow_services(profile, env)
+        stack.start(api_server, timeout)
+        stack.start_together(components, timeout)
     stack.record(parts=list(parts), urls={name: entry["url"] for name, entry in stack.describe().items()
                                           if entry["url"]},
                  executor="CeleryExecutor" if "airflow" in parts else None,
