@@ -150,7 +150,8 @@ class ThreadedMetricSink:
     def _spool(self, batches: list[tuple[list[str], list]]) -> None:
         _spool(self.spool, [json.dumps({"names": names, "rows": rows}) for names, rows in batches])
 
-    def _hand_over(self) -> None:
+    def send_held(self) -> None:
+        """Start delivering what is held now, without waiting for it (:meth:`close` waits)."""
         if self._held:
             self._pending.append(self._executor.submit(self._deliver, self._held))
             self._held = []
@@ -159,15 +160,11 @@ class ThreadedMetricSink:
     def __call__(self, names: list[str], rows: list) -> None:
         self._held.append((names, rows))
         if time.monotonic() - self._sent_at >= self.interval:
-            self._hand_over()
-
-    def send_held(self) -> None:
-        """Start delivering what is held now, without waiting for it (:meth:`close` waits)."""
-        self._hand_over()
+            self.send_held()
 
     def close(self) -> None:
         try:
-            self._hand_over()
+            self.send_held()
             for future in self._pending:
                 future.result()
         finally:

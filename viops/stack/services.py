@@ -89,13 +89,7 @@ class Stack:
 
     def running(self, name: str) -> bool:
         pid = self.state()["services"].get(name, {}).get("pid")
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
+        return pid is not None and _alive(pid)
 
     def start(self, service: Service, timeout: float = 180.0) -> None:
         """Start ``service`` (unless it already runs) and wait until it is healthy."""
