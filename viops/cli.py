@@ -153,7 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``viops`` command (``argv``, or the process's arguments) and return its exit code."""
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    try:
+        return args.func(args)
+    except Exception as exc:
+        return _failed(args, exc)
 
+
+def _failed(args, exc: Exception) -> int:
+    """Say on stderr, in one line, why the command failed, and return its exit code (README.md#exit-codes); re-raise
+    what is none of the documented failures. Called only from :func:`main`'s ``except`` block.
+
+    The failures' classes are imported here, when a command has failed, not before every command: their modules
+    import MLflow (~2 s), which the commands that never talk to a tracking server (``alerts``, ``dashboards``,
+    ``keys``, ``stack``) otherwise do without.
+    """
     from mlflow.exceptions import MlflowException
 
     from pipelines.config.base import ConfigError
@@ -168,39 +181,36 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.training.durability import RunStillAlive
     from pipelines.training.result import TrainingFailed
 
-    try:
-        return args.func(args)
-    except (LeaseHeld, RunStillAlive) as exc:
+    if isinstance(exc, (LeaseHeld, RunStillAlive)):
         print(f"viops {args.command}: busy: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except GateRejected as exc:
+    if isinstance(exc, GateRejected):
         print(redact(f"viops {args.command}: rejected by the gate: {' '.join(str(exc).split())}"), file=sys.stderr)
         return EXIT_REJECTED
-    except SignatureInvalid as exc:
+    if isinstance(exc, SignatureInvalid):
         print(redact(f"viops {args.command}: {exc}; {_page(exc, args)}"), file=sys.stderr)
         return EXIT_UNTRUSTED
-    except (ConfigError, DataError, RegistryError, PosteriorDBError, CompareError, SigningKeyError) as exc:
+    if isinstance(exc, (ConfigError, DataError, RegistryError, PosteriorDBError, CompareError, SigningKeyError)):
         print(redact(f"viops {args.command}: error: {' '.join(str(exc).split())}"), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except TrainingFailed as exc:
+    if isinstance(exc, TrainingFailed):
         where = f" (MLflow run {exc.run_id} marked FAILED)" if exc.run_id else ""
         print(redact(f"viops {args.command}: training failed: {exc}{where}"), file=sys.stderr)
         return EXIT_TRAINING_FAILED
-    except Exception as exc:
-        uri = resolve_tracking_uri(getattr(args, "tracking_uri", None))
-        if isinstance(exc, MlflowException) and exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
-            print(redact(f"viops {args.command}: permission denied by the tracking server at {uri}: "
-                         f"{' '.join(exc.message.split())}"), file=sys.stderr)  # refused: nothing was changed
-            return EXIT_BAD_INPUT
-        if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            print(redact(f"viops {args.command}: not found by the tracking server at {uri}: "
-                         f"{' '.join(exc.message.split())}"), file=sys.stderr)  # e.g. an unknown --run-id
-            return EXIT_BAD_INPUT
-        line = infrastructure_error(exc, uri)
-        if line is None:
-            raise
-        print(f"viops {args.command}: {line}", file=sys.stderr)
-        return EXIT_INFRASTRUCTURE
+    uri = resolve_tracking_uri(getattr(args, "tracking_uri", None))
+    if isinstance(exc, MlflowException) and exc.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        print(redact(f"viops {args.command}: permission denied by the tracking server at {uri}: "
+                     f"{' '.join(exc.message.split())}"), file=sys.stderr)  # refused: nothing was changed
+        return EXIT_BAD_INPUT
+    if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        print(redact(f"viops {args.command}: not found by the tracking server at {uri}: "
+                     f"{' '.join(exc.message.split())}"), file=sys.stderr)  # e.g. an unknown --run-id
+        return EXIT_BAD_INPUT
+    line = infrastructure_error(exc, uri)
+    if line is None:
+        raise  # the exception main() is handling, with its traceback
+    print(f"viops {args.command}: {line}", file=sys.stderr)
+    return EXIT_INFRASTRUCTURE
 
 
 def _page(exc, args) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import textwrap
 from importlib.metadata import version
 from pathlib import Path
 
@@ -55,3 +56,25 @@ def test_every_command_has_examples_and_every_option_a_help_text():
         assert all(line in examples for line in EXAMPLES[name]), name
         unexplained = [a.option_strings for a in command._actions if a.option_strings and not a.help]
         assert unexplained == [], (name, unexplained)
+
+
+def test_commands_that_talk_to_no_tracking_server_do_not_import_mlflow_or_torch(tmp_path):
+    """``alerts``, ``dashboards`` and ``keys`` run without MLflow's and PyTorch's imports (seconds of a command that
+    takes a fraction of one); a failure of theirs still gets its documented line and exit code."""
+    script = textwrap.dedent(f"""
+        import sys
+        from viops.cli import main
+        codes = [main(["alerts", "--out", {str(tmp_path / "alerts.yml")!r}]),
+                 main(["dashboards", "--out", {str(tmp_path / "dashboards")!r}]),
+                 main(["keys", "generate", "--out", {str(tmp_path / "keys")!r}])]
+        print(codes, "mlflow" in sys.modules, "torch" in sys.modules)
+        print(main(["alerts", "--slo", {str(tmp_path / "missing.yaml")!r}]), "mlflow" in sys.modules)
+    """)
+    out = _run(sys.executable, "-c", script)
+    assert out.returncode == 0, out.stderr
+    ran, failed = out.stdout.splitlines()[-2:]
+    assert ran == "[0, 0, 0] False False", out.stdout
+    assert "groups:" in (tmp_path / "alerts.yml").read_text() and list((tmp_path / "dashboards").glob("*.json"))
+    assert failed == "2 True"  # the failure's classes were imported to say what it was
+    missing = tmp_path / "missing.yaml"
+    assert out.stderr.strip().splitlines()[-1] == f"viops alerts: error: SLO file not found: {missing}"
