@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -79,10 +81,53 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
+def _port_slice() -> range | None:
+    """The ports this test process hands out: its own slice of those below the kernel's ephemeral range. A port the
+    kernel picks (``bind`` to port 0, the local end of an outgoing connection) comes from that range, as did every
+    port here before; a server told a port then binds it seconds later, and meanwhile another worker's pick, or any
+    connection, could take it. None where the ephemeral range starts too low to leave room."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = min(4096, (low - 10_000) // max(workers, 1))
+    return range(low - size * (worker + 1), low - size * worker) if size >= 100 else None
+
+
+_PORTS = _port_slice()
+_handed_out: set[int] = set()
+_next_port = itertools.count(secrets.randbelow(len(_PORTS)) if _PORTS else 0)  # two sessions at once: other ports
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(consecutive: int = 1) -> int:
+    """A port free on 127.0.0.1 now, with the ``consecutive - 1`` ports after it, none of them handed out before by
+    this process; the test's server binds it later (:func:`_port_slice` says why a slice of our own)."""
+    if _PORTS is None:
+        for _ in range(50):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if all(_bindable(p) for p in range(port + 1, port + consecutive)):
+                return port
+        raise RuntimeError(f"no {consecutive} consecutive free ports")
+    for _ in range(len(_PORTS)):
+        port = _PORTS.start + next(_next_port) % len(_PORTS)
+        block = range(port, port + consecutive)
+        if block.stop <= _PORTS.stop and _handed_out.isdisjoint(block) and all(map(_bindable, block)):
+            _handed_out.update(block)
+            return port
+    raise RuntimeError(f"no {consecutive} consecutive free ports left in {_PORTS}")
 
 
 @contextmanager

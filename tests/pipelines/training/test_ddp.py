@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 
 from pipelines.training.loaders import IndexBatches
-from tests.conftest import REPO, make_regression_csv
+from tests.conftest import REPO, free_port, make_regression_csv
 
 
 def test_each_rank_gets_its_own_shard_of_the_same_permutation():
@@ -73,23 +73,6 @@ def test_ddp_with_two_gloo_processes_trains_one_run(tmp_path):
             assert got == pytest.approx(want, rel=0.2)
 
 
-def _two_free_ports() -> int:
-    """A port whose successor is free too (the process group's, and the run-id store's beside it)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 @pytest.mark.slow
 def test_two_nodes_on_loopback_train_one_run_to_the_closed_form_posterior(tmp_path):
     """Lightning DDP with ``num_nodes: 2``, one gloo process per "node", launched as a cluster launcher does: each
@@ -108,7 +91,7 @@ def test_two_nodes_on_loopback_train_one_run_to_the_closed_form_posterior(tmp_pa
         " devices: 1, num_nodes: 2, strategy: ddp, steps_per_batch: 1, progress_bar: false}\n"
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    port = _two_free_ports()
+    port = free_port(consecutive=2)  # the process group's, and the run-id store's beside it
     nodes = []
     for rank in (0, 1):
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
