@@ -81,15 +81,20 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def ephemeral_ports_start() -> int:
+    """The first port of the range the kernel picks from (``bind`` to port 0, the local end of a connection)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def _port_slice() -> range | None:
     """The ports this test process hands out: its own slice of those below the kernel's ephemeral range. A port the
-    kernel picks (``bind`` to port 0, the local end of an outgoing connection) comes from that range, as did every
-    port here before; a server told a port then binds it seconds later, and meanwhile another worker's pick, or any
-    connection, could take it. None where the ephemeral range starts too low to leave room."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default
+    kernel picks comes from that range, as did every port here before; a server told a port then binds it seconds
+    later, and meanwhile another worker's pick, or any connection, could take it. None where the ephemeral range
+    starts too low to leave room."""
+    low = ephemeral_ports_start()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     size = min(4096, (low - 10_000) // max(workers, 1))

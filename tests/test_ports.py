@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tests import conftest
 from tests.conftest import free_port
 
 
 def test_each_worker_has_its_own_slice_below_the_ephemeral_range(monkeypatch):
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    low = conftest.ephemeral_ports_start()
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
     slices = []
     for worker in range(3):
