@@ -95,6 +95,10 @@ def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_versio
 
     state = stack.state()
     assert state["executor"] == "CeleryExecutor" and set(state["parts"]) == {"mlflow", "monitoring", "airflow"}
+    # Every service, and every process it started, listens on the profile's host and ports only.
+    listening = _listening(stack)
+    assert {address for address, _ in listening} == {(profile.host, port) for port in profile.ports.model_dump()
+                                                     .values()}, listening
     env = base_env(profile)
     mlflow_url, logs = profile.url("mlflow"), stack.logs
     airflow_env = {k: v for k, v in _airflow_env(profile).items() if k.startswith("AIRFLOW")}
@@ -209,6 +213,26 @@ def test_an_alert_prometheus_fires_drives_the_runbook_through_celery_to_a_versio
     assert not missing, "dashboard queries without data:\n" + "\n".join(missing)
     pngs = snapshot_all(profile.url("prometheus"), began, time.time(), tmp_path / "dashboards")
     assert [p.name for p in pngs] == [f"{v.uid}.png" for v in VIEWS] and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def _listening(stack) -> set[tuple[tuple[str, int], str]]:
+    """``((address, port), service)`` of every listening TCP socket of the stack's services and their children."""
+    import psutil
+
+    found = set()
+    for name, entry in stack.describe().items():
+        try:
+            root = psutil.Process(entry["pid"])
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in processes:
+            try:
+                sockets = process.net_connections(kind="inet")
+            except psutil.NoSuchProcess:
+                continue
+            found |= {((s.laddr.ip, s.laddr.port), name) for s in sockets if s.status == psutil.CONN_LISTEN}
+    return found
 
 
 def _airflow_env(profile):

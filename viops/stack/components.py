@@ -202,9 +202,13 @@ def airflow_services(profile: StackProfile, env: dict[str, str]) -> list[Service
                         health=f"{profile.url('airflow')}/api/v2/monitor/health", url=profile.url("airflow"),
                         port=profile.ports.airflow)]
     health = f"{profile.url('airflow')}/api/v2/monitor/health"
-    services += [Service(f"airflow-{name}", [airflow, name], env, check=_component_check(health, component))
-                 for name, component in (("scheduler", "scheduler"), ("dag-processor", "dag_processor"),
-                                         ("triggerer", "triggerer"))]
+    # Every process shares the stack's log folder, so the api-server reads task and trigger logs from disk: neither
+    # the workers nor the triggerer start Airflow's log server, which would listen on every interface (0.0.0.0 and
+    # [::], ports 8793 and 8794), outside the profile's host and ports.
+    services += [Service(f"airflow-{name}", [airflow, name, *options], env, check=_component_check(health, component))
+                 for name, component, options in (("scheduler", "scheduler", ()),
+                                                  ("dag-processor", "dag_processor", ()),
+                                                  ("triggerer", "triggerer", ("--skip-serve-logs",)))]
     for worker in profile.workers:
         name = f"{worker.name}@{socket.gethostname()}"  # Celery's node name; tasks tag their runs with it
         services.append(Service(f"airflow-worker-{worker.name}", [
