@@ -198,10 +198,9 @@ def _fernet(root: Path) -> str:
 def airflow_services(profile: StackProfile, env: dict[str, str]) -> list[Service]:
     """api-server, scheduler, dag-processor, triggerer, and one Celery worker per profile worker."""
     airflow = str(BIN / "airflow")
-    services = [Service("airflow-api-server", [airflow, "api-server"], env,
-                        health=f"{profile.url('airflow')}/api/v2/monitor/health", url=profile.url("airflow"),
-                        port=profile.ports.airflow)]
     health = f"{profile.url('airflow')}/api/v2/monitor/health"
+    services = [Service("airflow-api-server", [airflow, "api-server"], env, health=health, url=profile.url("airflow"),
+                        port=profile.ports.airflow)]
     # Every process shares the stack's log folder, so the api-server reads task and trigger logs from disk: neither
     # the workers nor the triggerer start Airflow's log server, which would listen on every interface (0.0.0.0 and
     # [::], ports 8793 and 8794), outside the profile's host and ports.
