@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -135,6 +138,42 @@ def free_port(consecutive: int = 1) -> int:
     raise RuntimeError(f"no {consecutive} consecutive free ports left in {_PORTS}")
 
 
+_store_template: Path | None = None
+
+
+def mlflow_db(path: Path) -> str:
+    """The tracking URI of a new, empty MLflow store at ``path`` (SQLite), for a test that needs one to set up.
+
+    MLflow creates a store by running every schema migration on it: about a second of CPU per store, and the suite
+    makes dozens. Here it does so once per test process, into a template, and each store is a copy of it. The one
+    row that depends on where a store is made, the Default experiment's artifact location (``./mlruns/0`` of the
+    working folder), is set to ``mlruns/0`` beside the store, the folder the tests work in. A store already at
+    ``path`` is left as it is. Tests of how viops creates a store (the README's block, the default URI) start from
+    none.
+    """
+    global _store_template
+    import sqlite3
+
+    if _store_template is None:
+        from mlflow import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="viops-test-store-"))
+        atexit.register(shutil.rmtree, folder, True)
+        template = folder / "mlflow.db"
+        uri = f"sqlite:///{template}"
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+        _store_template = template
+    path = Path(path).resolve()
+    if not path.exists():  # an existing store is opened as it is, as MLflow does
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_store_template, path)
+        now = int(time.time() * 1000)
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
+                       "WHERE experiment_id = 0", (str(path.parent / "mlruns" / "0"), now, now))
+    return f"sqlite:///{path}"
+
+
 @contextmanager
 def pushgateway(log: Path):
     """A real Prometheus Pushgateway on a free port (Debian package ``prometheus-pushgateway``); yields its URL."""
@@ -208,6 +247,6 @@ def example_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri

@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.registry.audit import read_log
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, pushgateway
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_db, pushgateway
 from tests.dags.conftest import REPO
 
 TRAIN = ["train.max_epochs=60", "train.batch_size=64"]
@@ -80,7 +80,7 @@ def _states(run) -> dict[str, str]:
 def test_dag_test_promotes_a_good_model_and_rejects_a_bad_one(airflow_db, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     audit = tmp_path / "audit.jsonl"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("VIOPS_WORK_DIR", str(tmp_path / "work"))

@@ -16,6 +16,7 @@ from pipelines.lifecycle.train import train
 from pipelines.registry.audit import read_log
 from pipelines.registry.gate import evaluate
 from pipelines.registry.promotion import promote
+from tests.conftest import mlflow_db
 from tests.dags.conftest import REPO
 from viops.cli import main as monitor_main
 
@@ -44,7 +45,7 @@ def test_vi_monitoring_branches_on_the_decision(airflow_db, tmp_path, monkeypatc
 
     from monitoring.scenarios import load_scenario, simulate
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("VIOPS_WORK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("VIOPS_AUDIT_LOG", str(tmp_path / "audit.jsonl"))

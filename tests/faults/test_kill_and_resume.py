@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.training.durability import RunStillAlive, find_resumable, reap
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_db
 from tests.faults.conftest import start, viops
 
 LONG = ["--set", "train.max_epochs=600", "--set", "train.early_stopping.enabled=false",
@@ -31,7 +31,7 @@ def _wait_for(path_glob, root, timeout: float = 120):
 def test_a_killed_training_is_reaped_and_resumed_in_the_same_run(tmp_path):
     (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(tmp_path / "data.csv")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     env = {"MLFLOW_TRACKING_URI": uri, "VIOPS_WORK_DIR": str(tmp_path / "work")}
     config = str(tmp_path / "blr_csv.yaml")
     trainer = start(["train", "--config", config, *LONG], env=env, cwd=tmp_path)
@@ -80,7 +80,7 @@ def test_a_killed_training_is_reaped_and_resumed_in_the_same_run(tmp_path):
 def test_resume_without_an_unfinished_run_starts_a_new_one(tmp_path):
     (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(tmp_path / "data.csv")
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "VIOPS_WORK_DIR": str(tmp_path / "work")}
+    env = {"MLFLOW_TRACKING_URI": mlflow_db(tmp_path / "mlflow.db"), "VIOPS_WORK_DIR": str(tmp_path / "work")}
     ran = viops("train", "--config", str(tmp_path / "blr_csv.yaml"), "--resume", "--no-register", env=env,
                 cwd=tmp_path)
     assert ran.code == 0 and ran.result["resumed_from_step"] is None, ran.stderr[-2000:]

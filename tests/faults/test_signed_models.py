@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.registry.signing import EVIDENCE_SIGNATURE_TAG, KEY_TAG, SIGNATURE_TAG, key_fingerprint
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, pushgateway
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_db, pushgateway
 from tests.faults.conftest import DOCUMENTED_EXIT_CODES, train_here, viops
 
 MODEL = "blr-example"
@@ -27,7 +27,7 @@ def signed(tmp_path_factory):
     make_regression_csv(root / "data.csv")
     keys = viops("keys", "generate", "--out", str(root / "keys"))
     assert keys.code == 0, keys.stderr
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = mlflow_db(root / "mlflow.db")
     env = {"MLFLOW_TRACKING_URI": uri, "VIOPS_SIGNING_KEY": keys.result["signing_key"]}
     for _ in range(2):
         trained = train_here(root, uri, env=env)

@@ -14,7 +14,7 @@ from monitoring.scenarios import load_scenario, simulate
 from monitoring.slo import load_slos
 from pipelines.config.loading import load_config
 from pipelines.lifecycle.train import train
-from tests.conftest import REPO
+from tests.conftest import REPO, mlflow_db
 
 pytestmark = pytest.mark.integration
 MODEL = "blr-diabetes"
@@ -23,7 +23,7 @@ MODEL = "blr-diabetes"
 @pytest.fixture(scope="module")
 def replayer(tmp_path_factory):
     root = tmp_path_factory.mktemp("decisions")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = mlflow_db(root / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setenv("VIOPS_AUDIT_LOG", str(root / "audit.jsonl"))

@@ -17,7 +17,7 @@ from monitoring.windows import Window
 from pipelines.config.loading import load_config, parse_overrides
 from pipelines.lifecycle.train import train
 from pipelines.tables import DataError
-from tests.conftest import REPO
+from tests.conftest import REPO, mlflow_db
 
 SCENARIOS = REPO / "configs" / "scenarios"
 
@@ -29,7 +29,7 @@ def champion_tracking_uri(champion) -> str:
 @pytest.fixture(scope="module")
 def regression(tmp_path_factory):
     root = tmp_path_factory.mktemp("checks")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = mlflow_db(root / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         train(load_config(REPO / "configs" / "demo" / "blr_diabetes.yaml"), tracking_uri=uri)
@@ -173,7 +173,7 @@ def test_unlabelled_and_prescored_windows(regression):
 
 
 def test_classifier_concept_shift_raises_ece_and_brier(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     config = load_config(REPO / "configs" / "zoo" / "logistic_breast_cancer.yaml",
                          parse_overrides(["train.max_epochs=60"]))
     train(config, tracking_uri=uri)

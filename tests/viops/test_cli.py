@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_db
 from viops.cli import main
 
 QUICK = ["--set", "train.max_epochs=3"]
@@ -21,7 +21,7 @@ def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     (root / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(root / "data.csv", n=600)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = mlflow_db(root / "mlflow.db")
     # Long enough to converge: the first version becomes champion only if it passes the gate's absolute thresholds.
     converged = ["--set", "train.max_epochs=60", "--set", "train.batch_size=32"]
     out, err = io.StringIO(), io.StringIO()
@@ -115,7 +115,7 @@ def test_compare_lines_up_runs_and_marks_the_best(tmp_path, capsys):
     """Two families on one dataset share an experiment; compare shows both and marks the best per metric."""
     (tmp_path / "blr_csv.yaml").write_text(EXAMPLE_CONFIG.read_text())
     make_regression_csv(tmp_path / "data.csv", n=600)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     for family in ("mean_field", "full_rank"):
         code, _, err = run_cli(["train", "--config", str(tmp_path / "blr_csv.yaml"), "--tracking-uri", uri, *QUICK,
                                 "--set", f"guide.family={family}", "--run-name", family], capsys)

@@ -21,7 +21,7 @@ from pipelines.registry.audit import AUDIT_EXPERIMENT, read_log
 from pipelines.registry.gate import EVALUATION_EXPERIMENT
 from pipelines.registry.promotion import GateRejected, promote
 from pipelines.registry.versions import CHAMPION, MODEL_ID_TAG, PREVIOUS_CHAMPION, alias_version, register_run
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_db
 from viops.cli import main
 from viops.commands.common import EXIT_BAD_INPUT, EXIT_REJECTED
 
@@ -34,7 +34,7 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("lifecycle")
     shutil.copy(EXAMPLE_CONFIG, root / "blr.yaml")
     make_regression_csv(root / "data.csv", n=1200)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = mlflow_db(root / "mlflow.db")
     audit = root / "audit.jsonl"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

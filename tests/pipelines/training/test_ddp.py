@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 
 from pipelines.training.loaders import IndexBatches
-from tests.conftest import REPO, free_port, make_regression_csv
+from tests.conftest import REPO, free_port, make_regression_csv, mlflow_db
 
 
 def test_each_rank_gets_its_own_shard_of_the_same_permutation():
@@ -29,7 +29,7 @@ def test_ddp_with_two_gloo_processes_trains_one_run(tmp_path):
         "train: {batch_size: 100, max_epochs: 40, accelerator: cpu, devices: 2, strategy: ddp, steps_per_batch: 1,"
         " progress_bar: false}\n"
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO)}
     env.pop("VIOPS_DDP_RUN_ID", None)
     proc = subprocess.run(
@@ -90,7 +90,7 @@ def test_two_nodes_on_loopback_train_one_run_to_the_closed_form_posterior(tmp_pa
         "train: {lr: 0.01, early_stopping: {enabled: false}, batch_size: 32, max_epochs: 300, accelerator: cpu,"
         " devices: 1, num_nodes: 2, strategy: ddp, steps_per_batch: 1, progress_bar: false}\n"
     )
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db(tmp_path / "mlflow.db")
     port = free_port(consecutive=2)  # the process group's, and the run-id store's beside it
     nodes = []
     for rank in (0, 1):
