@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import os
 import secrets
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -139,21 +139,21 @@ def free_port(consecutive: int = 1) -> int:
 
 
 _store_template: Path | None = None
+#: The artifact root ``mlflow server --artifacts-destination`` gives the experiments of its store (proxied artifacts).
+SERVER_ARTIFACT_ROOT = "mlflow-artifacts:/"
 
 
-def mlflow_db(path: Path) -> str:
+def mlflow_db(path: Path, artifact_root: str | None = None) -> str:
     """The tracking URI of a new, empty MLflow store at ``path`` (SQLite), for a test that needs one to set up.
 
     MLflow creates a store by running every schema migration on it: about a second of CPU per store, and the suite
     makes dozens. Here it does so once per test process, into a template, and each store is a copy of it. The one
-    row that depends on where a store is made, the Default experiment's artifact location (``./mlruns/0`` of the
-    working folder), is set to ``mlruns/0`` beside the store, the folder the tests work in. A store already at
-    ``path`` is left as it is. Tests of how viops creates a store (the README's block, the default URI) start from
-    none.
+    row that depends on where a store is made, the Default experiment's artifact location, is set as MLflow sets it:
+    under ``artifact_root``, which is ``mlruns`` in the working folder for a client (the folder beside the store,
+    where these tests work) and :data:`SERVER_ARTIFACT_ROOT` for a server's store. A store already at ``path`` is
+    left as it is. Tests of how viops creates a store (the README's block, the default URI) start from none.
     """
     global _store_template
-    import sqlite3
-
     if _store_template is None:
         from mlflow import MlflowClient
 
@@ -167,10 +167,11 @@ def mlflow_db(path: Path) -> str:
     if not path.exists():  # an existing store is opened as it is, as MLflow does
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_store_template, path)
+        default = f"{artifact_root.rstrip('/')}/0" if artifact_root else str(path.parent / "mlruns" / "0")
         now = int(time.time() * 1000)
-        with contextlib.closing(sqlite3.connect(path)) as db, db:
+        with closing(sqlite3.connect(path)) as db, db:
             db.execute("UPDATE experiments SET artifact_location = ?, creation_time = ?, last_update_time = ? "
-                       "WHERE experiment_id = 0", (str(path.parent / "mlruns" / "0"), now, now))
+                       "WHERE experiment_id = 0", (default, now, now))
     return f"sqlite:///{path}"
 
 

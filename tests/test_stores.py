@@ -7,7 +7,7 @@ from contextlib import closing
 
 from mlflow import MlflowClient
 
-from tests.conftest import mlflow_db
+from tests.conftest import SERVER_ARTIFACT_ROOT, mlflow_db
 
 
 def _schema(path) -> tuple:
@@ -41,3 +41,8 @@ def test_an_existing_store_is_left_as_it_is(tmp_path):
     MlflowClient(uri, uri).create_experiment("kept", artifact_location=(tmp_path / "a").as_uri())
     assert mlflow_db(tmp_path / "mlflow.db") == uri
     assert {e.name for e in MlflowClient(uri, uri).search_experiments()} == {"Default", "kept"}
+
+
+def test_a_servers_store_keeps_the_default_experiments_artifacts_behind_the_server(tmp_path):
+    uri = mlflow_db(tmp_path / "backend.db", SERVER_ARTIFACT_ROOT)  # as `mlflow server --artifacts-destination` does
+    assert MlflowClient(uri, uri).get_experiment("0").artifact_location == "mlflow-artifacts:/0"

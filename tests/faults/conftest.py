@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_db, mlflow_environment_kept
+from tests.conftest import EXAMPLE_CONFIG, SERVER_ARTIFACT_ROOT, make_regression_csv, mlflow_db, mlflow_environment_kept
 
 #: The exit codes README.md#exit-codes documents.
 DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}
@@ -98,7 +98,7 @@ def start_mlflow_server(root: Path) -> tuple[str, subprocess.Popen]:
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", mlflow_db(root / "backend.db"),
+         "--workers", "1", "--backend-store-uri", mlflow_db(root / "backend.db", SERVER_ARTIFACT_ROOT),
          "--artifacts-destination", str(root / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},

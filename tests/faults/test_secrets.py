@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import EXAMPLE_CONFIG, free_port, make_regression_csv, mlflow_db
+from tests.conftest import EXAMPLE_CONFIG, SERVER_ARTIFACT_ROOT, free_port, make_regression_csv, mlflow_db
 from tests.faults.conftest import kill_server, viops
 from tests.integration.conftest import wait_healthy
 
@@ -33,7 +33,8 @@ def auth_server(tmp_path_factory):
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--backend-store-uri", mlflow_db(root / "backend.db"),
+         "--port", str(port), "--workers", "1",
+         "--backend-store-uri", mlflow_db(root / "backend.db", SERVER_ARTIFACT_ROOT),
          "--artifacts-destination", str(root / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
         env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),

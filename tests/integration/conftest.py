@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, mlflow_db, require
+from tests.conftest import SERVER_ARTIFACT_ROOT, free_port, mlflow_db, require
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, path: str = "/health", timeout: float = 120) -> None:
@@ -48,7 +48,8 @@ def mlflow_server(tmp_path_factory):
     log = open(root / "server.log", "w")
     proc = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", mlflow_db(root / "backend.db"), "--artifacts-destination", str(root / "artifacts")],
+         "--backend-store-uri", mlflow_db(root / "backend.db", SERVER_ARTIFACT_ROOT),
+         "--artifacts-destination", str(root / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, cwd=root,
         # MLflow's job runners (a pool of ~8 processes per server) serve nothing these tests use
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
