@@ -21,7 +21,8 @@ from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 
 from pipelines.training.telemetry import TelemetryError
 
-__all__ = ["LastCheckpoint", "GradientNorms", "NonFiniteGuard", "StepTelemetry", "ConvergenceEarlyStopping"]
+__all__ = ["LastCheckpoint", "GradientNorms", "NonFiniteGuard", "StepTelemetry", "ConvergenceEarlyStopping",
+           "ValidationTime"]
 
 
 class _CachedStateKey:
@@ -61,6 +62,23 @@ class LastCheckpoint(pl.Callback):
             os.replace(partial, final)
         self._last = time.monotonic()
         return final
+
+
+class ValidationTime(pl.Callback):
+    """Wall time of the fit's validation checks (from Lightning's validation start to its end), so that a run
+    tells how much of its fit went to validating (``final/validation_seconds``) and how much to the SVI steps."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+            self._started = None
 
 
 class GradientNorms(pl.Callback):

@@ -84,7 +84,8 @@ def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: P
                             "laplace_trusted": float(laplace_trusted(config, model, data.train_rows))})
     steps = float(done.trainer.global_step)
     epochs = float(math.ceil(steps / max(done.module.steps_per_epoch, 1)))  # passes over the rows begun
-    metrics.update({"train_seconds": done.seconds, "steps": steps, "epochs": epochs})
+    metrics.update({"train_seconds": done.seconds, "validation_seconds": done.validation_time.seconds, "steps": steps,
+                    "epochs": epochs})
     metrics["steps_per_second"] = steps / done.seconds if done.seconds > 0 else 0.0
     if not all(np.isfinite(v) for v in metrics.values()):
         raise TrainingFailed(f"final metrics are not finite: {metrics}")

@@ -40,6 +40,7 @@ class Fit:
         stats: the standardisation of the training split, or None.
         train_xy, val_xy: the tensors trained and validated on.
         telemetry, stopper, gaps: the step-telemetry, early-stopping and amortization-gap callbacks (or None).
+        validation_time: the callback that times the validation checks (``seconds``).
         on_exception: the callback that keeps a fit that raised (its ``ckpt_path``).
         seconds: wall time of ``trainer.fit``. The step metrics still held when it ends are on their way to the
             tracking store; :meth:`deliver_telemetry` waits for them.
@@ -56,6 +57,7 @@ class Fit:
     telemetry: object
     stopper: object
     gaps: object
+    validation_time: object
     on_exception: object
     seconds: float
 
@@ -159,7 +161,7 @@ def fit(config: TrainConfig, data: PreparedData, client, uri: str, run_id: str, 
         raise TrainingFailed(callbacks.guard.failure_reason)
     trainer.save_checkpoint(workdir / CHECKPOINTS_DIR / "last.ckpt")
     return Fit(trainer, module, model, family, laplace, stats, train_xy, val_xy, callbacks.telemetry,
-               callbacks.stopper, callbacks.gaps, callbacks.on_exception, seconds)
+               callbacks.stopper, callbacks.gaps, callbacks.validation_time, callbacks.on_exception, seconds)
 
 
 def _streamed_batches(data: PreparedData, config: TrainConfig, stats, classify: bool):
@@ -188,6 +190,7 @@ class _Callbacks:
             LastCheckpoint,
             NonFiniteGuard,
             StepTelemetry,
+            ValidationTime,
         )
         from pipelines.training.progress import TrainingProgress
 
@@ -195,7 +198,8 @@ class _Callbacks:
         self.telemetry = StepTelemetry(sink, flush_every_n_steps=settings.log_every_n_steps,
                                        every_n_steps=settings.metrics_every_n_steps)
         self.guard = NonFiniteGuard()
-        self.all = [GradientNorms(), self.guard, self.telemetry]
+        self.validation_time = ValidationTime()
+        self.all = [GradientNorms(), self.guard, self.telemetry, self.validation_time]
         if not amortized:
             self.all.append(IterateAveraging(settings.average_last))
         self.stopper = self.gaps = None
