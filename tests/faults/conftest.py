@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_CONFIG, SERVER_ARTIFACT_ROOT, make_regression_csv, mlflow_db, mlflow_environment_kept
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv, mlflow_db, mlflow_environment_kept
 
 #: The exit codes README.md#exit-codes documents.
 DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}
@@ -87,33 +87,3 @@ def example(tmp_path_factory):
     trained = train_here(root, uri)
     assert trained.model_version == "1" and "champion" in trained.aliases, trained.registration
     return root, uri
-
-
-def start_mlflow_server(root: Path) -> tuple[str, subprocess.Popen]:
-    """A real ``mlflow server`` on SQLite under ``root`` that the test may kill; returns ``(url, process)``."""
-    from tests.conftest import free_port
-    from tests.integration.conftest import wait_healthy
-
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", mlflow_db(root / "backend.db", SERVER_ARTIFACT_ROOT),
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, root / "server.log")
-    return url, proc
-
-
-def kill_server(proc: subprocess.Popen) -> None:
-    """SIGKILL the server and every worker it started."""
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)

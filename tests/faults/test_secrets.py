@@ -5,16 +5,13 @@ changed), and no password appears in anything viops prints."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import EXAMPLE_CONFIG, SERVER_ARTIFACT_ROOT, free_port, make_regression_csv, mlflow_db
-from tests.faults.conftest import kill_server, viops
-from tests.integration.conftest import wait_healthy
+from tests.conftest import EXAMPLE_CONFIG, make_regression_csv
+from tests.faults.conftest import viops
+from tests.servers import kill_server, start_mlflow_server
 
 ADMIN_PW = "adm1n-Secret-pw"
 BOB_PW = "b0b-Secret-pw"
@@ -29,18 +26,10 @@ def auth_server(tmp_path_factory):
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # as docs/operations.md advises: a password is hashed once a minute, not on each of a run's requests
         "auth_cache_ttl_seconds = 60\n")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1",
-         "--backend-store-uri", mlflow_db(root / "backend.db", SERVER_ARTIFACT_ROOT),
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
-        env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-             "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, root / "server.log")
+    url, proc = start_mlflow_server(
+        root, "--app-name", "basic-auth", own_session=True,
+        env={"MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+             "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"})
     from mlflow.server.auth.client import AuthServiceClient
 
     os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=ADMIN_PW)
@@ -52,7 +41,6 @@ def auth_server(tmp_path_factory):
     make_regression_csv(root / "data.csv")
     yield root, url
     kill_server(proc)
-    log.close()
 
 
 def _no_secret(*ran) -> None:

@@ -14,7 +14,8 @@ import torch
 from mlflow import MlflowClient
 
 from tests.conftest import free_port
-from tests.faults.conftest import finish, kill_server, start, start_mlflow_server, viops
+from tests.faults.conftest import finish, start, viops
+from tests.servers import kill_server, start_mlflow_server
 
 SECRET = "s3cret-pw"
 
@@ -47,7 +48,7 @@ def test_every_command_fails_fast_and_says_the_server_is_unreachable(example):
 
 @pytest.fixture
 def server(tmp_path):
-    url, proc = start_mlflow_server(tmp_path)
+    url, proc = start_mlflow_server(tmp_path, own_session=True)
     yield url, proc
     kill_server(proc)
     if "restarted" in proc.__dict__:
@@ -107,7 +108,7 @@ def test_a_server_killed_during_training_ends_the_command_in_bounded_time(server
     spooled_steps = {row[0] for batch in spooled if "elbo" in batch["names"] for row in batch["rows"]}
 
     # The server comes back (same database, new port): reap the orphaned run, resume it, and the spool is replayed.
-    url, proc = start_mlflow_server(tmp_path)
+    url, proc = start_mlflow_server(tmp_path, own_session=True)
     server[1].__dict__["restarted"] = proc  # stopped by the fixture's teardown below
     env["MLFLOW_TRACKING_URI"] = url
     reaped = viops("runs", "reap", "--stale-after", "1", env=env, cwd=tmp_path)

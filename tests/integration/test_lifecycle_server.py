@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 
 from pipelines.registry.signing import generate_keys
 from tests.conftest import EXAMPLE_CONFIG, free_port, make_regression_csv, require
-from tests.integration.conftest import stop, wait_healthy
+from tests.servers import stop, wait_healthy
 
 pytestmark = pytest.mark.integration
 

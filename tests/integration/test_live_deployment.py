@@ -198,7 +198,7 @@ def _serve_and_predict(root, tracking_uri: str, rows: pd.DataFrame) -> list[dict
     from pathlib import Path
 
     from tests.conftest import free_port
-    from tests.integration.conftest import stop, wait_healthy
+    from tests.servers import stop, wait_healthy
 
     port, log_path = free_port(), root / "serve.log"
     venv_bin = Path(sys.executable).parent
