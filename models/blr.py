@@ -127,14 +127,16 @@ class BayesianLinearRegression(GlobalLatentModel):
             self._gaussian_prior = Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
         return self._gaussian_prior
 
-    def _mean_and_scale(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float | torch.Tensor]:
-        """The predictive mean ``(S, B)`` (one matmul for every draw) and the noise scale: a number, or ``(S, 1)``."""
+    def _mean(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The predictive mean ``(S, B)``: one matmul for every draw."""
         p = self.num_features
         if self.fit_intercept:
-            mean = torch.addmm(z[:, p : p + 1], z[:, :p], x.T)
-        else:
-            mean = z[:, :p] @ x.T
-        return mean, self._to_positive(z[:, -1:]) if self.learns_noise else self.noise_scale
+            return torch.addmm(z[:, p : p + 1], z[:, :p], x.T)
+        return z[:, :p] @ x.T
+
+    def _mean_and_scale(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """The predictive mean ``(S, B)`` and the noise scale: a number, or ``(S, 1)``."""
+        return self._mean(z, x), self._to_positive(z[:, -1:]) if self.learns_noise else self.noise_scale
 
     def predictive(self, z: torch.Tensor, x: torch.Tensor) -> Normal:
         """p(y | x, z) for every draw and row: a Normal with batch shape ``(S, B)``."""
@@ -142,4 +144,7 @@ class BayesianLinearRegression(GlobalLatentModel):
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y_i | x_i, z_s) per draw and row, shape ``(S, B)``."""
-        return gaussian_log_likelihood(y, *self._mean_and_scale(z, x))
+        if self.learns_noise:  # sigma = exp(u) (the positive bijection), so log sigma is the latent u itself
+            log_sigma = z[:, -1:]
+            return gaussian_log_likelihood(y, self._mean(z, x), log_sigma.exp(), log_scale=log_sigma)
+        return gaussian_log_likelihood(y, self._mean(z, x), self.noise_scale)

@@ -162,7 +162,10 @@ class BayesianNeuralNetwork(GlobalLatentModel):
         explains)."""
         if self.task == "classification":
             return self._head(out, z).log_prob(y.long())
-        return gaussian_log_likelihood(y, out.squeeze(-1), self._noise(z))
+        if self.learns_noise:  # sigma = exp(u) (the positive bijection), so log sigma is the latent u itself
+            log_sigma = z[..., -1:]
+            return gaussian_log_likelihood(y, out.squeeze(-1), log_sigma.exp(), log_scale=log_sigma)
+        return gaussian_log_likelihood(y, out.squeeze(-1), self.noise_scale)
 
     # -- the prior --------------------------------------------------------------------------------------------------
 

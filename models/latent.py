@@ -81,16 +81,19 @@ class GlobalLatentModel:
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def gaussian_log_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+def gaussian_log_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: float | torch.Tensor,
+                            log_scale: torch.Tensor | None = None) -> torch.Tensor:
     """``Normal(mean, scale).log_prob(y)`` for ``mean`` of shape ``(S, B)`` and a noise ``scale`` that is a number or
     a tensor broadcastable to it (``(S, 1)``: one per draw), in closed form.
 
     The same density as torch's (``tests/models`` checks it against ``predictive(z, x).log_prob(y)``), but on the
     training step's hot path: ``Normal(mean, scale)`` would broadcast ``scale`` to ``(S, B)`` and take its log once per
     row and draw, which the profile (docs/benchmarks.md) showed to be the costliest operation of a step. Here the log
-    is taken once per draw and the step builds no distribution object.
+    is taken once per draw and the step builds no distribution object. ``log_scale``: ``log scale`` where the caller
+    holds it (a learned noise scale is the exponential of its latent, which is then its log: no ``log(exp(u))``).
     """
-    log_scale = math.log(scale) if isinstance(scale, float) else scale.log()
+    if log_scale is None:
+        log_scale = math.log(scale) if isinstance(scale, float) else scale.log()
     return -0.5 * ((y - mean) / scale).square() - (log_scale + _HALF_LOG_2PI)
 
 
