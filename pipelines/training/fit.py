@@ -176,9 +176,9 @@ def _streamed_batches(data: PreparedData, config: TrainConfig, stats, classify: 
 
 
 class _Callbacks:
-    """The callbacks of one fit: gradient norms, the NaN/inf guard, step telemetry, iterate averaging (global
-    latents), early stopping, the amortization gaps (amortized models), progress (a bar on a terminal), checkpoints
-    (every ``checkpoint_every_seconds``, and when training raises)."""
+    """The callbacks of one fit: gradient norms, the NaN/inf guard, step telemetry, the validation checks' clock,
+    iterate averaging (global latents), early stopping, the amortization gaps (amortized models), progress (a bar on
+    a terminal), checkpoints (every ``checkpoint_every_seconds``, and when training raises)."""
 
     def __init__(self, config: TrainConfig, module, sink, validation, checkpoints: Path):
         from pytorch_lightning.callbacks import EarlyStopping, OnExceptionCheckpoint
