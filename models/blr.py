@@ -15,6 +15,7 @@ from models.latent import (
     LatentBlock,
     gaussian_log_likelihood,
     gaussian_predictive,
+    learned_noise_log_likelihood,
     move_distribution,
 )
 from models.priors import PriorDensity
@@ -144,7 +145,6 @@ class BayesianLinearRegression(GlobalLatentModel):
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(y_i | x_i, z_s) per draw and row, shape ``(S, B)``."""
-        if self.learns_noise:  # sigma = exp(u) (the positive bijection), so log sigma is the latent u itself
-            log_sigma = z[:, -1:]
-            return gaussian_log_likelihood(y, self._mean(z, x), log_sigma.exp(), log_scale=log_sigma)
+        if self.learns_noise:
+            return learned_noise_log_likelihood(y, self._mean(z, x), z[:, -1:])
         return gaussian_log_likelihood(y, self._mean(z, x), self.noise_scale)

@@ -23,6 +23,7 @@ from models.latent import (
     LatentBlock,
     gaussian_log_likelihood,
     gaussian_predictive,
+    learned_noise_log_likelihood,
     move_distribution,
 )
 from models.priors import PriorDensity
@@ -162,9 +163,8 @@ class BayesianNeuralNetwork(GlobalLatentModel):
         explains)."""
         if self.task == "classification":
             return self._head(out, z).log_prob(y.long())
-        if self.learns_noise:  # sigma = exp(u) (the positive bijection), so log sigma is the latent u itself
-            log_sigma = z[..., -1:]
-            return gaussian_log_likelihood(y, out.squeeze(-1), log_sigma.exp(), log_scale=log_sigma)
+        if self.learns_noise:
+            return learned_noise_log_likelihood(y, out.squeeze(-1), z[..., -1:])
         return gaussian_log_likelihood(y, out.squeeze(-1), self.noise_scale)
 
     # -- the prior --------------------------------------------------------------------------------------------------

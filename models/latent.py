@@ -20,7 +20,8 @@ from torch.distributions import Distribution, Normal, biject_to, constraints
 
 from models.priors import Flat, without_sample_checks
 
-__all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "gaussian_predictive", "move_distribution"]
+__all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "gaussian_predictive",
+           "learned_noise_log_likelihood", "move_distribution"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,12 @@ def gaussian_log_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: float | 
     if log_scale is None:
         log_scale = math.log(scale) if isinstance(scale, float) else scale.log()
     return -0.5 * ((y - mean) / scale).square() - (log_scale + _HALF_LOG_2PI)
+
+
+def learned_noise_log_likelihood(y: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """:func:`gaussian_log_likelihood` with a learned noise scale given by its latent ``u = log scale`` (``(S, 1)``):
+    the scale is ``exp(u)`` (the positive bijection of the latent), so its log is ``u`` itself, not ``log(exp(u))``."""
+    return gaussian_log_likelihood(y, mean, log_scale.exp(), log_scale=log_scale)
 
 
 def gaussian_predictive(mean: torch.Tensor, scale: float | torch.Tensor) -> Normal:
