@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,8 +72,6 @@ def start_mlflow_server(root: Path, *args: str, env: dict[str, str] | None = Non
 
 def kill_server(proc: subprocess.Popen) -> None:
     """SIGKILL a server started with ``own_session`` and every worker it started."""
-    import signal
-
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
