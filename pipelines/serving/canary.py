@@ -80,7 +80,7 @@ def save_router(client, split: CanarySplit, *, tracking_uri: str, dst: str | Pat
     posteriors, downloaded and checked against their signatures, and the routing file."""
     import mlflow.pyfunc
 
-    from pipelines.serving.pyfunc import stage_pyfunc_code
+    from pipelines.serving.pyfunc import pip_requirements, stage_pyfunc_code
     from pipelines.serving.routing import ROUTER_CODE, ROUTER_ENTRY_POINT
 
     work = Path(tempfile.mkdtemp(prefix="viops-canary-"))
@@ -95,7 +95,8 @@ def save_router(client, split: CanarySplit, *, tracking_uri: str, dst: str | Pat
         routing.write_text(json.dumps(split.spec, indent=2))
         artifacts["routing"] = str(routing)
         mlflow.pyfunc.save_model(str(dst), python_model=str(ROUTER_ENTRY_POINT), artifacts=artifacts,
-                                 code_paths=stage_pyfunc_code(work / "code", ROUTER_CODE))
+                                 code_paths=stage_pyfunc_code(work / "code", ROUTER_CODE),
+                                 pip_requirements=pip_requirements())
     finally:
         shutil.rmtree(work, ignore_errors=True)  # save_model copied what the router needs into dst
     return Path(dst)

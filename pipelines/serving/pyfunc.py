@@ -29,7 +29,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from pipelines.serving.bundle import PosteriorBundle
 
 __all__ = ["PosteriorPredictiveModel", "PREDICTION_COLUMNS", "scoring_device", "class_columns", "PYFUNC_ENTRY_POINT",
-           "PYFUNC_CODE", "stage_pyfunc_code", "BadModelInput"]
+           "PYFUNC_CODE", "stage_pyfunc_code", "pip_requirements", "BadModelInput"]
 
 
 class BadModelInput(MlflowException, ValueError):
@@ -94,6 +94,16 @@ def stage_pyfunc_code(directory: Path, files: tuple[str, ...] = PYFUNC_CODE) -> 
         else:
             shutil.copy2(source, target)
     return sorted(str(directory / top) for top in {relative.split("/")[0] for relative in files})
+
+
+def pip_requirements() -> list[str]:
+    """The distributions a logged model needs, pinned to this environment's versions.
+
+    Passed to every ``log_model``/``save_model``: without it MLflow infers them by loading the model in a child
+    process (several seconds per model) and may pick up whatever else the environment holds."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "mlflow", "pandas", "numpy", "pydantic", "PyYAML")]
 
 
 def class_columns(num_classes: int) -> list[str]:

@@ -16,7 +16,7 @@ from pipelines.run_artifacts import (
     REFERENCE_DIR,
 )
 from pipelines.serving.bundle import PosteriorBundle
-from pipelines.serving.pyfunc import PYFUNC_ENTRY_POINT, PosteriorPredictiveModel, stage_pyfunc_code
+from pipelines.serving.pyfunc import PYFUNC_ENTRY_POINT, PosteriorPredictiveModel, pip_requirements, stage_pyfunc_code
 from pipelines.training.data import PreparedData
 from pipelines.training.plots import plot_elbo_curve
 
@@ -96,13 +96,8 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
             code_paths=stage_pyfunc_code(Path(code)),
             signature=signature,
             input_example=example,
-            pip_requirements=_pip_requirements(),
+            pip_requirements=pip_requirements(),
         )
     client.set_tag(run_id, MODEL_ID_TAG, info.model_id)
     return bundle
 
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("torch", "mlflow", "pandas", "numpy", "pydantic", "PyYAML")]

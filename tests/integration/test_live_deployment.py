@@ -140,6 +140,7 @@ def test_canary_routing_is_sticky_and_a_canary_that_breaks_calibration_is_rolled
     import mlflow.pyfunc
 
     from pipelines.serving.canary import load_split, save_router
+    from pipelines.serving.pyfunc import pip_requirements
     from pipelines.serving.scoring import score_file
 
     root, client, monitor, windows = deployed
@@ -166,6 +167,7 @@ def test_canary_routing_is_sticky_and_a_canary_that_breaks_calibration_is_rolled
     # The router mlflow models serve runs answers each row with the same version, and says so.
     split = load_split(client, MODEL, tracking_uri=mlflow_server)
     router = save_router(client, split, tracking_uri=mlflow_server, dst=root / "router")
+    assert (router / "requirements.txt").read_text().split() == pip_requirements()  # pinned, not inferred
     served = mlflow.pyfunc.load_model(str(router)).predict(rows[split.champion.bundle.features])
     assert (served["version"].astype(str).to_numpy() == answered.to_numpy()).all()
     assert np.allclose(served["mean"], pd.read_csv(root / "first.csv")["mean"])
