@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.timeout(1800)  # the whole block: about 4.5 minutes on 2 idle cores
+pytestmark = pytest.mark.timeout(1800)  # the whole block: 85-100 s on 2 idle cores
 
 #: What is not part of a fresh clone (or is rebuilt by the block itself).
 _NOT_COPIED = shutil.ignore_patterns(".venv", ".git", "demo_out", "mlflow.db", "mlruns", "mlartifacts", "windows",
