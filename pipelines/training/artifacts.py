@@ -100,4 +100,3 @@ def log_training_artifacts(client, run_id, config: TrainConfig, data: PreparedDa
         )
     client.set_tag(run_id, MODEL_ID_TAG, info.model_id)
     return bundle
-
