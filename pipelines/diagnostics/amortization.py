@@ -53,7 +53,8 @@ class AmortizationDiagnostics(pl.Callback):
         # Here, not in the validation hooks: refining q* needs gradients, and validation runs in inference mode.
         if not self._pending:
             return
-        elapsed = time.perf_counter() - (self._started or time.perf_counter())
+        now = time.perf_counter()
+        elapsed = now - (self._started if self._started is not None else now)
         if self.history and self.seconds + self._last_cost > self.budget * elapsed:
             return  # over budget for now; try again after the next validation
         self._pending = False
