@@ -13,6 +13,7 @@ from pipelines.diagnostics.amortization import AmortizationDiagnostics
 
 BATCH_SECONDS = 0.1  # training time between two batch ends
 VALIDATE_EVERY = 5  # batches
+BUDGET = 0.10  # the share of the elapsed fit the measurements may take
 
 
 class Clock:
@@ -23,7 +24,7 @@ class Clock:
         return self.now
 
 
-def run(monkeypatch, measure_seconds: float, batches: int = 400, budget: float = 0.10):
+def run(monkeypatch, measure_seconds: float, batches: int = 400):
     """A fit of ``batches`` batches with a validation every :data:`VALIDATE_EVERY`; each gap measurement (the real
     one, on a small VAE) advances the clock by ``measure_seconds``. Returns the callback and the fit's seconds."""
     clock = Clock()
@@ -39,7 +40,7 @@ def run(monkeypatch, measure_seconds: float, batches: int = 400, budget: float =
     model = VariationalAutoencoder(6, 2, encoder_hidden=[8], decoder_hidden=[8])
     rows = torch.randint(0, 17, (4, 6)).float()
     settings = AmortizationConfig(subsample=4, refine_steps=2, log_marginal_samples=4, every_n_validations=1)
-    gaps = AmortizationDiagnostics(rows, settings, every_n_validations=1, budget=budget)
+    gaps = AmortizationDiagnostics(rows, settings, every_n_validations=1, budget=BUDGET)
     trainer = SimpleNamespace(sanity_checking=False, global_step=0, logger=None)
     module = SimpleNamespace(model=model, device=torch.device("cpu"))
     gaps.on_train_start(trainer, module)
@@ -65,10 +66,10 @@ def test_costly_measurements_are_spaced_to_stay_within_the_budget(monkeypatch, m
     steps = [step for step, _ in gaps.history]
     assert steps[0] == VALIDATE_EVERY  # the first validation is always measured: its cost is not known before
     assert len(steps) >= 2 and len(steps) < 400 // VALIDATE_EVERY  # measured over training, but not every time
-    # Each later measurement started only if the time spent measuring, with it, stayed within 10% of the elapsed
-    # time: the whole fit is within the budget.
+    # Each later measurement started only if the time spent measuring, with it, stayed within the budget's share
+    # of the elapsed time: the whole fit is within the budget.
     assert gaps.seconds == pytest.approx(measure_seconds * len(steps))
-    assert gaps.seconds <= 0.10 * fit_seconds
+    assert gaps.seconds <= BUDGET * fit_seconds
     # As dense as the budget allows: what is left of it at the end is less than one measurement, plus the budget
     # that the last stretch between two validations earned.
-    assert gaps.seconds + measure_seconds > 0.10 * (fit_seconds - VALIDATE_EVERY * BATCH_SECONDS) - 1e-9
+    assert gaps.seconds + measure_seconds > BUDGET * (fit_seconds - VALIDATE_EVERY * BATCH_SECONDS) - 1e-9
