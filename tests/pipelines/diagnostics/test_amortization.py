@@ -13,6 +13,7 @@ from pipelines.diagnostics.amortization import AmortizationDiagnostics
 
 BATCH_SECONDS = 0.1  # training time between two batch ends
 VALIDATE_EVERY = 5  # batches
+BATCHES = 400  # in the whole fit
 BUDGET = 0.10  # the share of the elapsed fit the measurements may take
 
 
@@ -24,8 +25,8 @@ class Clock:
         return self.now
 
 
-def run(monkeypatch, measure_seconds: float, batches: int = 400):
-    """A fit of ``batches`` batches with a validation every :data:`VALIDATE_EVERY`; each gap measurement (the real
+def run(monkeypatch, measure_seconds: float):
+    """A fit of :data:`BATCHES` batches with a validation every :data:`VALIDATE_EVERY`; each gap measurement (the real
     one, on a small VAE) advances the clock by ``measure_seconds``. Returns the callback and the fit's seconds."""
     clock = Clock()
     monkeypatch.setattr(amortization, "time", clock)
@@ -44,7 +45,7 @@ def run(monkeypatch, measure_seconds: float, batches: int = 400):
     trainer = SimpleNamespace(sanity_checking=False, global_step=0, logger=None)
     module = SimpleNamespace(model=model, device=torch.device("cpu"))
     gaps.on_train_start(trainer, module)
-    for batch in range(1, batches + 1):
+    for batch in range(1, BATCHES + 1):
         clock.now += BATCH_SECONDS
         trainer.global_step = batch
         if batch % VALIDATE_EVERY == 0:
@@ -55,7 +56,7 @@ def run(monkeypatch, measure_seconds: float, batches: int = 400):
 
 def test_cheap_measurements_follow_every_validation(monkeypatch):
     gaps, _ = run(monkeypatch, measure_seconds=0.001)
-    assert [step for step, _ in gaps.history] == list(range(VALIDATE_EVERY, 401, VALIDATE_EVERY))
+    assert [step for step, _ in gaps.history] == list(range(VALIDATE_EVERY, BATCHES + 1, VALIDATE_EVERY))
     assert all(set(values) >= {"amortization/amortization_gap", "amortization/approximation_gap"}
                for _, values in gaps.history)
 
@@ -65,7 +66,7 @@ def test_costly_measurements_are_spaced_to_stay_within_the_budget(monkeypatch, m
     gaps, fit_seconds = run(monkeypatch, measure_seconds=measure_seconds)
     steps = [step for step, _ in gaps.history]
     assert steps[0] == VALIDATE_EVERY  # the first validation is always measured: its cost is not known before
-    assert len(steps) >= 2 and len(steps) < 400 // VALIDATE_EVERY  # measured over training, but not every time
+    assert len(steps) >= 2 and len(steps) < BATCHES // VALIDATE_EVERY  # measured over training, but not every time
     # Each later measurement started only if the time spent measuring, with it, stayed within the budget's share
     # of the elapsed time: the whole fit is within the budget.
     assert gaps.seconds == pytest.approx(measure_seconds * len(steps))
