@@ -2,13 +2,13 @@
 
 Latent variables live in one flat unconstrained vector ``z = [weights (p), intercept (1), log noise_scale (0 or 1)]``
 so that any :class:`~models.families.VariationalFamily` over ``R^D`` can approximate the posterior. The positive noise
-scale is mapped to the real line with ``biject_to(constraints.positive)`` and its log-Jacobian enters the prior.
+scale is held as its log (:data:`models.priors.TO_POSITIVE`) and its log-Jacobian enters the prior.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution, Independent, Normal, biject_to, constraints
+from torch.distributions import Distribution, Independent, Normal
 
 from models.latent import (
     GlobalLatentModel,
@@ -18,7 +18,7 @@ from models.latent import (
     learned_noise_log_likelihood,
     move_distribution,
 )
-from models.priors import PriorDensity
+from models.priors import TO_POSITIVE, PriorDensity
 
 __all__ = ["BayesianLinearRegression", "LatentBlock"]
 
@@ -65,7 +65,6 @@ class BayesianLinearRegression(GlobalLatentModel):
         if self.learns_noise:
             blocks.append(LatentBlock("noise_scale", blocks[-1].stop, 1, positive=True))
         self.blocks: tuple[LatentBlock, ...] = tuple(blocks)
-        self._to_positive = biject_to(constraints.positive)
         self._gaussian_prior: Distribution | None = None
 
     @property
@@ -97,7 +96,7 @@ class BayesianLinearRegression(GlobalLatentModel):
         out = {"weights": z[..., :p]}
         out["intercept"] = z[..., p] if self.fit_intercept else z.new_zeros(z.shape[:-1])
         if self.learns_noise:
-            out["noise_scale"] = self._to_positive(z[..., -1])
+            out["noise_scale"] = TO_POSITIVE(z[..., -1])
         return out
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
@@ -137,7 +136,7 @@ class BayesianLinearRegression(GlobalLatentModel):
 
     def _mean_and_scale(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float | torch.Tensor]:
         """The predictive mean ``(S, B)`` and the noise scale: a number, or ``(S, 1)``."""
-        return self._mean(z, x), self._to_positive(z[:, -1:]) if self.learns_noise else self.noise_scale
+        return self._mean(z, x), TO_POSITIVE(z[:, -1:]) if self.learns_noise else self.noise_scale
 
     def predictive(self, z: torch.Tensor, x: torch.Tensor) -> Normal:
         """p(y | x, z) for every draw and row: a Normal with batch shape ``(S, B)``."""

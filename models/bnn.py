@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Categorical, Distribution, Independent, Normal, biject_to, constraints
+from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from models.families import MeanFieldGaussian
 from models.latent import (
@@ -26,7 +26,7 @@ from models.latent import (
     learned_noise_log_likelihood,
     move_distribution,
 )
-from models.priors import PriorDensity
+from models.priors import TO_POSITIVE, PriorDensity
 
 __all__ = ["BayesianNeuralNetwork", "ACTIVATIONS"]
 
@@ -82,7 +82,6 @@ class BayesianNeuralNetwork(GlobalLatentModel):
         if self.learns_noise:
             blocks.append(LatentBlock("noise_scale", start, 1, positive=True))
         self.blocks = tuple(blocks)
-        self._to_positive = biject_to(constraints.positive)
         self._gaussian_prior: Distribution | None = None
 
     @property
@@ -145,7 +144,7 @@ class BayesianNeuralNetwork(GlobalLatentModel):
 
     def _noise(self, z: torch.Tensor) -> float | torch.Tensor:
         """The regression noise scale: the fixed number, or one per draw ``(S, 1)``."""
-        return self._to_positive(z[..., -1:]) if self.learns_noise else self.noise_scale
+        return TO_POSITIVE(z[..., -1:]) if self.learns_noise else self.noise_scale
 
     def predictive(self, z: torch.Tensor, x: torch.Tensor) -> Distribution:
         """p(y | x, z) with batch shape ``(S, B)``: Normal (regression) or Categorical (classification)."""

@@ -1,7 +1,7 @@
 """Models with global latent variables in one flat unconstrained vector ``z`` (regression, classification, BNNs).
 
 A model lays its parameters out as named :class:`LatentBlock` slices of ``z``; positive parameters are stored on the
-log scale (``biject_to(constraints.positive)``) and their log-Jacobian enters the prior, so any
+log scale (:data:`models.priors.TO_POSITIVE`) and their log-Jacobian enters the prior, so any
 :class:`~models.families.VariationalFamily` over ``R^D`` can approximate the posterior. Every such model answers:
 
 - ``log_likelihood(z, x, y) -> (S, B)`` and ``log_prior(z) -> (S,)`` for the ELBO and importance diagnostics;
@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.distributions import Distribution, Normal, biject_to, constraints
+from torch.distributions import Distribution, Normal
 
-from models.priors import Flat, without_sample_checks
+from models.priors import TO_POSITIVE, Flat, without_sample_checks
 
 __all__ = ["GlobalLatentModel", "LatentBlock", "gaussian_log_likelihood", "gaussian_predictive",
            "learned_noise_log_likelihood", "move_distribution"]
@@ -61,7 +61,6 @@ class GlobalLatentModel:
         Unconstrained blocks use the family's exact marginal moments; positive blocks use ``num_samples``
         Monte-Carlo draws with a fixed seed.
         """
-        to_positive = biject_to(constraints.positive)
         with torch.no_grad():
             loc, sd = family.mean.detach().cpu(), family.stddev.detach().cpu()
             draws = None
@@ -73,7 +72,7 @@ class GlobalLatentModel:
                     if draws is None:
                         generator = torch.Generator(device=family.precond_shift.device).manual_seed(seed)
                         draws = family.rsample(num_samples, generator=generator).detach().cpu()
-                    values = to_positive(draws[:, block.start : block.stop])
+                    values = TO_POSITIVE(draws[:, block.start : block.stop])
                     mean, std = values.mean(0), values.std(0)
                 summary[block.name] = {"mean": mean.tolist(), "sd": std.tolist()}
         return summary
@@ -100,8 +99,9 @@ def gaussian_log_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: float | 
 
 def learned_noise_log_likelihood(y: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """:func:`gaussian_log_likelihood` with a learned noise scale given by its latent ``u = log scale`` (``(S, 1)``):
-    the scale is ``exp(u)`` (the positive bijection of the latent), so its log is ``u`` itself, not ``log(exp(u))``."""
-    return gaussian_log_likelihood(y, mean, log_scale.exp(), log_scale=log_scale)
+    the scale is :data:`~models.priors.TO_POSITIVE` of ``u``, ``exp(u)``, so its log is ``u`` itself, not
+    ``log(exp(u))``."""
+    return gaussian_log_likelihood(y, mean, TO_POSITIVE(log_scale), log_scale=log_scale)
 
 
 def gaussian_predictive(mean: torch.Tensor, scale: float | torch.Tensor) -> Normal:

@@ -17,13 +17,21 @@ from torch.distributions import (
     HalfNormal,
     Normal,
     StudentT,
+    biject_to,
     constraints,
 )
 
 __all__ = ["Flat", "HalfStudentT", "PriorDensity", "make_prior", "without_sample_checks", "PRIOR_KINDS",
-           "SCALE_PRIOR_KINDS"]
+           "SCALE_PRIOR_KINDS", "TO_POSITIVE"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+#: How a positive parameter (a learned noise scale) is held in ``z``: as ``u = log sigma``, mapped back by torch's
+#: bijection onto the positive reals, ``sigma = exp(u)``. The models map ``u`` to ``sigma`` with it, and the hot-path
+#: densities use what it implies: the log-Jacobian of ``sigma = exp(u)`` is ``u`` (:meth:`PriorDensity.log_scale`),
+#: and so is ``log sigma`` (:func:`models.latent.learned_noise_log_likelihood`). ``tests/models`` checks that torch's
+#: bijection is still ``exp``.
+TO_POSITIVE = biject_to(constraints.positive)
 
 
 class Flat(Distribution):
@@ -153,7 +161,7 @@ class PriorDensity:
 
     def log_scale(self, u: torch.Tensor) -> torch.Tensor:
         if self._half is None:
-            sigma = u.exp()
+            sigma = TO_POSITIVE(u)
             return self.prior.log_prob(sigma) + u
         half_precision, log_norm = self._half
         return log_norm - half_precision * (2 * u).exp() + u
