@@ -89,7 +89,7 @@ def simulation_based_calibration(model, make_family: Callable[[], torch.nn.Modul
             y = model.predictive(truth.unsqueeze(0), x).sample()[0]
         torch.manual_seed(seed * 100_003 + i)
         family = make_family()
-        optimizer = torch.optim.Adam(family.parameters(), lr=lr)
+        optimizer = torch.optim.Adam(family.parameters(), lr=lr, fused=True)
         for _ in range(steps):
             optimizer.zero_grad()
             loss = -elbo(model, family, x, y, dataset_size=len(x), num_particles=particles).elbo
