@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    from viops.cli import quiet_libraries
+
+    quiet_libraries()  # Lightning's and MLflow's start-up lines, as in `viops train`
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
     work = Path(tempfile.mkdtemp(prefix="viops-bench-"))

@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--score-samples", type=int, default=100)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    from viops.cli import quiet_libraries
+
+    quiet_libraries()  # Lightning's and MLflow's start-up lines, as in `viops train`
     devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     if card is None:

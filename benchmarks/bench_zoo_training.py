@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    from viops.cli import quiet_libraries
+
+    quiet_libraries()  # Lightning's and MLflow's start-up lines, as in `viops train`
     work = Path(tempfile.mkdtemp(prefix="viops-bench-zoo-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
     from mlflow import MlflowClient
