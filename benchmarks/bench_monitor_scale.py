@@ -67,6 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000000,10000000")
     args = parser.parse_args()
+    from viops.cli import quiet_libraries
+
+    quiet_libraries()  # the set-up's training: Lightning's and MLflow's start-up lines, as in `viops train`
     results = []
     with tempfile.TemporaryDirectory(prefix="viops-bench-monitor-scale-") as work:
         root = Path(work)

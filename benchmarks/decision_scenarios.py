@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="scenario seed (the shipped configs use 0)")
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from viops.cli import quiet_libraries
+
+    quiet_libraries()  # Lightning's and MLflow's start-up lines (and its progress bars), as in `viops monitor`
     from mlflow import MlflowClient
 
     from monitoring.checks.config import load_checks_config
