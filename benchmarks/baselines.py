@@ -8,9 +8,9 @@ likelihood scaled by N/|B|, Adam, and rows shuffled once per epoch and sliced.
 - :func:`minimal_blr`: the SVI maths and nothing else: no framework, no ``torch.distributions``, the KL of two
   diagonal Gaussians in closed form, one matmul for every particle, the learning rate written into Adam directly.
 - :func:`pyro_blr`: Pyro's ``SVI`` with ``Trace_ELBO(num_particles, vectorize_particles=True)`` and ``AutoNormal``,
-  the likelihood in a subsampled ``plate`` (Pyro scales it by N/|B|), with Pyro's argument validation off as its
-  documentation advises for speed. Pyro is the ``bench`` extra
-  (``pip install -e '.[bench]'``); without it :func:`pyro_blr` returns None.
+  the likelihood in a subsampled ``plate`` (Pyro scales it by N/|B|): as Pyro runs it by default (every
+  distribution's arguments validated), or with that validation off, as Pyro's documentation advises for speed.
+  Pyro is the ``bench`` extra (``pip install -e '.[bench]'``); without it :func:`pyro_blr` returns None.
 
 The BNN and the VAE of the zoo configs have their own minimal loops, the same maths as viops' in the same plain
 style (:func:`minimal_bnn`: Bayes by Backprop with local reparameterisation and a learned noise scale;
@@ -76,8 +76,12 @@ def minimal_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int
 
 
 def pyro_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, noise: float, prior_scale: float,
-             lr: float, betas: tuple[float, float], num_particles: int = 2, seed: int = 0) -> float | None:
-    """The same SVI in Pyro (``AutoNormal``, vectorised particles, subsampled plate); None without Pyro."""
+             lr: float, betas: tuple[float, float], num_particles: int = 2, seed: int = 0,
+             validate: bool = False) -> float | None:
+    """The same SVI in Pyro (``AutoNormal``, vectorised particles, subsampled plate); None without Pyro.
+
+    ``validate``: Pyro's default, every distribution checking its arguments and values at every step; off, the
+    setting Pyro recommends once a model is known to work."""
     try:
         import pyro
         import pyro.distributions as dist
@@ -101,7 +105,7 @@ def pyro_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, n
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     validating = torch.distributions.Distribution._validate_args
-    pyro.enable_validation(False)  # Pyro checks every distribution's arguments by default; tuned for speed here
+    pyro.enable_validation(validate)
     try:
         guide = AutoNormal(model)
         svi = SVI(model, guide, Adam({"lr": lr, "betas": betas}),
@@ -110,7 +114,7 @@ def pyro_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, n
         for _, rows, xb, yb in _minibatches(x, y, batch_size, steps):
             svi.step(xb, yb, rows)
         return steps / _elapsed(start, x.device)
-    finally:  # it also switched torch.distributions' validation off for the whole process
+    finally:  # it also set torch.distributions' validation for the whole process
         pyro.enable_validation(validating)
 
 

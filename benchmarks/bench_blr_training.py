@@ -12,11 +12,12 @@ shuffled once per epoch and sliced), interleaved round after round, for each bat
   on SQLite, NaN guard, checkpoint, averaging) plus waiting until every step's metrics are delivered; setup and
   artifact logging are not counted;
 - **viops, no step metrics**: the same with ``train.log_step_metrics: false``;
-- **pyro**: Pyro's ``SVI`` + ``Trace_ELBO(vectorize_particles=True)`` + ``AutoNormal`` (the ``bench`` extra; the
-  column is left out without it).
+- **pyro**: Pyro's ``SVI`` + ``Trace_ELBO(vectorize_particles=True)`` + ``AutoNormal`` as Pyro runs it by default
+  (argument validation on); **pyro, no validation**: the same with validation off, Pyro's advice for speed (the
+  ``bench`` extra; both columns are left out without it).
 
 Medians of ``--rounds`` rounds; the targets (issue: performance) are models >= 0.9x minimal, viops >= 0.8x minimal and
-viops >= 5x pyro.
+viops >= 5x pyro. viops' ratio to Pyro is given against both Pyro columns.
 
     python benchmarks/bench_blr_training.py [--rows 65536] [--batch-sizes 256 4096] [--rounds 3] [--json]
 """
@@ -46,7 +47,7 @@ from pipelines.config.loading import load_config  # noqa: E402
 from pipelines.lifecycle.train import train  # noqa: E402
 from pipelines.training.data import prepare  # noqa: E402
 
-COLUMNS = ("minimal", "models", "viops", "viops_no_step_metrics", "pyro")
+COLUMNS = ("minimal", "models", "viops", "viops_no_step_metrics", "pyro", "pyro_no_validation")
 
 CONFIG = """\
 name: bench-blr
@@ -145,11 +146,11 @@ def main() -> None:
         def minimal(steps: int) -> float:
             return minimal_blr(x, y, steps=steps, final_lr_ratio=s.schedule.final_lr_ratio, **settings)
 
-        def pyro(steps: int) -> float | None:
-            return pyro_blr(x, y, steps=steps, **settings)
+        def pyro(steps: int, validate: bool = True) -> float | None:
+            return pyro_blr(x, y, steps=steps, validate=validate, **settings)
 
         viops(config, data, uri)  # warm-up: imports, DB schema, allocator
-        over_models(config, data, 200), minimal(200), pyro(50)
+        over_models(config, data, 200), minimal(200), pyro(50), pyro(50, validate=False)
         rates: dict[str, list[float]] = {name: [] for name in COLUMNS}
         for _ in range(args.rounds):  # interleaved, so drift in machine load hits every column alike
             rate, steps = viops(config, data, uri)
@@ -158,20 +159,22 @@ def main() -> None:
             rates["models"].append(over_models(config, data, steps))
             rates["minimal"].append(minimal(steps))
             rates["pyro"].append(pyro(steps))
+            rates["pyro_no_validation"].append(pyro(steps, validate=False))
         median = {name: float(np.median(r)) if None not in r else None for name, r in rates.items()}
         results.append({"batch_size": batch, "steps": steps,
                         "steps_per_s": {name: None if m is None else round(m, 1) for name, m in median.items()},
                         "ratio_to_minimal": {name: None if m is None else round(m / median["minimal"], 3)
                                              for name, m in median.items()},
-                        "viops_over_pyro": None if median["pyro"] is None
-                        else round(median["viops"] / median["pyro"], 2)})
+                        **{f"viops_over_{name}": None if median[name] is None
+                           else round(median["viops"] / median[name], 2) for name in ("pyro", "pyro_no_validation")}})
 
-    print(f"{'batch':>6} {'steps':>6} " + " ".join(f"{name:>22}" for name in COLUMNS) + f" {'viops / pyro':>13}")
+    print(f"{'batch':>6} {'steps':>6} " + " ".join(f"{name:>22}" for name in COLUMNS)
+          + f" {'viops / pyro':>13} {'viops / pyro_no_validation':>27}")
     for r in results:
         cells = [f"{r['steps_per_s'][n]:>10.1f} ({r['ratio_to_minimal'][n]:.2f}x)" if r["steps_per_s"][n] else "-"
                  for n in COLUMNS]
         print(f"{r['batch_size']:>6} {r['steps']:>6} " + " ".join(f"{c:>22}" for c in cells)
-              + f" {r['viops_over_pyro'] or '-':>13}")
+              + f" {r['viops_over_pyro'] or '-':>13} {r['viops_over_pyro_no_validation'] or '-':>27}")
     print("steps/s (ratio to the minimal loop)")
     if args.json:
         print(json.dumps({"rows": args.rows, "features": args.features, "rounds": args.rounds, "results": results}))
