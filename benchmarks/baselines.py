@@ -77,10 +77,10 @@ def minimal_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int
 
 def pyro_blr(x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, noise: float, prior_scale: float,
              lr: float, betas: tuple[float, float], num_particles: int = 2, seed: int = 0,
-             validate: bool = False) -> float | None:
+             validate: bool = True) -> float | None:
     """The same SVI in Pyro (``AutoNormal``, vectorised particles, subsampled plate); None without Pyro.
 
-    ``validate``: Pyro's default, every distribution checking its arguments and values at every step; off, the
+    ``validate``: Pyro's default (on), every distribution checking its arguments and values at every step; off, the
     setting Pyro recommends once a model is known to work."""
     try:
         import pyro
