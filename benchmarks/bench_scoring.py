@@ -87,7 +87,8 @@ def _http_latency(uri: str, model_uri: str, rows: pd.DataFrame, requests: int, r
         [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", model_uri,
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, cwd=root,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -185,7 +186,8 @@ def main() -> int:
         "threads": torch.get_num_threads(),
     }
     if not args.no_http:
-        report["single_row_http"] = _http_latency(uri, f"models:/bench-scoring/{version}", features, args.requests, root)
+        report["single_row_http"] = _http_latency(uri, f"models:/bench-scoring/{version}", features, args.requests,
+                                                  root)
     if args.json:
         print(json.dumps(report))
     else:
