@@ -104,9 +104,9 @@ def simulation_based_calibration(model, make_family: Callable[[], torch.nn.Modul
     x = x.to(torch.float32)
     began = time.perf_counter()
     truths = prior.mean + prior.stddev * torch.randn((fits, *prior.mean.shape), generator=generator)
+    torch.manual_seed(seed)  # the simulated data, the families' initial values and the fits' draws
     with torch.no_grad():
         ys = model.predictive(truths, x).sample()  # (fits, rows): one simulated dataset per true z
-    torch.manual_seed(seed)
     fitted = [_FitLoss(make_family()) for _ in range(fits)]
     params, buffers = stack_module_state(fitted)
     template = copy.deepcopy(fitted[0]).to("meta")
@@ -121,10 +121,10 @@ def simulation_based_calibration(model, make_family: Callable[[], torch.nn.Modul
         losses(params, buffers, ys).sum().backward()
         optimizer.step()
     ranks = np.zeros((fits, model.latent_dim), dtype=np.int64)
+    stacked, saved = {**params, **buffers}, fitted[0].state_dict().keys()  # saved: without non-persistent buffers
     with torch.no_grad():
         for i, fit in enumerate(fitted):
-            state = fit.state_dict()
-            fit.load_state_dict({name: tensor[i] for name, tensor in {**params, **buffers}.items() if name in state})
+            fit.load_state_dict({name: stacked[name][i] for name in saved})
             ranks[i] = (fit.family.rsample(draws, generator=generator) < truths[i]).sum(0).numpy()
     p_values = _uniformity_p_values(ranks, draws, bins)
     return SBCResult(ranks, draws, bins, p_values, alpha, time.perf_counter() - began)
