@@ -22,14 +22,15 @@ setup: $(STAMP)
 
 # A venv whose interpreter no longer runs Python 3.11 (the Python it was made from was removed, moved or upgraded) is
 # made again from scratch: its stamp alone would otherwise keep it, and every target would fail inside it.
-ifneq ($(shell $(PY) -c 'import sys; print(sys.version_info[:2] == (3, 11))' 2>/dev/null),True)
+VENV_RUNS := $(shell $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && echo yes)
+ifneq ($(VENV_RUNS),yes)
 $(STAMP): venv-unusable
 endif
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "viops needs Python 3.11, found " + sys.version.split()[0]'
-	@$(PY) -c 'import sys; assert sys.version_info[:2] == (3, 11)' >/dev/null 2>&1 || ! [ -e $(VENV) ] \
-		|| { echo "$(VENV) does not run Python 3.11 any more: making it again"; rm -rf $(VENV); }
+	@$(if $(VENV_RUNS),true,! [ -e $(VENV) ] \
+		|| { echo "$(VENV) does not run Python 3.11 any more: making it again"; rm -rf $(VENV); })
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
