@@ -159,35 +159,46 @@ class TrainStream:
         return [(name, float(r.low[i])) for i, name in enumerate(self.columns) if r.low[i] == r.high[i]]
 
 
-def _row_groups(path: Path) -> list[RowGroup]:
+def _layout(path: Path, cfg: DataConfig, source: str) -> tuple[list[RowGroup], list[str]]:
+    """The row groups of a Parquet file or folder (files in name order), and its columns: the features, then the
+    target. The columns are chosen from the first file's schema, and every file must hold them all, numeric: a file
+    added to the folder later is checked here, before any row is read, and named when it does not."""
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
     files = sorted(ds.dataset(str(path), format="parquet").files) if path.is_dir() else [str(path)]
-    groups, offset = [], 0
+    if not files:
+        raise DataError(f"data {source} holds no Parquet files")
+    groups, columns, offset = [], None, 0
     for file in files:
-        meta = pq.ParquetFile(file).metadata
+        where = source if file == source else f"{source} (file {file})"
+        try:
+            reader = pq.ParquetFile(file)
+            schema, meta = reader.schema_arrow, reader.metadata
+        except Exception as exc:  # pyarrow's own types for a corrupt or foreign file
+            raise DataError(f"data {where} could not be read as Parquet: {exc}") from None
+        if columns is None:
+            columns = [*select_columns(list(schema.names), cfg.target, cfg.features, where), cfg.target]
+        missing = [name for name in columns if name not in schema.names]
+        if missing:
+            raise DataError(f"data {where} lacks column(s) {missing}, which {files[0]} has; every file of the folder "
+                            f"needs the same features and target")
+        _check_numeric(schema, columns, where)
         for index in range(meta.num_row_groups):
             rows = meta.row_group(index).num_rows
             if rows:
                 groups.append(RowGroup(file, index, offset, rows))
                 offset += rows
-    return groups
+    return groups, columns
 
 
-def _columns(path: Path, cfg: DataConfig, source: str) -> list[str]:
-    """The features then the target, checked against the Parquet schema (names and numeric types)."""
+def _check_numeric(schema, columns: list[str], where: str) -> None:
     import pyarrow as pa
-    import pyarrow.dataset as ds
 
-    schema = ds.dataset(str(path), format="parquet").schema
-    target = cfg.target
-    features = select_columns(list(schema.names), target, cfg.features, source)
-    for name in [*features, target]:
+    for name in columns:
         kind = schema.field(name).type
         if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
-            raise DataError(f"data {source}: column {name!r} is not numeric (Parquet type {kind})")
-    return [*features, target]
+            raise DataError(f"data {where}: column {name!r} is not numeric (Parquet type {kind})")
 
 
 def scan(cfg: DataConfig) -> tuple[TrainStream, str, dict[str, pd.DataFrame]]:
@@ -201,8 +212,7 @@ def scan(cfg: DataConfig) -> tuple[TrainStream, str, dict[str, pd.DataFrame]]:
     if not path.exists():
         raise DataError(f"data file not found: {path}")
     try:
-        groups = _row_groups(path)
-        columns = _columns(path, cfg, source)
+        groups, columns = _layout(path, cfg, source)
     except DataError:
         raise
     except Exception as exc:  # pyarrow's own types for a corrupt or foreign file

@@ -97,6 +97,33 @@ def test_the_fingerprint_is_the_in_memory_one_and_bad_rows_are_named(tmp_path):
         streamed.save(tmp_path / "out")
 
 
+def test_every_file_of_a_folder_is_checked_and_a_bad_one_is_named(tmp_path):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no Parquet files"):
+        prepare(_cfg(tmp_path / "empty"))
+    _frame(600, seed=6).to_parquet(folder / "part-0.parquet")
+    later = _frame(400, seed=7)
+    # another order of the columns and an integer feature: the same columns, read by name
+    reordered = later[["y", "c", "a"]].assign(b=later.b.round().astype("int64"))
+    reordered.to_parquet(folder / "part-1.parquet")
+    data = prepare(_cfg(folder))
+    assert data.num_rows == 1000 and list(data.features) == ["a", "b", "c"]
+    rows = pd.concat([_frame(600, seed=6), later.assign(b=later.b.round())], ignore_index=True)
+    validation = rows[split_codes(np.arange(1000), 0.2, 0.1, seed=3) == 1]
+    np.testing.assert_allclose(data.validation[["a", "b", "c", "y"]].to_numpy(), validation.to_numpy())
+    later.drop(columns="b").to_parquet(folder / "part-1.parquet")
+    with pytest.raises(DataError, match=r"part-1\.parquet\) lacks column\(s\) \['b'\], which .*part-0\.parquet has"):
+        prepare(_cfg(folder))
+    later.assign(b=later.b.astype(str)).to_parquet(folder / "part-1.parquet")  # numbers written as text
+    with pytest.raises(DataError, match=r"part-1\.parquet\): column 'b' is not numeric \(Parquet type string\)"):
+        prepare(_cfg(folder))
+    (folder / "part-1.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"part-1\.parquet\) could not be read as Parquet"):
+        prepare(_cfg(folder))
+
+
 def test_streaming_config_is_checked():
     with pytest.raises(ValidationError, match="Parquet"):
         DataConfig(path="rows.csv", target="y", streaming={"enabled": True})
