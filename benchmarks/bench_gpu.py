@@ -132,7 +132,7 @@ def scoring(client, uri: str, run_id: str, data, devices: list[str], rows: int, 
     frame = data.train[list(data.features)]
     features = pd.concat([frame] * -(-rows // len(frame))).head(rows).reset_index(drop=True)
     bundle = loaded.predictor.bundle  # the pyfunc standardises its input: so does the reference
-    x = torch.from_numpy(features.to_numpy(np.float32))
+    x = torch.from_numpy(np.ascontiguousarray(features.to_numpy(np.float32)))  # row-major, as viops scores
     if bundle.feature_mean:
         x = (x - torch.tensor(bundle.feature_mean)) / torch.tensor(bundle.feature_scale)
     out = []
