@@ -46,6 +46,7 @@ from pipelines.build import build_family, build_model  # noqa: E402
 from pipelines.config.loading import load_config  # noqa: E402
 from pipelines.lifecycle.train import train  # noqa: E402
 from pipelines.training.data import prepare  # noqa: E402
+from pipelines.training.evaluation import split_tensors  # noqa: E402
 
 COLUMNS = ("minimal", "models", "viops", "viops_no_step_metrics", "pyro", "pyro_no_validation")
 
@@ -61,19 +62,11 @@ registry: {{auto_register: false}}
 """
 
 
-def table_tensors(data) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training split as row-major float32 tensors, as viops trains on (``split_tensors``). A frame read from CSV
-    holds its columns apart, so ``to_numpy`` gives a column-major array: a loop over it gathers each row from 20
-    places, which slowed the baselines (the minimal loop by a third at batch 4,096) and flattered viops."""
-    x = np.ascontiguousarray(data.train[list(data.features)].to_numpy(np.float32))
-    return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(data.train[data.target].to_numpy(np.float32)))
-
-
 def over_models(config, data, steps: int) -> float:
     """The same SVI in a bare loop over ``models/`` code; returns steps per second."""
     s = config.train
     torch.manual_seed(s.seed)
-    x, y = table_tensors(data)
+    x, y = split_tensors(data.train, data.features, data.target, None)
     n = x.shape[0]
     model = build_model(config.model, x.shape[1])
     family = build_family(config.guide, model.latent_dim)
@@ -144,7 +137,9 @@ def main() -> None:
             configs[telemetry] = load_config(work / f"bench-{telemetry}.yaml")
         config = configs["true"]
         data = prepare(config.data)
-        x, y = table_tensors(data)
+        # Row-major, as viops trains on: a frame read from CSV holds its columns apart, and a tensor straight from its
+        # to_numpy() is column-major, which slowed the minimal loop by a third at batch 4,096 (docs/benchmarks.md).
+        x, y = split_tensors(data.train, data.features, data.target, None)
         s = config.train
         settings = {"batch_size": batch, "noise": 0.5, "prior_scale": 1.0, "lr": s.lr, "betas": tuple(s.betas),
                     "num_particles": s.num_particles, "seed": s.seed}

@@ -12,7 +12,7 @@ from pipelines.tables import DataError
 from pipelines.training.data import check_informative, count_classes, prepare
 from pipelines.training.evaluation import standardization
 from pipelines.training.stream_batches import StreamedBatches, StreamedGroup
-from pipelines.training.stream_stats import TRAIN, split_codes
+from pipelines.training.stream_stats import TRAIN, VALIDATION, split_codes
 
 
 def _frame(n: int, seed: int, offset: float = 0.0) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def test_every_file_of_a_folder_is_checked_and_a_bad_one_is_named(tmp_path):
     data = prepare(_cfg(folder))
     assert data.num_rows == 1000 and list(data.features) == ["a", "b", "c"]
     rows = pd.concat([_frame(600, seed=6), later.assign(b=later.b.round())], ignore_index=True)
-    validation = rows[split_codes(np.arange(1000), 0.2, 0.1, seed=3) == 1]
+    validation = rows[split_codes(np.arange(1000), 0.2, 0.1, seed=3) == VALIDATION]
     np.testing.assert_allclose(data.validation[["a", "b", "c", "y"]].to_numpy(), validation.to_numpy())
     later.drop(columns="b").to_parquet(folder / "part-1.parquet")
     with pytest.raises(DataError, match=r"part-1\.parquet\) lacks column\(s\) \['b'\], which .*part-0\.parquet has"):
