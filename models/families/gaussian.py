@@ -40,9 +40,10 @@ def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torc
     this is its arithmetic without building distribution objects on every training step. The prior's location and
     scale may be numbers (the same for every coordinate), which saves the step a few tensor operations.
     """
-    var_ratio = (scale / prior_scale).square()
+    unit = isinstance(prior_scale, float) and prior_scale == 1.0  # N(0, 1) priors: no division by one (two ops)
+    var_ratio = (scale if unit else scale / prior_scale).square()
     centred = loc if isinstance(prior_loc, float) and prior_loc == 0.0 else loc - prior_loc
-    return 0.5 * (var_ratio + (centred / prior_scale).square() - 1 - var_ratio.log()).sum()
+    return 0.5 * (var_ratio + (centred if unit else centred / prior_scale).square() - 1 - var_ratio.log()).sum()
 
 
 def full_rank_gaussian_kl(loc: torch.Tensor, scale_tril: torch.Tensor, prior_loc: torch.Tensor | float,

@@ -50,7 +50,7 @@ def test_the_closed_form_log_likelihood_is_torchs_normal_density(learned):
 @pytest.mark.parametrize("kind", ["mean_field", "full_rank"])
 @pytest.mark.parametrize("prior_loc, prior_scale", [
     (torch.full((5,), 0.2), torch.full((5,), 1.7)),  # the same for every coordinate: read as numbers
-    (torch.zeros(5), torch.ones(5)),  # N(0, 1): the centring is skipped
+    (torch.zeros(5), torch.ones(5)),  # N(0, 1): the centring and the divisions by one are skipped
     (torch.linspace(-1, 1, 5), torch.tensor([1.0, 1.0, 10.0, 0.5, 1.0])),  # per coordinate: tensors
 ])
 def test_gaussian_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(kind, prior_loc, prior_scale):
