@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["cosine_lr", "minimal_blr", "minimal_bnn", "minimal_vae", "pyro_blr"]
+__all__ = ["at_best_threads", "cosine_lr", "minimal_blr", "minimal_bnn", "minimal_vae", "pyro_blr"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -36,6 +37,23 @@ def _elapsed(start: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def at_best_threads(run: Callable[[], float]) -> tuple[float, int]:
+    """``run()`` (steps per second) with one torch thread and with the process's number, the faster and its count.
+
+    A baseline is the limit only at its best setting: on two cores the minimal BLR loop runs ~4% faster on one thread
+    at batch 256 and ~6% faster on two at 4,096 (docs/benchmarks.md), while viops' fit picks its own count."""
+    threads = torch.get_num_threads()
+    rates = {}
+    try:
+        for count in sorted({1, threads}):
+            torch.set_num_threads(count)
+            rates[count] = run()
+    finally:
+        torch.set_num_threads(threads)
+    best = max(rates, key=rates.get)
+    return rates[best], best
 
 
 def cosine_lr(lr: float, floor: float, step: int, steps: int) -> float:

@@ -7,7 +7,8 @@ shuffled once per epoch and sliced), interleaved round after round, for each bat
 - **minimal**: ``benchmarks/baselines.py``, written from scratch (no framework, no ``torch.distributions``, closed-form
   KL): the practical limit, and the baseline of every ratio;
 - **models**: a bare loop over the project's own ``models/`` code (``models.objectives.elbo``): what ``models/``
-  costs over the minimal maths;
+  costs over the minimal maths; these two loops run each round on one torch thread and on all, and count at the
+  faster (``baselines.at_best_threads``), as viops' fit sets its own count;
 - **viops**: ``viops train``'s ``trainer.fit`` with full telemetry (validation each epoch, per-step metrics to MLflow
   on SQLite, NaN guard, checkpoint, averaging) plus waiting until every step's metrics are delivered; setup and
   artifact logging are not counted;
@@ -40,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402
 
-from benchmarks.baselines import minimal_blr, pyro_blr  # noqa: E402
+from benchmarks.baselines import at_best_threads, minimal_blr, pyro_blr  # noqa: E402
 from models.objectives import elbo  # noqa: E402
 from pipelines.build import build_family, build_model  # noqa: E402
 from pipelines.config.loading import load_config  # noqa: E402
@@ -153,16 +154,21 @@ def main() -> None:
         viops(config, data, uri)  # warm-up: imports, DB schema, allocator
         over_models(config, data, 200), minimal(200), pyro(50), pyro(50, validate=False)
         rates: dict[str, list[float]] = {name: [] for name in COLUMNS}
+        threads: dict[str, list[int]] = {"minimal": [], "models": []}
         for _ in range(args.rounds):  # interleaved, so drift in machine load hits every column alike
             rate, steps = viops(config, data, uri)
             rates["viops"].append(rate)
             rates["viops_no_step_metrics"].append(viops(configs["false"], data, uri)[0])
-            rates["models"].append(over_models(config, data, steps))
-            rates["minimal"].append(minimal(steps))
+            # The two loops at their best torch thread count, one or all, round by round (viops' fit sets its own).
+            loops = {"models": lambda: over_models(config, data, steps), "minimal": lambda: minimal(steps)}
+            for name, run in loops.items():
+                rate, count = at_best_threads(run)
+                rates[name].append(rate)
+                threads[name].append(count)
             rates["pyro"].append(pyro(steps))
             rates["pyro_no_validation"].append(pyro(steps, validate=False))
         median = {name: float(np.median(r)) if None not in r else None for name, r in rates.items()}
-        results.append({"batch_size": batch, "steps": steps,
+        results.append({"batch_size": batch, "steps": steps, "threads": threads,
                         "steps_per_s": {name: None if m is None else round(m, 1) for name, m in median.items()},
                         "ratio_to_minimal": {name: None if m is None else round(m / median["minimal"], 3)
                                              for name, m in median.items()},
@@ -176,7 +182,9 @@ def main() -> None:
                  for n in COLUMNS]
         print(f"{r['batch_size']:>6} {r['steps']:>6} " + " ".join(f"{c:>22}" for c in cells)
               + f" {r['viops_over_pyro'] or '-':>13} {r['viops_over_pyro_no_validation'] or '-':>27}")
-    print("steps/s (ratio to the minimal loop)")
+    print("steps/s (ratio to the minimal loop); the minimal and models loops at their faster torch thread count each "
+          "round: " + "; ".join(f"batch {r['batch_size']}: minimal {r['threads']['minimal']}, models "
+                                f"{r['threads']['models']}" for r in results))
     if args.json:
         print(json.dumps({"rows": args.rows, "features": args.features, "rounds": args.rounds, "results": results}))
     shutil.rmtree(work, ignore_errors=True)
