@@ -97,8 +97,8 @@ def iwae_bound(model, x: torch.Tensor, num_samples: int, q: Normal | None = None
 
 
 #: Draws x rows the decoder evaluates at once in :func:`importance_log_weights`. Larger chunks leave the cache: all
-#: 64 draws of 270 digits at once (8.8 MB of hidden units) took 1.6 times as long as chunks of 15 draws, and all 64
-#: of 4,096 rows 2.9 times as long as one draw at a time (one thread; docs/benchmark-log.md).
+#: 64 draws of 270 digits at once (8.8 MB of hidden units) took 18.4 ms against 8.9 ms in chunks of 8 draws, and all
+#: 64 of 4,096 rows 2.9 times as long as one draw at a time (one thread; docs/benchmark-log.md).
 DRAW_ROWS_PER_CHUNK = 4096
 
 
