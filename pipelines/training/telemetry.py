@@ -257,7 +257,13 @@ def _deliver(tracking_uri: str, run_id: str, spool: str | None = None) -> int:
         pass
     from mlflow import MlflowClient  # imported after the reader starts: this takes seconds
 
-    client = None
+    try:
+        # Open the store now (a SQLite store's schema check costs ~0.5 s of CPU), while the trainer is still setting
+        # up, not beside its first steps: on a small machine a busy second core slows the training loop.
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.get_run(run_id)
+    except Exception:
+        client = None  # the first batch tries again, and reports what fails
     # Writes allocate many short-lived ORM objects; scanning the large, long-lived heap of imported modules on every
     # collection made them ~30% slower. Freeze what exists now and collect young objects less often.
     gc.freeze()
