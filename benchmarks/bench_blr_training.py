@@ -10,8 +10,8 @@ shuffled once per epoch and sliced), interleaved round after round, for each bat
   costs over the minimal maths; these two loops run each round on one torch thread and on all, and count at the
   faster (``baselines.at_best_threads``), as viops' fit sets its own count;
 - **viops**: ``viops train``'s ``trainer.fit`` with full telemetry (validation each epoch, per-step metrics to MLflow
-  on SQLite, NaN guard, checkpoint, averaging) plus waiting until every step's metrics are delivered; setup and
-  artifact logging are not counted;
+  on SQLite, NaN guard, checkpoint, averaging), timed as ``final/train_seconds``: setup, the final metrics (the last
+  batch of step metrics is delivered meanwhile) and artifact logging are not counted;
 - **viops, no step metrics**: the same with ``train.log_step_metrics: false``;
 - **pyro**: Pyro's ``SVI`` + ``Trace_ELBO(vectorize_particles=True)`` + ``AutoNormal`` as Pyro runs it by default
   (argument validation on); **pyro, no validation**: the same with validation off, Pyro's advice for speed (the
