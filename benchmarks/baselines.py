@@ -21,13 +21,15 @@ over exactly ``steps`` optimisation steps.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["at_best_threads", "cosine_lr", "minimal_blr", "minimal_bnn", "minimal_vae", "pyro_blr"]
+__all__ = ["at_best_threads", "at_each_thread_count", "cosine_lr", "minimal_blr", "minimal_bnn", "minimal_vae",
+           "paired_ratios", "pyro_blr"]
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -39,11 +41,12 @@ def _elapsed(start: float, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def at_best_threads(run: Callable[[], float]) -> tuple[float, int]:
-    """``run()`` (steps per second) with one torch thread and with the process's number, the faster and its count.
+def at_each_thread_count(run: Callable[[], float]) -> dict[int, float]:
+    """``run()`` (steps per second) on one torch thread and on the process's number: ``{threads: rate}``.
 
     A baseline is the limit only at its best setting: on two cores the minimal BLR loop runs ~4% faster on one thread
-    at batch 256 and ~6% faster on two at 4,096 (docs/benchmarks.md), while viops' fit picks its own count."""
+    at batch 256 and ~6% faster on two at 4,096 (docs/benchmarks.md), while viops' fit picks its own count. Which
+    count is faster is decided over the rounds, by :func:`at_best_threads`."""
     threads = torch.get_num_threads()
     rates = {}
     try:
@@ -52,8 +55,25 @@ def at_best_threads(run: Callable[[], float]) -> tuple[float, int]:
             rates[count] = run()
     finally:
         torch.set_num_threads(threads)
-    best = max(rates, key=rates.get)
-    return rates[best], best
+    return rates
+
+
+def at_best_threads(rounds: list[dict[int, float]]) -> tuple[int, list[float]]:
+    """The thread count whose median rate over ``rounds`` (each from :func:`at_each_thread_count`) is higher, and that
+    count's rate round by round.
+
+    Not the faster count of each round: on a machine whose speed wanders, the better of two draws would beat a single
+    draw of the same loop, and the baseline would gain on viops by the noise alone."""
+    counts = rounds[0].keys()
+    best = max(counts, key=lambda count: statistics.median(r[count] for r in rounds))
+    return best, [r[best] for r in rounds]
+
+
+def paired_ratios(rates: list[float], baseline: list[float]) -> tuple[float, float]:
+    """The lowest and highest of each round's ratio ``rates[i] / baseline[i]``: how far one round's ratio can stray
+    from the ratio of the medians (rounds ran back to back, so a slow spell slows both sides of a pair)."""
+    ratios = [a / b for a, b in zip(rates, baseline)]
+    return min(ratios), max(ratios)
 
 
 def cosine_lr(lr: float, floor: float, step: int, steps: int) -> float:

@@ -8,7 +8,7 @@ shuffled once per epoch and sliced), interleaved round after round, for each bat
   KL): the practical limit, and the baseline of every ratio;
 - **models**: a bare loop over the project's own ``models/`` code (``models.objectives.elbo``): what ``models/``
   costs over the minimal maths; these two loops run each round on one torch thread and on all, and count at the
-  faster (``baselines.at_best_threads``), as viops' fit sets its own count;
+  count whose median over the rounds is faster (``baselines.at_best_threads``), as viops' fit sets its own count;
 - **viops**: ``viops train``'s ``trainer.fit`` with full telemetry (validation each epoch, per-step metrics to MLflow
   on SQLite, NaN guard, checkpoint, averaging), timed as ``final/train_seconds``: setup, the final metrics (the last
   batch of step metrics is delivered meanwhile) and artifact logging are not counted;
@@ -17,8 +17,9 @@ shuffled once per epoch and sliced), interleaved round after round, for each bat
   (argument validation on); **pyro, no validation**: the same with validation off, Pyro's advice for speed (the
   ``bench`` extra; both columns are left out without it).
 
-Medians of ``--rounds`` rounds; the targets (issue: performance) are models >= 0.9x minimal, viops >= 0.8x minimal and
-viops >= 5x pyro. viops' ratio to Pyro is given against both Pyro columns.
+Medians of ``--rounds`` rounds, and under the table each column's lowest and highest ratio to the minimal loop in a
+single round (how far the machine's speed wandered). The targets (issue: performance) are models >= 0.9x minimal,
+viops >= 0.8x minimal and viops >= 5x pyro. viops' ratio to Pyro is given against both Pyro columns.
 
     python benchmarks/bench_blr_training.py [--rows 65536] [--batch-sizes 256 4096] [--rounds 3] [--json]
 """
@@ -41,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # noqa: E402
 
-from benchmarks.baselines import at_best_threads, minimal_blr, pyro_blr  # noqa: E402
+from benchmarks.baselines import at_best_threads, at_each_thread_count, minimal_blr, paired_ratios, pyro_blr  # noqa: E402
 from models.objectives import elbo  # noqa: E402
 from pipelines.build import build_family, build_model  # noqa: E402
 from pipelines.config.loading import load_config  # noqa: E402
@@ -154,24 +155,27 @@ def main() -> None:
         viops(config, data, uri)  # warm-up: imports, DB schema, allocator
         over_models(config, data, 200), minimal(200), pyro(50), pyro(50, validate=False)
         rates: dict[str, list[float]] = {name: [] for name in COLUMNS}
-        threads: dict[str, list[int]] = {"minimal": [], "models": []}
+        by_threads: dict[str, list[dict[int, float]]] = {"minimal": [], "models": []}
         for _ in range(args.rounds):  # interleaved, so drift in machine load hits every column alike
             rate, steps = viops(config, data, uri)
             rates["viops"].append(rate)
             rates["viops_no_step_metrics"].append(viops(configs["false"], data, uri)[0])
-            # The two loops at their best torch thread count, one or all, round by round (viops' fit sets its own).
-            loops = {"models": lambda: over_models(config, data, steps), "minimal": lambda: minimal(steps)}
-            for name, run in loops.items():
-                rate, count = at_best_threads(run)
-                rates[name].append(rate)
-                threads[name].append(count)
+            # The two loops on one torch thread and on all, round by round (viops' fit sets its own count).
+            by_threads["models"].append(at_each_thread_count(lambda: over_models(config, data, steps)))
+            by_threads["minimal"].append(at_each_thread_count(lambda: minimal(steps)))
             rates["pyro"].append(pyro(steps))
             rates["pyro_no_validation"].append(pyro(steps, validate=False))
+        threads = {}
+        for name, rounds in by_threads.items():
+            threads[name], rates[name] = at_best_threads(rounds)
         median = {name: float(np.median(r)) if None not in r else None for name, r in rates.items()}
         results.append({"batch_size": batch, "steps": steps, "threads": threads,
                         "steps_per_s": {name: None if m is None else round(m, 1) for name, m in median.items()},
                         "ratio_to_minimal": {name: None if m is None else round(m / median["minimal"], 3)
                                              for name, m in median.items()},
+                        "round_ratio_range": {name: None if None in r else
+                                              [round(v, 3) for v in paired_ratios(r, rates["minimal"])]
+                                              for name, r in rates.items() if name != "minimal"},
                         **{f"viops_over_{name}": None if median[name] is None
                            else round(median["viops"] / median[name], 2) for name in ("pyro", "pyro_no_validation")}})
 
@@ -182,9 +186,13 @@ def main() -> None:
                  for n in COLUMNS]
         print(f"{r['batch_size']:>6} {r['steps']:>6} " + " ".join(f"{c:>22}" for c in cells)
               + f" {r['viops_over_pyro'] or '-':>13} {r['viops_over_pyro_no_validation'] or '-':>27}")
-    print("steps/s (ratio to the minimal loop); the minimal and models loops at their faster torch thread count each "
-          "round: " + "; ".join(f"batch {r['batch_size']}: minimal {r['threads']['minimal']}, models "
-                                f"{r['threads']['models']}" for r in results))
+    print("steps/s (ratio of the medians to the minimal loop's); the lowest and highest ratio in a single round: "
+          + "; ".join(f"batch {r['batch_size']}: " + ", ".join(f"{n} {span[0]:.2f}-{span[1]:.2f}" for n, span
+                                                              in r["round_ratio_range"].items() if span)
+                      for r in results))
+    print("the minimal and models loops at the torch thread count faster over the rounds: "
+          + "; ".join(f"batch {r['batch_size']}: minimal {r['threads']['minimal']}, models {r['threads']['models']}"
+                      for r in results))
     if args.json:
         print(json.dumps({"rows": args.rows, "features": args.features, "rounds": args.rounds, "results": results}))
     shutil.rmtree(work, ignore_errors=True)

@@ -10,8 +10,9 @@ checkpointing and (VAE) amortization-gap measurements included. "viops steps" is
 its validation checks (``final/validation_seconds``) and gap measurements (``final/amortization_time_fraction``),
 work the loops do not do: what the SVI steps cost inside the Lightning loop with its telemetry. Configs are
 ``configs/zoo/bnn_diabetes.yaml`` and ``configs/zoo/vae_digits.yaml`` with early stopping off. The two loops run
-on one torch thread and on all, and count at the faster (viops' fit sets its own count). Medians of ``--rounds``
-interleaved runs, each round in a rotated order.
+on one torch thread and on all, and count at the count faster over the rounds (viops' fit sets its own). Medians of
+``--rounds`` interleaved runs, each round in a rotated order; the JSON adds each ratio's lowest and highest value in a
+single round.
 
     python benchmarks/bench_zoo_training.py [--rounds 3] [--json]
 """
@@ -32,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.baselines import at_best_threads, minimal_bnn, minimal_vae  # noqa: E402
+from benchmarks.baselines import at_best_threads, at_each_thread_count, minimal_bnn, minimal_vae, paired_ratios  # noqa: E402
 from models.amortized import amortized_bound  # noqa: E402
 from models.objectives import elbo  # noqa: E402
 from pipelines.build import build_family, build_model  # noqa: E402
@@ -117,7 +118,7 @@ def main() -> None:
             client.create_experiment(f"bench-{name}", artifact_location=(work / name).as_uri())
             data = prepare(config.data)
             train(config, prepared=data, tracking_uri=uri, register=False)  # warm-up
-            viops, stepping, hand, least = [], [], [], []
+            viops, stepping, hand_rounds, least_rounds = [], [], [], []
             steps = planned_steps(len(data.train), config.train)  # early stopping is off: every run takes them all
 
             def fitted():
@@ -130,12 +131,13 @@ def main() -> None:
                 viops.append(steps / seconds)
                 stepping.append(steps / (seconds - besides))
 
-            # The two loops at their faster torch thread count, one or all (viops' fit sets its own).
-            runs = [fitted, lambda: hand.append(at_best_threads(lambda: hand_written(config, data, steps))[0]),
-                    lambda: least.append(at_best_threads(lambda: minimal(config, data, steps))[0])]
+            # The two loops on one torch thread and on all, round by round (viops' fit sets its own count).
+            runs = [fitted, lambda: hand_rounds.append(at_each_thread_count(lambda: hand_written(config, data, steps))),
+                    lambda: least_rounds.append(at_each_thread_count(lambda: minimal(config, data, steps)))]
             for i in range(args.rounds):  # each round starts with the next one: no way gets a fixed place
                 for run in runs[i % 3:] + runs[: i % 3]:
                     run()
+            (hand_threads, hand), (least_threads, least) = at_best_threads(hand_rounds), at_best_threads(least_rounds)
             v, h, m = float(np.median(viops)), float(np.median(hand)), float(np.median(least))
             st = float(np.median(stepping))
             results.append({"model": name, "steps": steps, "viops_steps_per_s": round(v, 1),
@@ -144,7 +146,11 @@ def main() -> None:
                             "hand_written_steps_per_s": round(h, 1), "minimal_steps_per_s": round(m, 1),
                             "ratio": round(v / h, 3), "ratio_to_minimal": round(v / m, 3),
                             "models_ratio_to_minimal": round(h / m, 3),
-                            "batch_size": config.train.batch_size, "train_rows": len(data.train)})
+                            "batch_size": config.train.batch_size, "train_rows": len(data.train),
+                            "threads": {"models": hand_threads, "minimal": least_threads},
+                            "round_ratio_range": {"viops": paired_ratios(viops, least),
+                                                  "viops_steps": paired_ratios(stepping, least),
+                                                  "models": paired_ratios(hand, least)}})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
@@ -158,6 +164,9 @@ def main() -> None:
                   f"| {r['hand_written_steps_per_s']} ({r['models_ratio_to_minimal']}) "
                   f"| {r['viops_steps_per_s']} ({r['ratio_to_minimal']}) "
                   f"| {r['viops_step_only_steps_per_s']} ({r['step_only_ratio_to_minimal']}) |")
+        print("\nThe lowest and highest ratio to the minimal loop in a single round: " + "; ".join(
+            f"{r['model']}: " + ", ".join(f"{n} {lo:.2f}-{hi:.2f}" for n, (lo, hi) in r["round_ratio_range"].items())
+            for r in results))
 
 
 if __name__ == "__main__":
