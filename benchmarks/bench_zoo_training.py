@@ -148,9 +148,9 @@ def main() -> None:
                             "models_ratio_to_minimal": round(h / m, 3),
                             "batch_size": config.train.batch_size, "train_rows": len(data.train),
                             "threads": {"models": hand_threads, "minimal": least_threads},
-                            "round_ratio_range": {"viops": paired_ratios(viops, least),
-                                                  "viops_steps": paired_ratios(stepping, least),
-                                                  "models": paired_ratios(hand, least)}})
+                            "round_ratio_range": {name: [round(v, 3) for v in paired_ratios(rates, least)]
+                                                  for name, rates in (("viops", viops), ("viops_steps", stepping),
+                                                                      ("models", hand))}})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
