@@ -11,8 +11,8 @@ its validation checks (``final/validation_seconds``) and gap measurements (``fin
 work the loops do not do: what the SVI steps cost inside the Lightning loop with its telemetry. Configs are
 ``configs/zoo/bnn_diabetes.yaml`` and ``configs/zoo/vae_digits.yaml`` with early stopping off. The two loops run
 on one torch thread and on all, and count at the count faster over the rounds (viops' fit sets its own). Medians of
-``--rounds`` interleaved runs, each round in a rotated order; the JSON adds each ratio's lowest and highest value in a
-single round.
+``--rounds`` interleaved runs, each round in a rotated order; under the table (and in the JSON) each ratio's lowest and
+highest value in a single round.
 
     python benchmarks/bench_zoo_training.py [--rounds 3] [--json]
 """
