@@ -58,6 +58,7 @@ demo-cluster: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/bench_blr_training.py
+	$(PY) benchmarks/step_costs.py
 
 # BNN and VAE training on CUDA and on the CPU against minimal loops on each; the CPU alone where there is no GPU.
 bench-gpu: $(STAMP)

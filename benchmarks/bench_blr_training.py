@@ -101,6 +101,24 @@ def viops(config, data, tracking_uri: str) -> tuple[float, int]:
     return result.metrics["steps"] / result.metrics["train_seconds"], int(result.metrics["steps"])
 
 
+def workspace(rows: int, features: int, prefix: str) -> tuple[Path, str]:
+    """A scratch folder with the benchmark's table (``data.csv``: standard-normal features, y linear in them plus
+    noise of scale 0.5) and a SQLite tracking store with the ``bench-blr`` experiment; returns it and the store's
+    URI."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, features))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(features)])
+    frame["y"] = x @ rng.normal(size=features) + 0.5 * rng.normal(size=rows)
+    frame.to_csv(work / "data.csv", index=False)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    from mlflow import MlflowClient
+
+    # Artifacts (checkpoints, pyfunc models) go to the scratch folder, not to ./mlruns of the current directory.
+    MlflowClient(tracking_uri=uri).create_experiment("bench-blr", artifact_location=(work / "artifacts").as_uri())
+    return work, uri
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=65_536)
@@ -115,17 +133,7 @@ def main() -> None:
     quiet_libraries()  # Lightning's and MLflow's start-up lines, as in `viops train`
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
 
-    work = Path(tempfile.mkdtemp(prefix="viops-bench-"))
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(args.rows, args.features))
-    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(args.features)])
-    frame["y"] = x @ rng.normal(size=args.features) + 0.5 * rng.normal(size=args.rows)
-    frame.to_csv(work / "data.csv", index=False)
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    from mlflow import MlflowClient
-
-    # Artifacts (checkpoints, pyfunc models) go to the scratch folder, not to ./mlruns of the current directory.
-    MlflowClient(tracking_uri=uri).create_experiment("bench-blr", artifact_location=(work / "artifacts").as_uri())
+    work, uri = workspace(args.rows, args.features, "viops-bench-")
 
     results = []
     for batch in args.batch_sizes:

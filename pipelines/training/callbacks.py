@@ -128,7 +128,9 @@ class NonFiniteGuard(pl.Callback):
         stats = pl_module.step_stats
         if not stats or self.failure_reason is not None:
             return
-        bad = [name for name, value in stats.items() if not bool(torch.isfinite(value).all())]
+        # One read-back for every value: a GPU step waits for the device once per check, not once per value.
+        finite = torch.stack([torch.isfinite(value).all() for value in stats.values()]).tolist()
+        bad = [name for name, ok in zip(stats, finite) if not ok]
         if bad:
             self.failure_reason = (
                 f"non-finite {', '.join(bad)} at step {trainer.global_step} (epoch "
