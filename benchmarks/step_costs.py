@@ -28,6 +28,7 @@ import math
 import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -82,8 +83,14 @@ def count_python(run: Callable[[], object]) -> collections.Counter:
     return counts
 
 
-class StepCosts(dict):
-    """Per-step counts: ``aten_ops``, ``host_reads``, ``python_calls`` and ``ops`` (aten operations by name)."""
+@dataclass(frozen=True)
+class StepCosts:
+    """What one step of a loop does, on average over the steps between two runs."""
+
+    aten_ops: float  #: aten operations dispatched (forward and backward)
+    host_reads: float  #: values read back to the host (:data:`HOST_READ_OPS`, :data:`HOST_READ_METHODS`)
+    python_calls: float  #: Python functions entered
+    ops: dict[str, float]  #: aten operations by name (negative where the short run dispatched more)
 
 
 def per_step(run: Callable[[int], object], short: int, long: int, steps: Callable[[int], int] | None = None
@@ -149,15 +156,15 @@ def main() -> None:
           f"{args.epochs[1]} epochs, {per_pass} steps each):")
     print(f"{'':>8} {'aten ops':>9} {'host reads':>11} {'Python calls':>13}")
     for name, c in costs.items():
-        print(f"{name:>8} {c['aten_ops']:>9.1f} {c['host_reads']:>11.3f} {c['python_calls']:>13.1f}")
-    extra = collections.Counter(costs["viops"]["ops"])
-    extra.subtract(costs["models"]["ops"])
+        print(f"{name:>8} {c.aten_ops:>9.1f} {c.host_reads:>11.3f} {c.python_calls:>13.1f}")
+    extra = collections.Counter(costs["viops"].ops)
+    extra.subtract(costs["models"].ops)
     added = sorted(((name, count) for name, count in extra.items() if abs(count) >= 0.05), key=lambda kv: -abs(kv[1]))
     print("aten ops viops' fit adds to the models/ loop: " + ", ".join(f"{name} {count:+.2f}" for name, count in added))
     shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps({"batch_size": args.batch_size, "epochs": args.epochs, "steps_per_epoch": per_pass,
-                          "costs": costs}))
+                          "costs": {name: asdict(c) for name, c in costs.items()}}))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_the_counters_see_operations_host_reads_and_python_calls():
     def step(t):
         return float(t.sum())
     costs = per_step(loop, 10, 30)
-    assert costs["host_reads"] == 1.0 and costs["aten_ops"] == 2.0 and costs["python_calls"] == 1.0
+    assert costs.host_reads == 1.0 and costs.aten_ops == 2.0 and costs.python_calls == 1.0
     with pytest.raises(ValueError, match="more steps"):
         per_step(loop, 10, 10)
 
@@ -50,6 +50,6 @@ def test_a_fit_reads_nothing_back_per_step_and_adds_few_operations_to_the_models
                    4, 8, steps=steps)
     bare = per_step(lambda epochs: over_models(configs[4], data, steps(epochs)), 4, 8, steps=steps)
     # The NaN guard reads every 50 steps (one read for all the step's scalars); telemetry reads once per flush.
-    assert fit["host_reads"] < 0.1, fit["ops"]
-    assert bare["aten_ops"] < fit["aten_ops"] <= bare["aten_ops"] + FIT_OPS_OVER_MODELS, (fit["ops"], bare["ops"])
-    assert fit["ops"].get("aten._foreach_norm.Scalar") == 1.0  # the gradient norms: one fused kernel a step
+    assert fit.host_reads < 0.1, fit.ops
+    assert bare.aten_ops < fit.aten_ops <= bare.aten_ops + FIT_OPS_OVER_MODELS, (fit.ops, bare.ops)
+    assert fit.ops.get("aten._foreach_norm.Scalar") == 1.0  # the gradient norms: one fused kernel a step
