@@ -27,7 +27,7 @@ def test_the_counters_see_operations_host_reads_and_python_calls():
     calls = count_python(lambda: [float(x.sum()), x.detach().tolist(), x.detach().numpy(), x.cpu()])
     assert calls["tolist"] == calls["numpy"] == calls["cpu"] == 1 and calls["python"] >= 1
 
-    def loop(n: int) -> None:  # one host read per step, and three calls of `step`
+    def loop(n: int) -> None:  # each step: one host read, two aten operations, one call of `step`
         for _ in range(n):
             step(x)
 
