@@ -72,7 +72,7 @@ def elbo(
         raise ValueError("the minibatch is empty")
     prior = model.gaussian_prior()
     log_q = None
-    if prior is not None:
+    if prior is not None and family.closed_form_kl:
         z, kl = family.rsample_and_kl(num_particles, prior, antithetic=antithetic)
     else:
         z, log_q = family.rsample_with_log_prob(num_particles, antithetic=antithetic)
@@ -135,7 +135,7 @@ def held_out_fit(model, family: VariationalFamily, x: torch.Tensor, y: torch.Ten
     object, no triangular solve). The likelihood is evaluated ``CHUNK_ELEMENTS // num_samples`` rows at a time, so
     that memory does not grow with the held-out split (a network's hidden layer holds draws x rows x units)."""
     with torch.no_grad():
-        if model.gaussian_prior() is None:
+        if model.gaussian_prior() is None or not family.closed_form_kl:
             z, log_q = family.rsample_with_log_prob(num_samples, antithetic=antithetic, generator=generator)
             kl = (log_q - model.log_prior(z)).mean()
         else:

@@ -77,6 +77,9 @@ class VariationalFamily(nn.Module):
 
     #: q is symmetric about its mean, so ``2 * mean - z`` is also a draw from q (used for antithetic sampling).
     symmetric: bool = False
+    #: KL(q || diagonal Gaussian prior) has a closed form (:meth:`rsample_and_kl`). Where it has none, the ELBO
+    #: estimates the KL from the draws and takes log q from :meth:`rsample_with_log_prob`.
+    closed_form_kl: bool = True
 
     def rsample(self, num_particles: int, antithetic: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:

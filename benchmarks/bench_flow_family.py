@@ -1,0 +1,142 @@
+"""The flow family's SVI step: viops' ELBO (``models.objectives.elbo``) against zuko's own draw-with-density.
+
+A training step with a flow guide needs draws of q and log q at each of them. zuko's
+``NormalizingFlow.rsample_and_log_prob`` inverts each coupling layer in two passes of its conditioner network and
+evaluates the conditioner a third time for the log-determinant; viops' family reads the log-determinant from the
+spline of the last inversion pass (``models.families.flow``), two passes a layer. Both loops train the same
+``NormalizingFlow`` (3 spline layers, hidden widths 32, 32, 8 bins, as ``guide.family: flow`` builds it) on a
+Bayesian linear regression with a fixed noise scale and N(0, 1) priors (so the KL is estimated from the draws),
+2 particles, Adam, minibatches sliced from rows shuffled once per epoch:
+
+- **zuko**: ``flow.rsample_and_log_prob`` behind the family's affine map, the Gaussian log-likelihood and log prior
+  written out, the minibatch scaled by N/|B|;
+- **viops**: ``models.objectives.elbo`` with the same family.
+
+Rounds are interleaved and each way runs on one torch thread and on all, counted at its faster count over the
+rounds; the ratio is viops' steps per second over zuko's. A step of this small model is mostly dispatch, and the
+timed ratio moves with the machine, so each way's aten operations per step (forward and backward, counted as
+``benchmarks/step_costs.py`` counts them) are printed beside it.
+
+    python benchmarks/bench_flow_family.py [--rounds 5] [--steps 300] [--batch-size 256] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.distributions import Normal
+from torch.nn import functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.baselines import at_best_threads, at_each_thread_count, paired_ratios  # noqa: E402
+from benchmarks.step_costs import per_step  # noqa: E402
+from models.blr import BayesianLinearRegression  # noqa: E402
+from models.families import make_family  # noqa: E402
+from models.objectives import elbo  # noqa: E402
+
+FEATURES, ROWS, NOISE, PARTICLES = 10, 8192, 0.5, 2
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(ROWS, FEATURES, generator=generator)
+    y = x @ torch.randn(FEATURES, generator=generator) + 1.0 + NOISE * torch.randn(ROWS, generator=generator)
+    return x, y
+
+
+def _minibatches(x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int):
+    done = 0
+    while done < steps:
+        perm = torch.randperm(x.shape[0])
+        xs, ys = x.index_select(0, perm), y.index_select(0, perm)
+        for lo in range(0, x.shape[0] - batch_size + 1, batch_size):
+            yield xs[lo : lo + batch_size], ys[lo : lo + batch_size]
+            done += 1
+            if done >= steps:
+                return
+
+
+def _zuko_loss(family, xb: torch.Tensor, yb: torch.Tensor, n: int) -> torch.Tensor:
+    """The negative ELBO per datum with zuko's draw-with-density behind the family's affine map."""
+    flow = family.flow()
+    u, log_q = flow.rsample_and_log_prob((PARTICLES,))
+    scale = family.precond_scale * F.softplus(family.scale_unconstrained)
+    z = torch.addcmul(family._loc(), scale, u)
+    log_q = log_q - scale.log().sum()
+    mean = torch.addmm(z[:, -1:], z[:, :-1], xb.T)  # (particles, rows)
+    log_lik = -0.5 * ((yb - mean) / NOISE).square() - math.log(NOISE) - 0.5 * LOG_2PI
+    log_prior = -0.5 * z.square().sum(-1) - 0.5 * z.shape[-1] * LOG_2PI
+    expected = log_lik.sum() * (n / (xb.shape[0] * PARTICLES))
+    return -(expected - (log_q - log_prior).mean()) / n
+
+
+def run(way: str, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: int, seed: int = 0) -> float:
+    """Train a fresh flow guide for ``steps`` steps the given way; steps per second."""
+    torch.manual_seed(seed)
+    model = BayesianLinearRegression(FEATURES, Normal(0.0, 1.0), Normal(0.0, 1.0), noise_scale=NOISE)
+    family = make_family("flow", model.latent_dim, init_scale=0.1)
+    optimizer = torch.optim.Adam(family.parameters(), lr=0.01)
+    n = x.shape[0]
+    start = time.perf_counter()
+    for xb, yb in _minibatches(x, y, batch_size, steps):
+        if way == "viops":
+            loss = -elbo(model, family, xb, yb, dataset_size=n, num_particles=PARTICLES).elbo / n
+        else:
+            loss = _zuko_loss(family, xb, yb, n)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    x, y = _data()
+    ways = ("zuko", "viops")
+    for way in ways:  # warm-up
+        run(way, x, y, steps=20, batch_size=args.batch_size)
+    rounds = {way: [] for way in ways}
+    for i in range(args.rounds):
+        for way in ways[i % 2:] + ways[: i % 2]:  # alternate which way goes first
+            rounds[way].append(at_each_thread_count(
+                lambda way=way: run(way, x, y, steps=args.steps, batch_size=args.batch_size)))
+    ops = {way: per_step(lambda n, way=way: run(way, x, y, steps=n, batch_size=args.batch_size), 10, 30).aten_ops
+           for way in ways}
+    best = {way: at_best_threads(rounds[way]) for way in ways}
+    rates = {way: rate for way, (_, rate) in best.items()}
+    report = {
+        "batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
+        "steps_per_s": {way: round(statistics.median(r), 1) for way, r in rates.items()},
+        "threads": {way: threads for way, (threads, _) in best.items()},
+        "aten_ops_per_step": {way: round(count, 1) for way, count in ops.items()},
+        "viops_over_zuko": round(statistics.median(rates["viops"]) / statistics.median(rates["zuko"]), 3),
+        "round_ratio_range": [round(v, 3) for v in paired_ratios(rates["viops"], rates["zuko"])],
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print("| batch | zuko steps/s | viops steps/s | viops / zuko | single rounds | aten ops a step (zuko, viops) |")
+    print("|---:|---:|---:|---:|---|---|")
+    lo, hi = report["round_ratio_range"]
+    counted = report["aten_ops_per_step"]
+    print(f"| {args.batch_size} | {report['steps_per_s']['zuko']} | {report['steps_per_s']['viops']} "
+          f"| {report['viops_over_zuko']} | {lo:.2f}-{hi:.2f} | {counted['zuko']:,.0f}, {counted['viops']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
