@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 from torch import nn
@@ -23,66 +22,15 @@ from models.families.base import (
     inverse_softplus,
     positive_scale,
 )
+from models.families.gaussian_kl import _prior_terms, diagonal_gaussian_kl, full_rank_gaussian_kl, low_rank_gaussian_kl
 
-__all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian", "diagonal_gaussian_kl", "full_rank_gaussian_kl"]
+__all__ = ["MeanFieldGaussian", "FullRankGaussian", "LowRankGaussian", "diagonal_gaussian_kl", "full_rank_gaussian_kl",
+           "low_rank_gaussian_kl"]
 
 
 def _standard_normal_log_density(noise: torch.Tensor) -> torch.Tensor:
     """``sum_i log N(noise_i | 0, 1)`` over the last dimension."""
     return -0.5 * noise.square().sum(-1) - 0.5 * noise.shape[-1] * math.log(2 * math.pi)
-
-
-def diagonal_gaussian_kl(loc: torch.Tensor, scale: torch.Tensor, prior_loc: torch.Tensor | float,
-                         prior_scale: torch.Tensor | float) -> torch.Tensor:
-    """KL(N(loc, diag scale^2) || N(prior_loc, diag prior_scale^2)) in closed form, summed over coordinates.
-
-    torch's ``kl_divergence`` of the two ``Independent(Normal)`` gives the same value (``tests/models`` checks it);
-    this is its arithmetic without building distribution objects on every training step. The prior's location and
-    scale may be numbers (the same for every coordinate), which saves the step a few tensor operations.
-    """
-    unit = isinstance(prior_scale, float) and prior_scale == 1.0  # N(0, 1) priors: no division by one (two ops)
-    var_ratio = (scale if unit else scale / prior_scale).square()
-    centred = loc if isinstance(prior_loc, float) and prior_loc == 0.0 else loc - prior_loc
-    return 0.5 * (var_ratio + (centred if unit else centred / prior_scale).square() - 1 - var_ratio.log()).sum()
-
-
-def full_rank_gaussian_kl(loc: torch.Tensor, scale_tril: torch.Tensor, prior_loc: torch.Tensor | float,
-                          prior_scale: torch.Tensor | float) -> torch.Tensor:
-    """KL(N(loc, L L^T) || N(prior_loc, diag prior_scale^2)) in closed form, ``L = scale_tril`` lower-triangular.
-
-    torch's ``kl_divergence`` has no pair for a ``MultivariateNormal`` and an ``Independent(Normal)``: it would need
-    the prior rebuilt as a ``MultivariateNormal`` and two triangular solves with its (diagonal) factor on every
-    step. Against a diagonal prior the solves are divisions: ``0.5 (||diag(1/s) L||_F^2 + ||(loc - m) / s||^2 - D)
-    + sum log s - sum log diag L``. ``tests/models`` checks it against ``kl_divergence`` of the two
-    ``MultivariateNormal`` objects, value and gradient.
-    """
-    column_scale = prior_scale if isinstance(prior_scale, float) else prior_scale.unsqueeze(-1)
-    centred = loc if isinstance(prior_loc, float) and prior_loc == 0.0 else loc - prior_loc
-    log_prior_scale = (math.log(prior_scale) * loc.shape[-1] if isinstance(prior_scale, float)
-                       else prior_scale.log().sum())
-    return (0.5 * ((scale_tril / column_scale).square().sum() + (centred / prior_scale).square().sum() - loc.shape[-1])
-            + log_prior_scale - scale_tril.diagonal(dim1=-2, dim2=-1).log().sum())
-
-
-#: A diagonal Normal prior's (location, scale) for the closed-form KLs above, read once per prior object.
-_PRIOR_TERMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _prior_terms(prior: Independent) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-    """Each of the prior's location and scale as a number where every coordinate has the same value and no gradient
-    flows into it (a prior built once, as the models build theirs), else the tensor itself."""
-    terms = _PRIOR_TERMS.get(prior)
-    if terms is None:
-        terms = tuple(_constant(t) for t in (prior.base_dist.loc, prior.base_dist.scale))
-        _PRIOR_TERMS[prior] = terms
-    return terms
-
-
-def _constant(values: torch.Tensor) -> torch.Tensor | float:
-    if values.requires_grad or values.numel() == 0:
-        return values
-    first = values.reshape(-1)[0]
-    return float(first) if bool((values == first).all()) else values
 
 
 def _refresh_identity_map(family, incompatible_keys=None) -> None:
@@ -259,10 +207,20 @@ class LowRankGaussian(VariationalFamily):
         generator = torch.Generator().manual_seed(seed)
         self.cov_factor = nn.Parameter(0.1 * init_scale * torch.randn(dim, rank, generator=generator) / math.sqrt(rank))
 
+    def _factor_and_diag_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``W`` and ``d`` of the covariance ``W W^T + diag(d^2)`` in z space (the preconditioner's scale applied)."""
+        return (self.precond_scale.unsqueeze(-1) * self.cov_factor,
+                self.precond_scale * F.softplus(self.diag_unconstrained))
+
     def distribution(self) -> Distribution:
-        diag = self.precond_scale * F.softplus(self.diag_unconstrained)
-        factor = self.precond_scale.unsqueeze(-1) * self.cov_factor
+        factor, diag = self._factor_and_diag_scale()
         return LowRankMultivariateNormal(self._loc(), factor, diag * diag, validate_args=False)
+
+    def kl_to(self, prior: Distribution) -> torch.Tensor:
+        """To a diagonal Gaussian prior in ``O(D rank^2)`` (:func:`low_rank_gaussian_kl`), with no ``D x D`` matrix."""
+        if _is_diagonal_normal(prior):
+            return low_rank_gaussian_kl(self._loc(), *self._factor_and_diag_scale(), *_prior_terms(prior))
+        return super().kl_to(prior)
 
     @property
     def noise_dim(self) -> int:

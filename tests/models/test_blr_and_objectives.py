@@ -47,15 +47,15 @@ def test_the_closed_form_log_likelihood_is_torchs_normal_density(learned):
         torch.testing.assert_close(model.log_likelihood(z, x, y), model.predictive(z, x).log_prob(y))
 
 
-@pytest.mark.parametrize("kind", ["mean_field", "full_rank"])
+@pytest.mark.parametrize("kind", ["mean_field", "full_rank", "low_rank"])
 @pytest.mark.parametrize("prior_loc, prior_scale", [
     (torch.full((5,), 0.2), torch.full((5,), 1.7)),  # the same for every coordinate: read as numbers
     (torch.zeros(5), torch.ones(5)),  # N(0, 1): the centring and the divisions by one are skipped
     (torch.linspace(-1, 1, 5), torch.tensor([1.0, 1.0, 10.0, 0.5, 1.0])),  # per coordinate: tensors
 ])
 def test_gaussian_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(kind, prior_loc, prior_scale):
-    """The closed-form KL to a diagonal Gaussian prior is torch's ``kl_divergence`` (for the full-rank family, of
-    the two MultivariateNormals), value and gradient; the draws are rsample's."""
+    """The closed-form KL to a diagonal Gaussian prior is torch's ``kl_divergence`` (for the full-rank and low-rank
+    families, with the prior as a MultivariateNormal), value and gradient; the draws are rsample's."""
     from models.families import make_family
 
     family = make_family(kind, 5, init_scale=0.3)
@@ -81,7 +81,7 @@ def test_gaussian_draws_and_kl_in_one_pass_are_rsample_and_torchs_kl(kind, prior
             torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("kind", ["mean_field", "full_rank"])
+@pytest.mark.parametrize("kind", ["mean_field", "full_rank", "low_rank"])
 def test_a_prior_with_a_gradient_keeps_it_through_the_closed_form_kl(kind):
     from models.families import make_family
 
@@ -90,7 +90,7 @@ def test_a_prior_with_a_gradient_keeps_it_through_the_closed_form_kl(kind):
     prior = Independent(Normal(torch.zeros(3), prior_scale), 1)
     _, kl = family.rsample_and_kl(2, prior)
     (grad,) = torch.autograd.grad(kl, [prior_scale])
-    if kind == "full_rank":  # torch's KL pairs a MultivariateNormal with a MultivariateNormal only
+    if kind != "mean_field":  # torch's KL pairs these with a MultivariateNormal only
         prior = MultivariateNormal(torch.zeros(3), scale_tril=torch.diag(prior_scale))
     (want,) = torch.autograd.grad(torch.distributions.kl_divergence(family.distribution(), prior), [prior_scale])
     torch.testing.assert_close(grad, want)

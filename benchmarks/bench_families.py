@@ -1,6 +1,8 @@
-"""The flow family's SVI step: viops' ELBO (``models.objectives.elbo``) against zuko's own draw-with-density.
+"""What the variational families cost against the libraries' own paths, in one run: the flow family's SVI step
+against zuko's draw-with-density, and the low-rank family's KL to a Gaussian prior against torch's
+``kl_divergence``.
 
-A training step with a flow guide needs draws of q and log q at each of them. zuko's
+**The flow step.** A training step with a flow guide needs draws of q and log q at each of them. zuko's
 ``NormalizingFlow.rsample_and_log_prob`` inverts each coupling layer in two passes of its conditioner network and
 evaluates the conditioner a third time for the log-determinant; viops' family reads the log-determinant from the
 spline of the last inversion pass (``models.families.flow``), two passes a layer. Both loops train the same
@@ -17,7 +19,13 @@ rounds; the ratio is viops' steps per second over zuko's. A step of this small m
 timed ratio moves with the machine, so each way's aten operations per step (forward and backward, counted as
 ``benchmarks/step_costs.py`` counts them) are printed beside it.
 
-    python benchmarks/bench_flow_family.py [--rounds 5] [--steps 300] [--batch-size 256] [--json]
+**The low-rank KL.** Under a diagonal Gaussian prior, ``LowRankGaussian.kl_to`` computes the KL in closed form in
+``O(D rank^2)`` (``models.families.gaussian.low_rank_gaussian_kl``). torch's ``kl_divergence`` pairs a
+``LowRankMultivariateNormal`` only with a ``MultivariateNormal``, so the prior is rebuilt with a ``D x D`` factor,
+as the base family does for torch. Each way's KL and its backward are timed at several latent dimensions (rank 4),
+interleaved, medians of ``--rounds`` rounds.
+
+    python benchmarks/bench_families.py [--rounds 5] [--steps 300] [--batch-size 256] [--dims 100 1000 4000] [--json]
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.distributions import Normal
+from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,11 +107,48 @@ def run(way: str, x: torch.Tensor, y: torch.Tensor, *, steps: int, batch_size: i
     return steps / (time.perf_counter() - start)
 
 
+def low_rank_kl_seconds(dim: int, way: str, rank: int = 4, budget: float = 0.2) -> float:
+    """Seconds for one KL of a low-rank family to a N(0, 2^2) prior and its backward, the given way (repeated for
+    about ``budget`` seconds)."""
+    torch.manual_seed(0)
+    family = make_family("low_rank", dim, rank=rank, init_scale=0.3)
+    prior = Independent(Normal(torch.zeros(dim), torch.full((dim,), 2.0)), 1)
+
+    def once() -> torch.Tensor:
+        if way == "viops":
+            return family.kl_to(prior)
+        dense = MultivariateNormal(prior.base_dist.loc, scale_tril=torch.diag_embed(prior.base_dist.scale),
+                                   validate_args=False)
+        return kl_divergence(family.distribution(), dense)
+
+    start = time.perf_counter()
+    once().backward()  # warm-up, and how many repeats fit in the budget
+    repeats = max(3, int(budget / (time.perf_counter() - start)))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        once().backward()
+    return (time.perf_counter() - start) / repeats
+
+
+def low_rank_report(dims: list[int], rounds: int) -> list[dict]:
+    rows = []
+    for dim in dims:
+        seconds = {"torch": [], "viops": []}
+        for i in range(rounds):
+            for way in (("torch", "viops") if i % 2 == 0 else ("viops", "torch")):
+                seconds[way].append(low_rank_kl_seconds(dim, way))
+        torch_ms, viops_ms = (statistics.median(seconds[w]) * 1e3 for w in ("torch", "viops"))
+        rows.append({"dim": dim, "torch_ms": round(torch_ms, 3), "viops_ms": round(viops_ms, 3),
+                     "speed_up": round(torch_ms / viops_ms, 1)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--dims", type=int, nargs="+", default=[100, 1000, 4000])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     x, y = _data()
@@ -127,8 +172,9 @@ def main() -> None:
         "viops_over_zuko": round(statistics.median(rates["viops"]) / statistics.median(rates["zuko"]), 3),
         "round_ratio_range": [round(v, 3) for v in paired_ratios(rates["viops"], rates["zuko"])],
     }
+    low_rank = low_rank_report(args.dims, args.rounds)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps({"flow": report, "low_rank_kl": low_rank}))
         return
     print("| batch | zuko steps/s | viops steps/s | viops / zuko | single rounds | aten ops a step (zuko, viops) |")
     print("|---:|---:|---:|---:|---|---|")
@@ -136,6 +182,11 @@ def main() -> None:
     counted = report["aten_ops_per_step"]
     print(f"| {args.batch_size} | {report['steps_per_s']['zuko']} | {report['steps_per_s']['viops']} "
           f"| {report['viops_over_zuko']} | {lo:.2f}-{hi:.2f} | {counted['zuko']:,.0f}, {counted['viops']:,.0f} |")
+    print("\nThe low-rank family's KL to a diagonal Gaussian prior with its backward (rank 4), ms:\n")
+    print("| latents | torch `kl_divergence` | viops | speed-up |")
+    print("|---:|---:|---:|---:|")
+    for row in low_rank:
+        print(f"| {row['dim']:,} | {row['torch_ms']} | {row['viops_ms']} | {row['speed_up']}x |")
 
 
 if __name__ == "__main__":
