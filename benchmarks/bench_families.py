@@ -1,6 +1,6 @@
-"""What the variational families cost against the libraries' own paths, in one run: the flow family's SVI step
-against zuko's draw-with-density, and the low-rank family's KL to a Gaussian prior against torch's
-``kl_divergence``.
+"""What the variational families cost against the paths they replaced, in one run: the flow family's SVI step
+against zuko's draw-with-density, the low-rank family's KL to a Gaussian prior against torch's ``kl_divergence``,
+and the full-rank family without a dense preconditioning map against the product with one.
 
 **The flow step.** A training step with a flow guide needs draws of q and log q at each of them. zuko's
 ``NormalizingFlow.rsample_and_log_prob`` inverts each coupling layer in two passes of its conditioner network and
@@ -24,6 +24,11 @@ timed ratio moves with the machine, so each way's aten operations per step (forw
 ``LowRankMultivariateNormal`` only with a ``MultivariateNormal``, so the prior is rebuilt with a ``D x D`` factor,
 as the base family does for torch. Each way's KL and its backward are timed at several latent dimensions (rank 4),
 interleaved, medians of ``--rounds`` rounds.
+
+**The full-rank step without a dense map.** A full-rank family preconditioned with marginal SDs only, or not at all,
+scales the rows of its Cholesky factor; with a dense map (the Laplace approximation's factor) it multiplies by the
+map, ``O(D^3)``. The script times the family's draws and KL to a N(0, 1) prior with their backward both ways, the
+dense way with the identity as its map (what every full-rank family did before), at the same dimensions.
 
     python benchmarks/bench_families.py [--rounds 5] [--steps 300] [--batch-size 256] [--dims 100 1000 4000] [--json]
 """
@@ -121,25 +126,45 @@ def low_rank_kl_seconds(dim: int, way: str, rank: int = 4, budget: float = 0.2) 
                                    validate_args=False)
         return kl_divergence(family.distribution(), dense)
 
+    return _timed(lambda: once().backward(), budget)
+
+
+def full_rank_step_seconds(dim: int, way: str, budget: float = 0.2) -> float:
+    """Seconds for a full-rank family's 2 draws and KL to N(0, I) with their backward; ``way`` "dense": with the
+    identity as a dense preconditioning map, "diagonal": without one."""
+    family = make_family("full_rank", dim, init_scale=0.3)
+    if way == "dense":
+        family._diagonal_map = False  # multiply by the (identity) map, as a dense map is multiplied
+    prior = Independent(Normal(torch.zeros(dim), torch.ones(dim)), 1)
+
+    def once() -> None:
+        z, kl = family.rsample_and_kl(2, prior, antithetic=True)
+        (kl + z.sum()).backward()
+
+    return _timed(once, budget)
+
+
+def _timed(once, budget: float) -> float:
     start = time.perf_counter()
-    once().backward()  # warm-up, and how many repeats fit in the budget
+    once()  # warm-up, and how many repeats fit in the budget
     repeats = max(3, int(budget / (time.perf_counter() - start)))
     start = time.perf_counter()
     for _ in range(repeats):
-        once().backward()
+        once()
     return (time.perf_counter() - start) / repeats
 
 
-def low_rank_report(dims: list[int], rounds: int) -> list[dict]:
+def paired_report(dims: list[int], rounds: int, seconds_of, before: str, after: str) -> list[dict]:
+    """``seconds_of(dim, way)`` for the ways ``before`` and ``after``, interleaved over ``rounds``; medians in ms."""
     rows = []
     for dim in dims:
-        seconds = {"torch": [], "viops": []}
+        seconds = {before: [], after: []}
         for i in range(rounds):
-            for way in (("torch", "viops") if i % 2 == 0 else ("viops", "torch")):
-                seconds[way].append(low_rank_kl_seconds(dim, way))
-        torch_ms, viops_ms = (statistics.median(seconds[w]) * 1e3 for w in ("torch", "viops"))
-        rows.append({"dim": dim, "torch_ms": round(torch_ms, 3), "viops_ms": round(viops_ms, 3),
-                     "speed_up": round(torch_ms / viops_ms, 1)})
+            for way in ((before, after) if i % 2 == 0 else (after, before)):
+                seconds[way].append(seconds_of(dim, way))
+        before_ms, after_ms = (statistics.median(seconds[w]) * 1e3 for w in (before, after))
+        rows.append({"dim": dim, f"{before}_ms": round(before_ms, 3), f"{after}_ms": round(after_ms, 3),
+                     "speed_up": round(before_ms / after_ms, 1)})
     return rows
 
 
@@ -172,9 +197,10 @@ def main() -> None:
         "viops_over_zuko": round(statistics.median(rates["viops"]) / statistics.median(rates["zuko"]), 3),
         "round_ratio_range": [round(v, 3) for v in paired_ratios(rates["viops"], rates["zuko"])],
     }
-    low_rank = low_rank_report(args.dims, args.rounds)
+    low_rank = paired_report(args.dims, args.rounds, low_rank_kl_seconds, "torch", "viops")
+    full_rank = paired_report(args.dims, args.rounds, full_rank_step_seconds, "dense", "diagonal")
     if args.json:
-        print(json.dumps({"flow": report, "low_rank_kl": low_rank}))
+        print(json.dumps({"flow": report, "low_rank_kl": low_rank, "full_rank_step": full_rank}))
         return
     print("| batch | zuko steps/s | viops steps/s | viops / zuko | single rounds | aten ops a step (zuko, viops) |")
     print("|---:|---:|---:|---:|---|---|")
@@ -187,6 +213,11 @@ def main() -> None:
     print("|---:|---:|---:|---:|")
     for row in low_rank:
         print(f"| {row['dim']:,} | {row['torch_ms']} | {row['viops_ms']} | {row['speed_up']}x |")
+    print("\nThe full-rank family's draws and KL with their backward, ms:\n")
+    print("| latents | through a dense identity map | rows scaled | speed-up |")
+    print("|---:|---:|---:|---:|")
+    for row in full_rank:
+        print(f"| {row['dim']:,} | {row['dense_ms']} | {row['diagonal_ms']} | {row['speed_up']}x |")
 
 
 if __name__ == "__main__":

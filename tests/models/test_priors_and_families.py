@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from torch.distributions import HalfNormal, Independent, MultivariateNormal, Normal, kl_divergence
+from torch.nn import functional as F
 
 from models.families import FAMILIES, FullRankGaussian, LowRankGaussian, MeanFieldGaussian, make_family
 from models.priors import Flat, HalfStudentT, PriorDensity, make_prior
@@ -76,6 +77,34 @@ def test_a_mean_field_family_loaded_from_a_preconditioned_one_keeps_its_map(tmp_
     assert torch.equal(loaded.transform_noise(noise), source.transform_noise(noise))
     loaded.load_state_dict(MeanFieldGaussian(3).state_dict())  # back to the identity
     assert loaded.mean is loaded.loc
+
+
+def test_a_full_rank_family_scales_rows_under_a_diagonal_map_and_multiplies_under_a_dense_one(tmp_path):
+    """Without a dense map (no preconditioning, or marginal SDs only) the family scales the rows of its Cholesky
+    factor instead of multiplying by the map; the two give the same q. A state dict that carries a dense map (a
+    checkpoint, a registered model) brings the product back into use, and one without it takes it away."""
+    shift, scale = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.1, 1.0])
+    dense = torch.tensor([[1.0, 0.0, 0.0], [0.5, 2.0, 0.0], [-1.0, 0.3, 0.7]])
+    diagonal = FullRankGaussian(3).precondition(shift, scale)
+    with torch.no_grad():
+        for parameter in diagonal.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    assert diagonal._diagonal_map
+    tril = torch.diag_embed(torch.nn.functional.softplus(diagonal.scale_diag_unconstrained)).index_put(
+        (diagonal._rows, diagonal._cols), diagonal.scale_offdiag)
+    torch.testing.assert_close(diagonal.scale_tril, torch.diag(scale) @ tril)
+    torch.testing.assert_close(diagonal._loc(), shift + scale * diagonal.loc)
+    fresh = FullRankGaussian(3).precondition(shift, scale, dense)
+    assert not fresh._diagonal_map
+    fresh.load_state_dict(diagonal.state_dict())  # the diagonal map, and the product left out again
+    assert fresh._diagonal_map and torch.equal(fresh.scale_tril, diagonal.scale_tril)
+    fresh.load_state_dict(FullRankGaussian(3).precondition(shift, scale, dense).state_dict())
+    assert not fresh._diagonal_map
+    torch.testing.assert_close(fresh.scale_tril, dense @ torch.diag(F.softplus(fresh.scale_diag_unconstrained)))
+    torch.save(fresh, tmp_path / "family.pt")
+    loaded = torch.load(tmp_path / "family.pt", weights_only=False)
+    noise = torch.randn(4, 3)
+    assert not loaded._diagonal_map and torch.equal(loaded.transform_noise(noise), fresh.transform_noise(noise))
 
 
 def test_mean_field_matches_torch_distributions():
