@@ -1,4 +1,5 @@
-"""A viops command's process: full collections are rare and its heap is frozen once the command returns."""
+"""A viops command's process: full collections are rare, its heap is frozen once the command returns, and its calls do
+not map and unmap a chunk of CPython's frame stack each."""
 
 from __future__ import annotations
 
@@ -43,3 +44,39 @@ def test_calling_main_in_a_process_leaves_that_processs_collector_alone():
     out = _run("from viops.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "gc 10 False"  # CPython's default, and nothing frozen
+
+
+
+#: The most page faults that 500 calls of a function cost at any of 400 depths of recursion. A call that needs a new
+#: chunk of the frame stack maps it and touches it (a fault); its return unmaps it. The called function reserves 100
+#: value-stack slots and each level of recursion takes about 12, so some depth in every chunk leaves it less room
+#: than the call needs, and 400 levels cross more than one chunk (2,048 slots each) from wherever they start.
+WORST_DEPTH_FAULTS = """
+import resource, types
+
+def _leaf():
+    return None
+
+leaf = types.FunctionType(_leaf.__code__.replace(co_stacksize=100), {})
+
+def worst_depth_faults():
+    def descend(n):
+        if n:
+            return descend(n - 1)
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(500):
+            leaf()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+    return max(descend(depth) for depth in range(400))
+"""
+
+
+def test_a_commands_calls_stay_in_one_chunk_of_the_frame_stack():
+    out = _run(WORST_DEPTH_FAULTS + "print('bare', worst_depth_faults())\n"
+               "from viops.process import run_as_process\n"
+               "run_as_process(lambda: print('command', worst_depth_faults()))\n")
+    assert out.returncode == 0, out.stderr
+    faults = dict(line.split() for line in out.stdout.splitlines() if not line.startswith("gc"))
+    if sys.version_info < (3, 13):  # where CPython maps a chunk per call at a chunk's edge (gh-142183)
+        assert int(faults["bare"]) >= 450, faults  # the probe sees it outside a command
+    assert int(faults["command"]) < 50, faults
