@@ -10,7 +10,8 @@ command has finished. docs/benchmarks.md has the measurements.
 :func:`run_as_process` makes full collections ten times rarer (young objects, where nearly all garbage cycles die,
 are collected as often as before) and, once the command has returned, freezes the heap so that shutdown does not
 rescan it. It also runs the command in a chunk of CPython's frame stack large enough for all of its calls: with the
-16-KiB chunks CPython 3.11 starts with, a `viops train` mapped and unmapped 55,000 of them, 0.3 s of system CPU.
+16-KiB chunks CPython 3.11 starts with, a `viops train` mapped and unmapped 55,000 of them (0.3 s of CPU) and a
+`viops monitor` 156,000 (1.4 s).
 Only the entry points (``viops``, ``python -m viops``, ``python -m viops.demo``) call it: code that calls
 :func:`viops.cli.main` in a longer-lived process keeps that process's own settings.
 """

@@ -46,7 +46,6 @@ def test_calling_main_in_a_process_leaves_that_processs_collector_alone():
     assert out.stdout.splitlines()[-1] == "gc 10 False"  # CPython's default, and nothing frozen
 
 
-
 #: The most page faults that 500 calls of a function cost at any of 400 depths of recursion. A call that needs a new
 #: chunk of the frame stack maps it and touches it (a fault); its return unmaps it. The called function reserves 100
 #: value-stack slots and each level of recursion takes about 12, so some depth in every chunk leaves it less room
