@@ -13,7 +13,8 @@ rescan it. It also runs the command in a chunk of CPython's frame stack large en
 16-KiB chunks CPython 3.11 starts with, a `viops train` mapped and unmapped 55,000 of them (0.3 s of CPU) and a
 `viops monitor` 156,000 (1.4 s).
 Only the entry points (``viops``, ``python -m viops``, ``python -m viops.demo``) call it: code that calls
-:func:`viops.cli.main` in a longer-lived process keeps that process's own settings.
+:func:`viops.cli.main` in a longer-lived process keeps that process's own settings. The test processes run their
+session under :func:`in_one_stack_chunk` too (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import sys
 import types
 from collections.abc import Callable
 
-__all__ = ["FULL_COLLECTION_EVERY", "run_as_process"]
+__all__ = ["FULL_COLLECTION_EVERY", "in_one_stack_chunk", "run_as_process"]
 
 #: Young-generation collections between full collections (CPython's default is 10).
 FULL_COLLECTION_EVERY = 100
 #: Value-stack slots (8 bytes each) reserved by the frame a command runs under: 512 KiB, so CPython gives that frame
-#: a 1 MiB chunk of the frame stack, and the command's own frames the other half (see _in_one_stack_chunk).
+#: a 1 MiB chunk of the frame stack, and the command's own frames the other half (see in_one_stack_chunk).
 COMMAND_FRAME_SLOTS = 1 << 16
 
 
@@ -37,7 +38,7 @@ def run_as_process(main: Callable[[], int | None]) -> None:
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
     try:
-        code = _in_one_stack_chunk(main)
+        code = in_one_stack_chunk(main)
     finally:
         # Whatever is still alive now lives until exit: moving it out of the collector's reach leaves nothing for
         # the shutdown's collections to scan. Finalizers registered with weakref.finalize and atexit still run.
@@ -49,7 +50,7 @@ def _call(main: Callable[[], int | None]) -> int | None:
     return main()
 
 
-def _in_one_stack_chunk(main: Callable[[], int | None]) -> int | None:
+def in_one_stack_chunk(main: Callable[[], int | None]) -> int | None:
     """``main()``, called from a frame that gives the command a data-stack chunk of its own, 1 MiB instead of 16 KiB.
 
     CPython keeps the frames of Python calls on a per-thread stack of chunks, 16 KiB each. A call that finds no room

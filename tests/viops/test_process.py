@@ -1,5 +1,5 @@
 """A viops command's process: full collections are rare, its heap is frozen once the command returns, and its calls do
-not map and unmap a chunk of CPython's frame stack each."""
+not map and unmap a chunk of CPython's frame stack each (nor do the test processes')."""
 
 from __future__ import annotations
 
@@ -79,3 +79,9 @@ def test_a_commands_calls_stay_in_one_chunk_of_the_frame_stack():
     if sys.version_info < (3, 13):  # where CPython maps a chunk per call at a chunk's edge (gh-142183)
         assert int(faults["bare"]) >= 450, faults  # the probe sees it outside a command
     assert int(faults["command"]) < 50, faults
+
+
+def test_the_test_processes_run_their_tests_in_one_chunk_too():
+    probe: dict = {}
+    exec(WORST_DEPTH_FAULTS, probe)  # in this process, under tests/conftest.py's pytest_cmdline_main
+    assert probe["worst_depth_faults"]() < 50
