@@ -72,10 +72,11 @@ def pytest_unconfigure(config) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
-    """Run the session (collection and every test) the rest of the hook's implementations start, in a chunk of
+    """Run what the hook's other implementations run, the whole session (collection and every test), in a chunk of
     CPython's frame stack of its own, as a viops command runs: at the edges of the 16-KiB chunks a test process
-    otherwise maps and unmaps a chunk per call (388,000 times in tests/models, tests/monitoring and tests/dags;
-    26,000 under this hook). viops/process.py says why. Pytest calls this hook in every worker and in the controller."""
+    otherwise maps and unmaps a chunk per call (388,000 times over tests/models, tests/monitoring and tests/dags;
+    26,000 with this hook, mostly in the telemetry writers' own processes). viops/process.py says why. Pytest calls
+    this hook in the controller and in every worker."""
     rest = config.pluginmanager.subset_hook_caller("pytest_cmdline_main", remove_plugins=[sys.modules[__name__]])
     return in_one_stack_chunk(lambda: rest(config=config))
 
