@@ -1,5 +1,5 @@
 """A viops command's process: full collections are rare, its heap is frozen once the command returns, and its calls do
-not map and unmap a chunk of CPython's frame stack each (nor do the test processes')."""
+not map and unmap a chunk of CPython's frame stack each."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+from tests.pipelines.test_frame_stack import WORST_DEPTH_FAULTS
 from viops.process import FULL_COLLECTION_EVERY
 
 #: Prints, at exit, the old generation's threshold and whether the heap was frozen (atexit runs after sys.exit).
@@ -46,30 +47,6 @@ def test_calling_main_in_a_process_leaves_that_processs_collector_alone():
     assert out.stdout.splitlines()[-1] == "gc 10 False"  # CPython's default, and nothing frozen
 
 
-#: The most page faults that 500 calls of a function cost at any of 400 depths of recursion. A call that needs a new
-#: chunk of the frame stack maps it and touches it (a fault); its return unmaps it. The called function reserves 100
-#: value-stack slots and each level of recursion takes about 12, so some depth in every chunk leaves it less room
-#: than the call needs, and 400 levels cross more than one chunk (2,048 slots each) from wherever they start.
-WORST_DEPTH_FAULTS = """
-import resource, types
-
-def _leaf():
-    return None
-
-leaf = types.FunctionType(_leaf.__code__.replace(co_stacksize=100), {})
-
-def worst_depth_faults():
-    def descend(n):
-        if n:
-            return descend(n - 1)
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(500):
-            leaf()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
-    return max(descend(depth) for depth in range(400))
-"""
-
-
 def test_a_commands_calls_stay_in_one_chunk_of_the_frame_stack():
     out = _run(WORST_DEPTH_FAULTS + "print('bare', worst_depth_faults())\n"
                "from viops.process import run_as_process\n"
@@ -79,9 +56,3 @@ def test_a_commands_calls_stay_in_one_chunk_of_the_frame_stack():
     if sys.version_info < (3, 13):  # where CPython maps a chunk per call at a chunk's edge (gh-142183)
         assert int(faults["bare"]) >= 450, faults  # the probe sees it outside a command
     assert int(faults["command"]) < 50, faults
-
-
-def test_the_test_processes_run_their_tests_in_one_chunk_too():
-    probe: dict = {}
-    exec(WORST_DEPTH_FAULTS, probe)  # in this process, under tests/conftest.py's pytest_cmdline_main
-    assert probe["worst_depth_faults"]() < 50
