@@ -4,9 +4,9 @@ test session.
 CPython 3.11 keeps the frames of Python calls on a per-thread stack of chunks, 16 KiB each. A call that finds no room
 in the current chunk maps a new one (``mmap``), and its return unmaps it, so code that calls a function from where
 the stack is just short of a chunk's end maps and unmaps a chunk at every call (CPython gh-142183; later versions
-keep a spare chunk). Importing torch's, MLflow's and Evidently's modules hits such edges all the time: a `viops
-train` mapped and unmapped 55,000 chunks, a `viops monitor` 156,000 and a telemetry writer 10,000, at 8.7 µs each
-(docs/benchmarks.md).
+keep a spare chunk). Importing torch's, MLflow's and Evidently's modules hits such edges all the time: a
+``viops train`` mapped and unmapped 55,000 chunks, a ``viops monitor`` 156,000 and a telemetry writer 10,000, at
+8.7 µs each (docs/benchmarks.md).
 """
 
 from __future__ import annotations
