@@ -75,8 +75,8 @@ def pytest_cmdline_main(config):
     """Run what the hook's other implementations run, the whole session (collection and every test), in a chunk of
     CPython's frame stack of its own, as a viops command runs: at the edges of the 16-KiB chunks a test process
     otherwise maps and unmaps a chunk per call (388,000 times over tests/models, tests/monitoring and tests/dags;
-    26,000 with this hook). pipelines/frame_stack.py says why. Pytest calls this hook in the controller and in every
-    worker."""
+    26,000 with this hook, most of them in the telemetry writers, which have since had a chunk of their own too).
+    pipelines/frame_stack.py says why. Pytest calls this hook in the controller and in every worker."""
     rest = config.pluginmanager.subset_hook_caller("pytest_cmdline_main", remove_plugins=[sys.modules[__name__]])
     return in_one_stack_chunk(lambda: rest(config=config))
 
