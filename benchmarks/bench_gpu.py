@@ -11,7 +11,8 @@ of steps:
 
 then both again at batches 65,536 and 16,384 with ten times the epochs (``--no-large`` skips them). On CUDA the
 minimal loop also runs as one CUDA graph per step (``graphed=True``): the GPU's throughput once the host's kernel
-launches are out of the way.
+launches are out of the way. viops runs there twice: as configured, which replays its step's CUDA graph
+(``train.cuda_graph``, the default), and with ``train.cuda_graph=false`` (the eager step).
 
 Scoring: the BNN that viops trained on the CPU is registered and loaded as ``viops score`` loads it, then
 ``--score-rows`` rows are scored with ``--score-samples`` posterior draws each, on each device: ``score_frame`` (the
@@ -21,7 +22,7 @@ pyfunc with signature enforcement, batches of 10,000 rows, ``device`` as its par
 It prints steps/s and rows/s per device, the GPU/CPU ratios and viops' ratio to the minimal loop on each device,
 with the card's name. Without a CUDA device it measures the CPU only and says so.
 
-    python benchmarks/bench_gpu.py [--bnn-rows 1000000] [--vae-rows 200000] [--epochs 3] [--no-large]
+    python benchmarks/bench_gpu.py [--bnn-rows 1000000] [--vae-rows 200000] [--epochs 3] [--no-large] [--no-small]
                                    [--score-rows 200000] [--score-samples 100] [--json]
 """
 
@@ -86,6 +87,14 @@ def measure(name: str, config, data, device: str, uri: str) -> dict:
     result = train(config, prepared=data, tracking_uri=uri, register=False)
     steps = int(result.metrics["steps"])
     viops = steps / result.metrics["train_seconds"]
+    # The checks during training count in viops' time (the minimal loop has none): their share of it.
+    validation = result.metrics["validation_seconds"] / result.metrics["train_seconds"]
+    eager = graphed_steps = None
+    if device == "cuda":  # the default replays the step's CUDA graph; the eager step too, for the difference it makes
+        graphed_steps = int(result.metrics.get("graphed_steps", 0))
+        plain = config.model_copy(update={"train": config.train.model_copy(update={"cuda_graph": False})})
+        again = train(plain, prepared=data, tracking_uri=uri, register=False).metrics
+        eager = round(again["steps"] / again["train_seconds"], 1)
     s, m = config.train, config.model
     if m.kind == "vae":
         x, _ = split_tensors(data.train, data.features, data.target, None)
@@ -111,9 +120,14 @@ def measure(name: str, config, data, device: str, uri: str) -> dict:
             graphed = round(minimal(True), 1)
         except Exception as error:  # noqa: BLE001 - reported, not fatal: the graphed loop is a reference point
             print(f"{name}: the CUDA-graph minimal loop failed: {error!r}", file=sys.stderr)
-    return {"model": name, "device": device, "steps": steps, "train_rows": len(data.train), "run_id": result.run_id,
-            "batch_size": s.batch_size, "viops_steps_per_s": round(viops, 1), "minimal_steps_per_s": round(least, 1),
-            "minimal_graphed_steps_per_s": graphed, "ratio_to_minimal": round(viops / least, 3)}
+    row = {"model": name, "device": device, "steps": steps, "train_rows": len(data.train), "run_id": result.run_id,
+           "batch_size": s.batch_size, "viops_steps_per_s": round(viops, 1), "viops_eager_steps_per_s": eager,
+           "graphed_steps": graphed_steps, "validation_share": round(validation, 3),
+           "minimal_steps_per_s": round(least, 1),
+           "minimal_graphed_steps_per_s": graphed, "ratio_to_minimal": round(viops / least, 3),
+           "ratio_to_graphed_minimal": round(viops / graphed, 3) if graphed else None}
+    print(json.dumps(row), file=sys.stderr, flush=True)  # as it comes: a run cut short still shows what it measured
+    return row
 
 
 def scoring(client, uri: str, run_id: str, data, devices: list[str], rows: int, samples: int) -> list[dict]:
@@ -163,6 +177,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-large", dest="large", action="store_false",
                         help="skip the large-batch cases (BNN 65,536, VAE 16,384, ten times the epochs)")
+    parser.add_argument("--no-small", dest="small", action="store_false",
+                        help="skip the cases at the targets' batch sizes (BNN 4,096, VAE 1,024)")
     parser.add_argument("--score-rows", type=int, default=200_000)
     parser.add_argument("--score-samples", type=int, default=100)
     parser.add_argument("--json", action="store_true")
@@ -177,12 +193,15 @@ def main() -> None:
               file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="viops-bench-gpu-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
+    # The end-of-training diagnostics are not what is measured (train_seconds is the fit's): their smallest sizes.
     common = ["train.early_stopping.enabled=false", "train.progress_bar=false", "registry.auto_register=false",
-              "data.split.validation=0.02", "data.split.test=0.02"]
+              "data.split.validation=0.02", "data.split.test=0.02", "train.diagnostic_rows=10000",
+              "train.khat_samples=100"]
     bnn = [f"data.path={bnn_table(args.bnn_rows, work / 'bnn.parquet')}", "data.target=y", "data.sklearn=null"]
     vae = [f"data.path={vae_table(args.vae_rows, work / 'vae.parquet')}", "data.target=target", "data.sklearn=null"]
     # The batch sizes of the targets in docs/benchmarks.md, then large ones where a step holds enough work for a GPU.
     cases = [("bnn", "bnn_diabetes.yaml", bnn, 4096, args.epochs), ("vae", "vae_digits.yaml", vae, 1024, args.epochs)]
+    cases = cases if args.small else []
     if args.large:
         cases += [("bnn", "bnn_diabetes.yaml", bnn, 65_536, 10 * args.epochs),
                   ("vae", "vae_digits.yaml", vae, 16_384, 10 * args.epochs)]
@@ -214,13 +233,18 @@ def main() -> None:
         print(json.dumps({"card": card, "results": results, "scoring": scored}))
         return
     print(f"card: {card or 'none (CPU only)'}, torch {torch.__version__}, {os.cpu_count()} CPU cores")
+    print("viops: its default, which on CUDA replays the step's CUDA graph (train.cuda_graph); viops eager: "
+          "train.cuda_graph=false")
     print("| model | device | rows | batch | steps | minimal steps/s | minimal, one CUDA graph | viops steps/s "
-          "| viops / minimal | viops GPU / CPU | minimal GPU / CPU |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| viops eager | graphed steps | validation share | viops / minimal | viops / graphed minimal "
+          "| viops GPU / CPU | minimal GPU / CPU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['model']} | {r['device']} | {r['train_rows']:,} | {r['batch_size']:,} | {r['steps']} | "
               f"{r['minimal_steps_per_s']} | {r['minimal_graphed_steps_per_s'] or '-'} | {r['viops_steps_per_s']} | "
-              f"{r['ratio_to_minimal']} | {r['speedup_over_cpu']} | {r['minimal_speedup_over_cpu']} |")
+              f"{r['viops_eager_steps_per_s'] or '-'} | {r['graphed_steps'] if r['graphed_steps'] is not None else '-'}"
+              f" | {r['validation_share']} | {r['ratio_to_minimal']} | {r['ratio_to_graphed_minimal'] or '-'} | "
+              f"{r['speedup_over_cpu']} | {r['minimal_speedup_over_cpu']} |")
     print(f"\nScoring the BNN: {args.score_rows:,} rows, {args.score_samples} posterior draws each")
     print("| device | viops score loop, rows/s | predictive summaries alone, rows/s | viops / alone "
           "| viops GPU / CPU |")

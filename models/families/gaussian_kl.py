@@ -63,7 +63,9 @@ def low_rank_gaussian_kl(loc: torch.Tensor, cov_factor: torch.Tensor, diag_scale
     dim, rank = cov_factor.shape
     whitened = cov_factor / diag_scale.unsqueeze(-1)
     capacitance = torch.eye(rank, dtype=cov_factor.dtype, device=cov_factor.device) + whitened.T @ whitened
-    log_det_q = 2 * (diag_scale.log().sum() + torch.linalg.cholesky(capacitance).diagonal().log().sum())
+    # I + W^T D^-2 W is positive definite for any W and d > 0: cholesky_ex skips cholesky's check of the result,
+    # which reads it back to the host (a sync per step on a GPU, and an operation a CUDA graph cannot hold).
+    log_det_q = 2 * (diag_scale.log().sum() + torch.linalg.cholesky_ex(capacitance).L.diagonal().log().sum())
     variance = cov_factor.square().sum(-1) + diag_scale.square()
     centred = loc if isinstance(prior_loc, float) and prior_loc == 0.0 else loc - prior_loc
     log_prior_scale = math.log(prior_scale) * dim if isinstance(prior_scale, float) else prior_scale.log().sum()

@@ -165,6 +165,7 @@ class TrainSettings(StrictModel):
     checkpoint_dir: str | None = None  # one folder per run; default $VIOPS_WORK_DIR/checkpoints (docs/training.md)
     accelerator: str = "auto"
     devices: int | str = "auto"
+    cuda_graph: bool = True  # one CUDA device: replay the training step as a CUDA graph (docs/training.md#cuda-graphs)
     # ddp: one process per device (Lightning's DDP; gloo on CPU, NCCL on GPU); each rank takes its own shard of every
     # epoch's permutation and gradients are averaged, so the N/|B| scaling stays that of the full data. Needs
     # steps_per_batch: 1. docs/training.md#multiple-devices

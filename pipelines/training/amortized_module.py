@@ -43,6 +43,9 @@ class AmortizedSVIModule(MinibatchSVI):
     def trained_parameters(self):
         return self.model.named_parameters()
 
+    def _graph_capturable(self) -> bool:
+        return not self.objective.kl_warmup_steps  # the KL weight is a host value that changes every warm-up step
+
     def kl_weight(self) -> float:
         """The KL annealing weight at this step: linear from 0 to 1 over ``kl_warmup_steps``, then 1."""
         warmup = self.objective.kl_warmup_steps

@@ -85,7 +85,8 @@ class GradientNorms(pl.Callback):
     """Record the L2 gradient norm of every trained parameter, in ``pl_module.step_stats["grad_norm/<name>"]``.
 
     One fused ``_foreach_norm`` per step; the total norm and the non-finite count are derived on the host when the
-    telemetry is flushed, so this adds no host sync.
+    telemetry is flushed, so this adds no host sync. A step captured as a CUDA graph computes the norms inside its
+    graph (:mod:`pipelines.training.step_graph`): where they are already in ``step_stats``, this does nothing.
     """
 
     def __init__(self):
@@ -99,6 +100,9 @@ class GradientNorms(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._keys is None:
             self.on_train_start(trainer, pl_module)
+        stats = pl_module.step_stats
+        if any(key in stats for key in self._keys):
+            return
         keys, grads = self._keys, [p.grad for p in self._parameters]
         if any(g is None for g in grads):  # a parameter the loss did not reach this step
             keys, grads = [k for k, g in zip(keys, grads) if g is not None], [g for g in grads if g is not None]

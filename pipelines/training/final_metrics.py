@@ -87,6 +87,8 @@ def final_metrics(config: TrainConfig, data: PreparedData, done: Fit, workdir: P
     metrics.update({"train_seconds": done.seconds, "validation_seconds": done.validation_time.seconds, "steps": steps,
                     "epochs": epochs})
     metrics["steps_per_second"] = steps / done.seconds if done.seconds > 0 else 0.0
+    if getattr(done.module, "on_cuda", False):  # 0: the step ran eagerly (train.cuda_graph: false, or not capturable)
+        metrics["graphed_steps"] = float(done.module.graphed_steps)
     if not all(np.isfinite(v) for v in metrics.values()):
         raise TrainingFailed(f"final metrics are not finite: {metrics}")
     return metrics, calibration_plot

@@ -23,6 +23,7 @@ from pipelines.training.loaders import (
     planned_steps,
     steps_per_epoch,
 )
+from pipelines.training.step_graph import StepGraphs
 from pipelines.training.stream_batches import StreamedBatches, StreamedGroup
 
 __all__ = ["MinibatchSVI", "SVIModule"]
@@ -64,6 +65,10 @@ class MinibatchSVI(pl.LightningModule):
         #: Scalars of the current SVI step (device tensors, never synced here), read by the callbacks.
         self.step_stats: dict[str, torch.Tensor] = {}
         self._step_hooks: list[pl.Callback] | None = None
+        #: The training step captured as CUDA graphs (``train.cuda_graph``); whether this fit ran on a CUDA device,
+        #: and how many of its steps were replays of a captured step.
+        self._graphs = StepGraphs(enabled=False)
+        self.on_cuda, self.graphed_steps = False, 0
 
     def _set_step_stats(self, stats: dict[str, torch.Tensor]) -> None:
         """Replace :attr:`step_stats` (every step): a plain attribute write, without ``nn.Module.__setattr__``'s
@@ -127,6 +132,9 @@ class MinibatchSVI(pl.LightningModule):
         # One process in full precision: each SVI step runs the callbacks' per-step hook directly (_plain_step).
         plain = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
         self._step_hooks = [cb for cb in trainer.callbacks if _overrides_step_hook(cb)] if plain else None
+        self.on_cuda, self.graphed_steps = self.device.type == "cuda", 0
+        self._graphs = StepGraphs(enabled=plain and self.on_cuda and self.settings.cuda_graph
+                                  and self._graph_capturable())
         if trainer.world_size > 1:
             torch.manual_seed(self.settings.seed + 7919 * trainer.global_rank)  # independent draws of z per rank
 
@@ -135,10 +143,15 @@ class MinibatchSVI(pl.LightningModule):
         scheduler = self.lr_schedulers()
         loss = None
         for minibatch in batch if isinstance(batch, (MinibatchGroup, StreamedGroup)) else [batch]:
-            loss = self._shared_step(minibatch, "train")
-            if self._step_hooks is not None:
+            graph = self._graphs.for_minibatch(self, minibatch) if self._graphs.enabled else None
+            if graph is not None:
+                loss = graph.step(self, *minibatch)
+                self._hooks_and_update(optimizer)
+            elif self._step_hooks is not None:
+                loss = self._shared_step(minibatch, "train")
                 self._plain_step(optimizer, loss)
             else:
+                loss = self._shared_step(minibatch, "train")
                 optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(loss)
                 if self.settings.gradient_clip_val is not None:
@@ -168,12 +181,26 @@ class MinibatchSVI(pl.LightningModule):
         loss.backward()
         if self.settings.gradient_clip_val is not None:
             torch.nn.utils.clip_grad_norm_([p for _, p in self.trained_parameters()], self.settings.gradient_clip_val)
-        trainer = self.trainer
+        self._hooks_and_update(optimizer)
+
+    def _hooks_and_update(self, optimizer) -> None:
+        """The callbacks' per-step hook, then the optimiser's update (the gradients are this step's)."""
+        raw, trainer = optimizer.optimizer, self.trainer
         for callback in self._step_hooks:
             callback.on_before_optimizer_step(trainer, self, raw)
         optimizer._on_before_step()  # the manual loop's step progress (trainer.global_step) and profiler
         raw.step()
         optimizer._on_after_step()
+
+    # -- CUDA graphs (train.cuda_graph) -----------------------------------------------------------------------------
+
+    def _graph_capturable(self) -> bool:
+        """Whether every training step does the same device work (a graph replays what it captured): subclasses
+        whose step depends on host values that change (a KL warm-up weight) say no."""
+        return True
+
+    def on_train_end(self) -> None:
+        self.graphed_steps += self._graphs.release(self)
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
