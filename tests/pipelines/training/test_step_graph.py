@@ -1,8 +1,9 @@
 """The training step captured as a CUDA graph (``train.cuda_graph``): the same gradients and step scalars as the eager
 step on the same minibatch and random draws, for each kind of module, and fits that replay it.
 
-The graph needs a CUDA device, so all but the first test run where one is present (``make bench-gpu``'s machines); on
-a CPU the eager step is the only one, which the rest of the suite covers with the setting at its default.
+The graph needs a CUDA device, so those tests run where one is present (``make bench-gpu``'s machines). On a CPU,
+the tests here check what keeps every model's step capturable: none of its operations reads a value back to the
+host.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import pytest
 import torch
 
+from benchmarks.step_costs import count_ops
 from pipelines.build import build_family, build_model
 from pipelines.config.loading import load_config, parse_overrides
 from pipelines.lifecycle.train import train
@@ -60,8 +62,10 @@ def test_a_failed_capture_is_reported_by_its_first_error_and_the_line_that_raise
     assert message.endswith(", in captured_step)") and "Search for" not in message
 
 
-def _module(path, overrides: list[str], rows: int = 3000, features: int = 6, device: str = "cuda"):
-    """The module of the config at ``path`` on ``device`` over random rows (counts for the VAE), as a fit builds it."""
+def _module(path, overrides: list[str], rows: int = 3000, features: int = 6, device: str = "cuda",
+            classes: int | None = None):
+    """The module of the config at ``path`` on ``device`` over random rows (counts for the VAE, class indices with
+    ``classes``), as a fit builds it."""
     config = load_config(path, parse_overrides(overrides))
     generator = torch.Generator().manual_seed(0)
     if config.model.kind == "vae":
@@ -71,7 +75,9 @@ def _module(path, overrides: list[str], rows: int = 3000, features: int = 6, dev
                                   (x, y)).to(device), x.to(device), y.to(device)
     x = torch.randn(rows, features, generator=generator)
     y = x @ torch.randn(features, generator=generator) + 0.3 * torch.randn(rows, generator=generator)
-    model = build_model(config.model, features, None)
+    if classes is not None:
+        y = torch.randint(0, classes, (rows,), generator=generator)
+    model = build_model(config.model, features, classes)
     family = build_family(config.guide, model.latent_dim, init_loc=model.initial_loc())
     module = SVIModule(model, family, config.train, (x, y)).to(device)
     module.model.to(device)
@@ -90,6 +96,51 @@ def _eager(module, x, y, clip):
 
 
 BLR = REPO / "configs" / "examples" / "blr_csv.yaml"
+
+#: aten operations that read a device value back to the host: a sync per step on a GPU, and an operation a CUDA graph
+#: cannot hold (``item``/``float``/``bool`` of a tensor, a linalg result's check, shapes that depend on values).
+HOST_READS = {"aten._local_scalar_dense.default", "aten._linalg_check_errors.default", "aten.nonzero.default",
+              "aten.masked_select.default", "aten._unique2.default", "aten.unique_consecutive.default",
+              "aten.repeat_interleave.Tensor", "aten.equal.default"}
+#: Every model of configs/zoo and every family, as ``(config, overrides, classes)``.
+STEPS = {
+    "blr-mean-field": (BLR, [], None),
+    "blr-full-rank": (BLR, ["guide.family=full_rank"], None),
+    "blr-low-rank": (BLR, ["guide.family=low_rank", "guide.rank=2"], None),
+    "blr-flow": (BLR, ["guide.family=flow"], None),
+    "bnn-regression": (ZOO / "bnn_diabetes.yaml", [], None),
+    "bnn-classifier": (ZOO / "bnn_breast_cancer.yaml", [], 2),
+    "logistic": (ZOO / "logistic_breast_cancer.yaml", [], 2),
+    "logistic-low-rank": (ZOO / "logistic_breast_cancer.yaml", ["guide.family=low_rank", "guide.rank=2"], 2),
+    "softmax": (ZOO / "softmax_wine.yaml", [], 3),
+    "softmax-full-rank": (ZOO / "softmax_wine.yaml", ["guide.family=full_rank"], 3),
+    "vae": (ZOO / "vae_digits.yaml", [], None),
+}
+
+
+def test_the_host_read_counter_sees_a_read_and_a_checked_factorisation():
+    x = torch.eye(3) + 0.1
+    assert HOST_READS & set(count_ops(lambda: float(x.sum())))
+    assert "aten._linalg_check_errors.default" in count_ops(lambda: torch.linalg.cholesky(x))
+    assert not HOST_READS & set(count_ops(lambda: torch.linalg.cholesky_ex(x)))
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_no_training_step_reads_a_value_back_to_the_host(name):
+    """On a CPU, what keeps each model's step capturable as a CUDA graph (and free of per-step syncs on a GPU): none
+    of its operations, forward or backward, reads a value back to the host. A step that did would still train on a
+    GPU, eagerly, after a warning."""
+    path, overrides, classes = STEPS[name]
+    module, x, y = _module(path, [*overrides, "train.batch_size=64"], rows=256, device="cpu", classes=classes)
+
+    def step():
+        for _, p in module.trained_parameters():
+            p.grad = None
+        module._shared_step((x[:64], y[:64]), "train").backward()
+
+    step()  # first use: lazily built state (priors' constants, caches) is not a per-step cost
+    ops = count_ops(step)
+    assert ops and not HOST_READS & set(ops), sorted(HOST_READS & set(ops))
 
 
 @cuda
