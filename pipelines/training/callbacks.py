@@ -22,7 +22,7 @@ from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pipelines.training.telemetry import TelemetryError
 
 __all__ = ["LastCheckpoint", "GradientNorms", "NonFiniteGuard", "StepTelemetry", "ConvergenceEarlyStopping",
-           "ValidationTime"]
+           "ValidationTime", "gradient_norms"]
 
 
 class _CachedStateKey:
@@ -101,13 +101,17 @@ class GradientNorms(pl.Callback):
         if self._keys is None:
             self.on_train_start(trainer, pl_module)
         stats = pl_module.step_stats
-        if any(key in stats for key in self._keys):
-            return
-        keys, grads = self._keys, [p.grad for p in self._parameters]
-        if any(g is None for g in grads):  # a parameter the loss did not reach this step
-            keys, grads = [k for k, g in zip(keys, grads) if g is not None], [g for g in grads if g is not None]
-        if grads:
-            pl_module.step_stats.update(zip(keys, torch._foreach_norm(grads)))
+        if not any(key in stats for key in self._keys):
+            stats.update(gradient_norms(self._keys, self._parameters))
+
+
+def gradient_norms(keys: list[str], parameters: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{key: L2 norm of the parameter's gradient}`` in one fused ``_foreach_norm``, for the parameters the loss
+    reached (those with a gradient)."""
+    grads = [p.grad for p in parameters]
+    if any(g is None for g in grads):  # a parameter the loss did not reach this step
+        keys, grads = [k for k, g in zip(keys, grads) if g is not None], [g for g in grads if g is not None]
+    return dict(zip(keys, torch._foreach_norm(grads))) if grads else {}
 
 
 class NonFiniteGuard(pl.Callback):

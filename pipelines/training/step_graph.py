@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from pipelines.training.callbacks import gradient_norms
+
 __all__ = ["MAX_STEP_GRAPHS", "StepGraph", "StepGraphs", "WARMUP_STEPS", "capture_error"]
 
 log = logging.getLogger(__name__)
@@ -87,9 +89,7 @@ class StepGraph:
         loss.backward()
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
-        stats = dict(module.step_stats)
-        reached = [(name, p.grad) for name, p in zip(self.norm_names, self.parameters) if p.grad is not None]
-        stats.update(zip([name for name, _ in reached], torch._foreach_norm([g for _, g in reached])))
+        stats = {**module.step_stats, **gradient_norms(self.norm_names, self.parameters)}
         values = torch.stack([*(value.reshape(()) for value in stats.values()), loss.detach().reshape(())])
         return list(stats), values
 
