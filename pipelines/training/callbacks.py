@@ -86,7 +86,7 @@ class GradientNorms(pl.Callback):
 
     One fused ``_foreach_norm`` per step; the total norm and the non-finite count are derived on the host when the
     telemetry is flushed, so this adds no host sync. A step captured as a CUDA graph computes the norms inside its
-    graph (:mod:`pipelines.training.step_graph`): where they are already in ``step_stats``, this does nothing.
+    graph with the same :func:`gradient_norms` (:mod:`pipelines.training.step_graph`), and skips this callback.
     """
 
     def __init__(self):
@@ -100,9 +100,7 @@ class GradientNorms(pl.Callback):
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self._keys is None:
             self.on_train_start(trainer, pl_module)
-        stats = pl_module.step_stats
-        if not any(key in stats for key in self._keys):
-            stats.update(gradient_norms(self._keys, self._parameters))
+        pl_module.step_stats.update(gradient_norms(self._keys, self._parameters))
 
 
 def gradient_norms(keys: list[str], parameters: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from models.families import VariationalFamily
 from models.objectives import elbo, held_out_fit
 from pipelines.config.schema import TrainSettings
+from pipelines.training.callbacks import GradientNorms
 from pipelines.training.loaders import (
     MinibatchGroup,
     TensorTable,
@@ -132,6 +133,8 @@ class MinibatchSVI(pl.LightningModule):
         # One process in full precision: each SVI step runs the callbacks' per-step hook directly (_plain_step).
         plain = trainer.world_size == 1 and str(trainer.precision) in ("32-true", "32")
         self._step_hooks = [cb for cb in trainer.callbacks if _overrides_step_hook(cb)] if plain else None
+        # A captured step computes the gradient norms inside its graph.
+        self._graph_hooks = [cb for cb in self._step_hooks or () if not isinstance(cb, GradientNorms)]
         self.on_cuda, self.graphed_steps = self.device.type == "cuda", 0
         self._graphs = StepGraphs(enabled=plain and self.on_cuda and self.settings.cuda_graph
                                   and self._graph_capturable())
@@ -146,7 +149,7 @@ class MinibatchSVI(pl.LightningModule):
             graph = self._graphs.for_minibatch(self, minibatch) if self._graphs.enabled else None
             if graph is not None:
                 loss = graph.step(self, *minibatch)
-                self._hooks_and_update(optimizer)
+                self._hooks_and_update(optimizer, self._graph_hooks)
             elif self._step_hooks is not None:
                 loss = self._shared_step(minibatch, "train")
                 self._plain_step(optimizer, loss)
@@ -181,12 +184,12 @@ class MinibatchSVI(pl.LightningModule):
         loss.backward()
         if self.settings.gradient_clip_val is not None:
             torch.nn.utils.clip_grad_norm_([p for _, p in self.trained_parameters()], self.settings.gradient_clip_val)
-        self._hooks_and_update(optimizer)
+        self._hooks_and_update(optimizer, self._step_hooks)
 
-    def _hooks_and_update(self, optimizer) -> None:
-        """The callbacks' per-step hook, then the optimiser's update (the gradients are this step's)."""
+    def _hooks_and_update(self, optimizer, hooks: list[pl.Callback]) -> None:
+        """The per-step hook of ``hooks``, then the optimiser's update (the gradients are this step's)."""
         raw, trainer = optimizer.optimizer, self.trainer
-        for callback in self._step_hooks:
+        for callback in hooks:
             callback.on_before_optimizer_step(trainer, self, raw)
         optimizer._on_before_step()  # the manual loop's step progress (trainer.global_step) and profiler
         raw.step()

@@ -19,7 +19,6 @@ from pipelines.build import build_family, build_model
 from pipelines.config.loading import load_config, parse_overrides
 from pipelines.lifecycle.train import train
 from pipelines.training.amortized_module import AmortizedSVIModule
-from pipelines.training.callbacks import GradientNorms
 from pipelines.training.data import prepare
 from pipelines.training.step_graph import StepGraph, StepGraphs, capture_error
 from pipelines.training.svi_module import SVIModule
@@ -27,24 +26,6 @@ from tests.conftest import REPO
 
 ZOO = REPO / "configs" / "zoo"
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: a CUDA graph is captured on one")
-
-
-def test_gradient_norms_already_in_the_step_scalars_are_left_as_the_graph_computed_them():
-    weight = torch.nn.Parameter(torch.ones(3))
-    weight.grad = torch.full((3,), 2.0)
-
-    class Module:
-        step_stats = {"elbo": torch.tensor(1.0)}
-
-        def trained_parameters(self):
-            return [("w", weight)]
-
-    module, callback = Module(), GradientNorms()
-    callback.on_before_optimizer_step(None, module, None)
-    assert float(module.step_stats["grad_norm/w"]) == pytest.approx(math.sqrt(12.0))  # eager: computed here
-    module.step_stats = {"elbo": torch.tensor(1.0), "grad_norm/w": torch.tensor(-1.0)}
-    callback.on_before_optimizer_step(None, module, None)
-    assert float(module.step_stats["grad_norm/w"]) == -1.0  # a graphed step's own value is kept
 
 
 def test_a_failed_capture_is_reported_by_its_first_error_and_the_line_that_raised_it():
