@@ -9,7 +9,7 @@ shuffled once per epoch and sliced), interleaved round after round, for each bat
 - **models**: a bare loop over the project's own ``models/`` code (``models.objectives.elbo``): what ``models/``
   costs over the minimal maths; these two loops run each round on one torch thread and on all, and count at the
   count whose median over the rounds is faster (``baselines.at_best_threads``), as viops' fit sets its own count;
-- **viops**: ``viops train``'s ``trainer.fit`` with full telemetry (validation each epoch, per-step metrics to MLflow
+- **viops**: ``viops train``'s ``trainer.fit`` with full telemetry (20 validations, per-step metrics to MLflow
   on SQLite, NaN guard, checkpoint, averaging), timed as ``final/train_seconds``: setup, the final metrics (the last
   batch of step metrics is delivered meanwhile) and artifact logging are not counted;
 - **viops, no step metrics**: the same with ``train.log_step_metrics: false``;
