@@ -12,6 +12,7 @@ writing a second one.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,8 @@ def write_incident(client, record: dict, directory: str | Path, drift_result=Non
     """Write ``record`` (must hold ``incident_id``) to MLflow and the JSON-lines file, each once; returns the run id.
 
     ``metrics`` (the window's key numbers: drift share, coverage, ELBO per datum ...) are logged as the run's
-    metrics, so incidents can be compared and charted in MLflow like runs, not only read from tags."""
+    metrics, so incidents can be compared and charted in MLflow like runs, not only read from tags. The drift report
+    already written beside the window (``record["drift_report"]``) is logged as it is, not drawn a second time."""
     directory = Path(directory)
     experiment_id = get_experiment_id(client, INCIDENT_EXPERIMENT)
     found = client.search_runs([experiment_id], f"tags.`viops.incident.id` = '{record['incident_id']}'",
@@ -56,7 +58,13 @@ def write_incident(client, record: dict, directory: str | Path, drift_result=Non
         client.log_dict(run_id, record, "incident.json")
         if drift_result is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                client.log_artifact(run_id, str(drift_result.save_html(Path(tmp) / "report.html")), "drift")
+                html = Path(tmp) / "report.html"
+                written = record.get("drift_report")
+                if written and Path(written).is_file():
+                    shutil.copyfile(written, html)
+                else:
+                    drift_result.save_html(html)
+                client.log_artifact(run_id, str(html), "drift")
         client.set_terminated(run_id, status="FINISHED")
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "incidents.jsonl"
