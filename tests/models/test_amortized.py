@@ -75,6 +75,25 @@ def test_one_set_of_draws_gives_the_elbo_the_iwae_bound_and_the_collapse_measure
     assert torch.equal(given.kl_per_dim, fresh.kl_per_dim) and given.active_units == fresh.active_units
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_importance_weights_come_in_chunks_sized_for_the_device(digits, device, monkeypatch):
+    # A default validation: 4,096 rows x 64 draws. On the CPU, chunks that stay in cache (one draw of 4,096 rows at a
+    # time); on CUDA, where launching a chunk's kernels costs more than their arithmetic, all 64 draws at once.
+    model = _vae().to(device)
+    rows = digits[0][:1024].repeat(4, 1).to(device)
+    evaluate, chunks = model.log_joint_minus_q, []
+    monkeypatch.setattr(model, "log_joint_minus_q", lambda z, *rest: chunks.append(len(z)) or evaluate(z, *rest))
+    weights = importance_log_weights(model, rows, 64, generator=torch.Generator(device).manual_seed(0))
+    assert weights.shape == (64, 4096)
+    assert chunks == ([1] * 64 if device == "cpu" else [64])
+    # Chunked either way, the draws estimate the same ELBO.
+    other = importance_log_weights(model, rows, 64, chunk=64 if device == "cpu" else 1,
+                                   generator=torch.Generator(device).manual_seed(1))
+    standard_error = float((weights.var(0).mean() / weights.numel()) ** 0.5)
+    assert float(other.mean()) == pytest.approx(float(weights.mean()), abs=5 * standard_error)
+
+
 def test_amortization_gap_is_non_negative_and_shrinks_as_the_encoder_trains(digits):
     train, held_out = digits
     rows = held_out[:64]
