@@ -101,9 +101,9 @@ def iwae_bound(model, x: torch.Tensor, num_samples: int, q: Normal | None = None
 #: 64 of 4,096 rows 2.9 times as long as one draw at a time (one thread; docs/benchmark-log.md).
 DRAW_ROWS_PER_CHUNK = 4096
 
-#: The same on a CUDA device, where what costs is not the cache but the host launching each chunk's ~20 kernels: in
-#: chunks of 4,096 draws x rows a validation of 4,096 rows x 64 draws took 64 evaluations, ~30 ms on an H200 (most of
-#: a VAE fit's time there); 2^18 holds them in one, and bounds the decoder's hidden units at 2^18 x its width floats.
+#: The same on a CUDA device, where what costs is not the cache but the host launching each chunk's kernels: in
+#: chunks of 4,096 draws x rows a validation of 4,096 rows x 64 draws took 64 evaluations, 22-24 ms on an H200 (most
+#: of a VAE fit's time there); 2^18 holds them in one, and bounds the decoder's hidden units at 2^18 x its width floats.
 CUDA_DRAW_ROWS_PER_CHUNK = 2**18
 
 
